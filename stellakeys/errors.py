@@ -1,0 +1,44 @@
+"""Typed exceptions.
+
+Every error a caller can provoke with bad input derives from :class:`StellaKeysError`, so the CLI
+can turn any of them into one line and a non-zero exit. Messages never carry key material.
+"""
+
+from __future__ import annotations
+
+
+class StellaKeysError(Exception):
+    """Base class of every error stellakeys raises on purpose."""
+
+
+class UnknownAlgorithmError(StellaKeysError, ValueError):
+    """An algorithm id or alias that the registry does not know."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        self.known = known
+        super().__init__(f"unknown algorithm {name!r}; known: {', '.join(known)}")
+
+
+class UnsupportedKeyError(StellaKeysError, ValueError):
+    """A key whose type or parameters no registered algorithm handles."""
+
+
+class MalformedKeyError(StellaKeysError, ValueError):
+    """A PEM or DER key that cannot be parsed."""
+
+
+class InvalidSignatureError(StellaKeysError):
+    """A signature that does not verify. The message says why, never how close it came."""
+
+
+class MalformedEnvelopeError(StellaKeysError, ValueError):
+    """A DSSE envelope that is not valid JSON, base64 or shape."""
+
+
+class MalformedPurlError(StellaKeysError, ValueError):
+    """A package URL or PURL pattern that cannot be parsed."""
+
+
+class BackendUnavailableError(StellaKeysError, RuntimeError):
+    """A native backend (system libcrypto, the gost engine) that is missing on this machine."""
