@@ -42,3 +42,31 @@ class MalformedPurlError(StellaKeysError, ValueError):
 
 class BackendUnavailableError(StellaKeysError, RuntimeError):
     """A native backend (system libcrypto, the gost engine) that is missing on this machine."""
+
+
+class MalformedTimeError(StellaKeysError, ValueError):
+    """A time that is not ISO 8601 with a zone (or ``NOW`` where allowed)."""
+
+
+class ConfigError(StellaKeysError, ValueError):
+    """A configuration file (signer.yaml, approvers.yaml, ...) with a missing or bad field."""
+
+
+class NotFoundError(StellaKeysError, LookupError):
+    """A key, anchor, proof or ceremony that does not exist."""
+
+
+class ConflictError(StellaKeysError):
+    """A write that contradicts existing state: a duplicate id, a pattern tie, a double revoke."""
+
+
+class StorageError(StellaKeysError):
+    """The store failed; the transaction was rolled back and nothing was written."""
+
+
+class KeyStoreError(StellaKeysError):
+    """A key store could not generate, find or use a key (wrong PIN or passphrase included)."""
+
+
+class PolicyError(StellaKeysError):
+    """An operation refused by policy (for example a protected operation outside a ceremony)."""

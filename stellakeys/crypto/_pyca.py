@@ -41,7 +41,7 @@ def _decode_private(pem: bytes, passphrase: bytes | None) -> Any:
         # cryptography raises TypeError for "password given but key not encrypted" and the
         # reverse; both are caller errors, not bugs.
         raise MalformedKeyError(str(exc)) from None
-    except (ValueError, UnsupportedAlgorithm):
+    except ValueError:
         # Deliberately vague: a wrong passphrase and a corrupt file look the same to OpenSSL,
         # and the message must not hint at which bytes were wrong.
         raise MalformedKeyError(

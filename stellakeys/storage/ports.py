@@ -1,0 +1,122 @@
+"""Storage ports. Every adapter (memory, SQLite, PostgreSQL) implements these and passes the
+conformance suite in ``tests/storage_conformance.py``.
+
+All reads and writes happen inside a :class:`Transaction`. A write transaction is atomic: when
+the ``with`` block raises, nothing it wrote is kept. Write transactions on one store are
+serialised (SQLite ``BEGIN IMMEDIATE``; row/advisory locks on PostgreSQL), which is what keeps
+the audit hash chain a single line under concurrent writers.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import Protocol
+
+import attrs
+
+from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
+from stellakeys.audit import AuditEvent, AuditQuery, AuditRecord
+from stellakeys.keys import KeyRecord
+
+__all__ = ["ProofRecord", "Store", "Transaction"]
+
+
+@attrs.frozen
+class ProofRecord:
+    """A stored envelope, addressed by ``sha256:<hex>`` of its canonical JSON."""
+
+    digest: str
+    envelope_json: bytes
+    created_at: datetime
+    #: DER RFC 3161 timestamp tokens over the envelope's signatures (trusted-time issue).
+    timestamp_tokens: tuple[bytes, ...] = ()
+
+
+class Transaction(Protocol):
+    # --- keys -------------------------------------------------------------------------------
+    def get_key(self, key_id: str) -> KeyRecord | None: ...
+
+    def insert_key(self, record: KeyRecord) -> None:
+        """Raise ConflictError if the key id exists."""
+        ...
+
+    def list_keys(self) -> list[KeyRecord]:
+        """All keys, ordered by created_at then key_id."""
+        ...
+
+    # --- trust anchors and key history ------------------------------------------------------
+    def get_anchor(self, anchor_id: uuid.UUID) -> TrustAnchor | None:
+        """The anchor with its full key history (ordered by added_at, key_id)."""
+        ...
+
+    def insert_anchor(self, anchor: TrustAnchor, index_key: str) -> None:
+        """Insert the anchor and its history entries. ``index_key`` is the pattern's storage
+        index key (:func:`stellakeys.purl` ``PurlPattern.index_key``). ConflictError if the
+        id exists."""
+        ...
+
+    def set_anchor_active(self, anchor_id: uuid.UUID, active: bool) -> None: ...
+
+    def list_anchors(self, *, active_only: bool = False) -> list[TrustAnchor]:
+        """Anchors ordered by created_at then id, each with its history."""
+        ...
+
+    def anchors_by_index_keys(self, index_keys: Sequence[str]) -> list[TrustAnchor]:
+        """Active anchors whose index key is one of ``index_keys``, using an index: this is
+        the hot path of verification and must not scan all anchors."""
+        ...
+
+    def insert_history(self, entry: KeyHistoryEntry) -> None:
+        """ConflictError if (anchor_id, key_id) exists: a key joins an anchor once."""
+        ...
+
+    def update_history(self, entry: KeyHistoryEntry) -> None:
+        """Replace revoked_at, revoke_reason, expires_at and metadata of the entry with the
+        same (anchor_id, key_id). NotFoundError if there is none."""
+        ...
+
+    def history_of_key(self, key_id: str) -> list[KeyHistoryEntry]:
+        """Every anchor membership of a key (emergency revocation, forensics)."""
+        ...
+
+    # --- proofs -----------------------------------------------------------------------------
+    def put_proof(self, proof: ProofRecord) -> None:
+        """Idempotent: storing the same digest twice keeps the first."""
+        ...
+
+    def get_proof(self, digest: str) -> ProofRecord | None: ...
+
+    def add_proof_timestamp(self, digest: str, token: bytes) -> None: ...
+
+    # --- audit ------------------------------------------------------------------------------
+    def append_audit(self, record: AuditRecord) -> AuditEvent:
+        """Chain the record after the current head (stellakeys.audit.chain_event) and store it."""
+        ...
+
+    def audit_events(self, query: AuditQuery | None = None) -> list[AuditEvent]:
+        """Matching events in seq order (oldest first)."""
+        ...
+
+    def iter_audit(self) -> Iterator[AuditEvent]:
+        """Every event in seq order, streamed (verification of large logs)."""
+        ...
+
+
+class Store(Protocol):
+    def transaction(self) -> AbstractContextManager[Transaction]:
+        """A serialised write transaction: commit on success, roll back on any exception."""
+        ...
+
+    def read(self) -> AbstractContextManager[Transaction]:
+        """A read-only transaction with a consistent snapshot."""
+        ...
+
+    def change_token(self) -> object:
+        """A value that differs after any committed write, by this or any other process.
+        Caches (anchor lookup, key history) compare it to know when to drop their content."""
+        ...
+
+    def close(self) -> None: ...
