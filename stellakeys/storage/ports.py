@@ -91,6 +91,10 @@ class Transaction(Protocol):
 
     def add_proof_timestamp(self, digest: str, token: bytes) -> None: ...
 
+    def iter_proofs(self) -> Iterator[ProofRecord]:
+        """Every stored proof, oldest first (anchor status, forensics, feeds)."""
+        ...
+
     # --- audit ------------------------------------------------------------------------------
     def append_audit(self, record: AuditRecord) -> AuditEvent:
         """Chain the record after the current head (stellakeys.audit.chain_event) and store it."""
