@@ -120,6 +120,8 @@ class Envelope:
             obj = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
             raise MalformedEnvelopeError(f"envelope is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise MalformedEnvelopeError("envelope JSON is nested too deeply") from None
         return cls.from_dict(obj)
 
     @classmethod

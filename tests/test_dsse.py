@@ -289,6 +289,19 @@ def test_malformed_envelopes_are_typed_errors(blob: bytes) -> None:
     assert isinstance(info.value, ValueError)
 
 
+@pytest.mark.parametrize(
+    "blob",
+    [
+        "[" * 100_000,
+        '{"payload":"","payloadType":"","signatures":[],"x":' + "[" * 100_000 + "]" * 100_000 + "}",
+    ],
+)
+def test_deeply_nested_json_is_a_typed_error(blob: str) -> None:
+    # json.loads raises RecursionError, which is not a ValueError: it must not escape.
+    with pytest.raises(MalformedEnvelopeError):
+        Envelope.from_json(blob)
+
+
 @pytest.mark.parametrize("obj", [None, [], "x", 1])
 def test_from_dict_needs_an_object(obj: object) -> None:
     with pytest.raises(MalformedEnvelopeError):
