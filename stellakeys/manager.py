@@ -1,0 +1,857 @@
+"""KeyManager: the facade through which every change goes, so every change is audited.
+
+It wires the ports together (store, key stores, clock) and owns no state of its own beyond
+caches that the store's change token keeps honest.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from stellakeys.anchors import COMPROMISE, KeyHistoryEntry, TrustAnchor
+from stellakeys.audit import (
+    AuditEvent,
+    AuditQuery,
+    AuditRecord,
+    ChainVerification,
+    EventType,
+    verify_chain,
+)
+from stellakeys.clock import Clock, SystemClock
+from stellakeys.config import Settings, load_settings
+from stellakeys.crypto import get_algorithm, load_public_key_pem
+from stellakeys.dsse import Envelope, sign_envelope
+from stellakeys.errors import (
+    ConflictError,
+    KeyStoreError,
+    MalformedEnvelopeError,
+    MalformedPurlError,
+    NotFoundError,
+    PolicyError,
+)
+from stellakeys.intoto import PAYLOAD_TYPE as INTOTO_PAYLOAD_TYPE
+from stellakeys.intoto import Statement
+from stellakeys.keys import KeyOrigin, KeyRecord
+from stellakeys.keystores.ports import KeyHandle, KeyStore, KeyStoreContext
+from stellakeys.profiles import SignerConfig
+from stellakeys.purl import (
+    PurlPattern,
+    Specificity,
+    lookup_keys_for,
+    overlaps_ambiguously,
+    parse_purl,
+)
+from stellakeys.rotation import RotationWarning, rotation_warnings
+from stellakeys.storage.ports import ProofRecord, Store, Transaction
+from stellakeys.times import format_time
+from stellakeys.verification import (
+    SigningTime,
+    TimeSource,
+    VerificationPolicy,
+    VerificationResult,
+    evaluate,
+    evaluate_key_only,
+)
+
+__all__ = ["ALL_ANCHORS", "AnchorKeyValidity", "AnchorStatus", "KeyManager", "KeyValidity"]
+
+#: The anchor id that means "every anchor holding the key" (emergency revocation).
+ALL_ANCHORS = "ALL"
+
+
+@attrs.frozen
+class AnchorKeyValidity:
+    anchor_id: uuid.UUID
+    purl_pattern: str
+    valid: bool
+    entry: KeyHistoryEntry
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "anchorId": str(self.anchor_id),
+            "purlPattern": self.purl_pattern,
+            "valid": self.valid,
+            **self.entry.to_dict(),
+        }
+
+
+@attrs.frozen
+class KeyValidity:
+    """Whether a key was valid at a time, per anchor it belongs to."""
+
+    key_id: str
+    at: datetime
+    anchors: tuple[AnchorKeyValidity, ...]
+
+    @property
+    def valid(self) -> bool:
+        return any(a.valid for a in self.anchors)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "keyId": self.key_id,
+            "atTime": format_time(self.at),
+            "valid": self.valid,
+            "anchors": [a.to_dict() for a in self.anchors],
+        }
+
+
+@attrs.frozen
+class AnchorStatus:
+    """The runbook's ``anchor status``: active keys and how the anchor's stored proofs fare.
+
+    ``pending_rescans`` counts stored proofs under this anchor that were signed by a key later
+    revoked for compromise and carry no trusted timestamp: the proofs an incident review must
+    look at again (the runbook's post-incident step 1).
+    """
+
+    anchor: TrustAnchor
+    at: datetime
+    proofs_total: int
+    proofs_verified: int
+    pending_rescans: int
+
+    @property
+    def success_rate(self) -> float | None:
+        return self.proofs_verified / self.proofs_total if self.proofs_total else None
+
+    def to_dict(self) -> dict[str, Any]:
+        rate = self.success_rate
+        return {
+            "anchor": str(self.anchor.anchor_id),
+            "purlPattern": self.anchor.purl_pattern,
+            "active": self.anchor.active,
+            "activeKeys": list(self.anchor.allowed_keyids(self.at)),
+            "revokedKeys": list(self.anchor.revoked_keys(self.at)),
+            "proofs": self.proofs_total,
+            "verificationSuccessRate": rate,
+            "pendingRescans": self.pending_rescans,
+        }
+
+
+class _AnchorCache:
+    """PURL -> applicable anchor, dropped whenever the store's change token moves.
+
+    Lookups go through the store's index (a handful of index keys per PURL), and the answer is
+    remembered per PURL, so verifying many proofs for one artifact costs one query.
+    """
+
+    _MAX = 65536
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._token: object = object()
+        self._by_purl: dict[str, tuple[TrustAnchor | None, str | None]] = {}
+        self._lock = threading.Lock()
+
+    def lookup(self, purl: str) -> tuple[TrustAnchor | None, str | None]:
+        """The one applicable anchor, or (None, reason) when none or an ambiguous pair match."""
+        token = self._store.change_token()
+        with self._lock:
+            if token != self._token:
+                self._by_purl.clear()
+                self._token = token
+            hit = self._by_purl.get(purl)
+        if hit is not None:
+            return hit
+        parsed = parse_purl(purl)
+        with self._store.read() as tx:
+            candidates = tx.anchors_by_index_keys(lookup_keys_for(parsed))
+        answer = _most_specific(candidates, parsed)
+        with self._lock:
+            if len(self._by_purl) >= self._MAX:
+                self._by_purl.clear()
+            self._by_purl[purl] = answer
+        return answer
+
+
+def _most_specific(
+    candidates: Iterable[TrustAnchor], purl: Any
+) -> tuple[TrustAnchor | None, str | None]:
+    best: list[tuple[Specificity, TrustAnchor]] = []
+    for anchor in candidates:
+        pattern = PurlPattern.parse(anchor.purl_pattern)
+        if anchor.active and pattern.matches(purl):
+            best.append((pattern.specificity, anchor))
+    if not best:
+        return None, None
+    best.sort(key=lambda item: item[0], reverse=True)
+    if len(best) > 1 and best[0][0] == best[1][0]:
+        ids = ", ".join(str(a.anchor_id) for _, a in best[:2])
+        return None, f"ambiguous: anchors {ids} apply equally; deactivate one"
+    return best[0][1], None
+
+
+def _payload_facts(envelope: Envelope) -> tuple[str | None, list[str], list[str]]:
+    """(predicateType, PURL subject names, notes) of an in-toto payload; nothing otherwise."""
+    if envelope.payload_type != INTOTO_PAYLOAD_TYPE:
+        return None, [], []
+    try:
+        statement = Statement.from_json(envelope.payload)
+    except MalformedEnvelopeError as exc:
+        return None, [], [f"payload claims in-toto but is not a statement: {exc}"]
+    purls = [s.name for s in statement.subjects if s.name.startswith("pkg:")]
+    return statement.predicate_type, purls, []
+
+
+class KeyManager:
+    """Generate, import, anchor, rotate, revoke, sign and verify, with an audit trail.
+
+    Build one with :meth:`open` (home directory, signer.yaml, SQLite or PostgreSQL) or directly
+    from a store, a config and a clock (tests, embedding applications).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        config: SignerConfig | None = None,
+        clock: Clock | None = None,
+        actor: str = "stellakeys",
+        keystore_context: KeyStoreContext | None = None,
+        open_key_store: Callable[[str, KeyStoreContext], KeyStore] | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config or SignerConfig.from_dict(None)
+        self.clock: Clock = clock or SystemClock()
+        self.actor = actor
+        self._ks_context = keystore_context or KeyStoreContext(home=Path.cwd())
+        if open_key_store is None:
+            from stellakeys.keystores import open_key_store as default_opener
+
+            open_key_store = default_opener
+        self._open_key_store = open_key_store
+        self._key_stores: dict[str, KeyStore] = {}
+        self._handles: dict[str, KeyHandle] = {}
+        self._ks_lock = threading.Lock()
+        self._anchors = _AnchorCache(store)
+        #: Set by the ceremony service (dual-control issue): protected operations then run only
+        #: as the execution of an approved ceremony.
+        self.operation_guard: Callable[[str, dict[str, Any]], None] | None = None
+
+    @classmethod
+    def open(
+        cls,
+        home: str | Path | None = None,
+        *,
+        config_path: str | Path | None = None,
+        database_url: str | None = None,
+        actor: str | None = None,
+        clock: Clock | None = None,
+        prompt: Callable[[str], str] | None = None,
+    ) -> KeyManager:
+        settings = load_settings(home, config_path, database_url, actor)
+        return cls.from_settings(settings, clock=clock, prompt=prompt)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        prompt: Callable[[str], str] | None = None,
+    ) -> KeyManager:
+        from stellakeys.storage import open_store
+
+        store = open_store(settings)
+        manager = cls(
+            store,
+            config=settings.signer,
+            clock=clock,
+            actor=settings.actor,
+            keystore_context=KeyStoreContext(home=settings.home, prompt=prompt),
+        )
+        manager.settings = settings
+        return manager
+
+    settings: Settings | None = None
+
+    def close(self) -> None:
+        with self._ks_lock:
+            for ks in self._key_stores.values():
+                ks.close()
+            self._key_stores.clear()
+            self._handles.clear()
+        self.store.close()
+
+    def __enter__(self) -> KeyManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _now(self) -> datetime:
+        return self.clock.now()
+
+    def _audit(self, tx: Transaction, event_type: str, **fields: Any) -> AuditEvent:
+        return tx.append_audit(
+            AuditRecord(event_type=event_type, actor=self.actor, timestamp=self._now(), **fields)
+        )
+
+    def _guard(self, operation: str, details: dict[str, Any]) -> None:
+        if self.operation_guard is not None:
+            self.operation_guard(operation, details)
+
+    def _key_store(self, uri: str) -> KeyStore:
+        base = uri.split("#", 1)[0]
+        with self._ks_lock:
+            store = self._key_stores.get(base)
+            if store is None:
+                store = self._open_key_store(uri, self._ks_context)
+                self._key_stores[base] = store
+            return store
+
+    def _handle(self, record: KeyRecord) -> KeyHandle:
+        if record.key_store_uri is None:
+            raise KeyStoreError(
+                f"key {record.key_id} was imported as a public key: it can verify, not sign"
+            )
+        with self._ks_lock:
+            handle = self._handles.get(record.key_store_uri)
+        if handle is None:
+            handle = self._key_store(record.key_store_uri).open(record.key_store_uri)
+            if handle.public_key().fingerprint != record.fingerprint:
+                raise KeyStoreError(
+                    f"key store returned a different key for {record.key_id} than was recorded"
+                )
+            with self._ks_lock:
+                self._handles[record.key_store_uri] = handle
+        return handle
+
+    # --- keys -----------------------------------------------------------------------------
+
+    def get_key(self, key_id: str) -> KeyRecord:
+        with self.store.read() as tx:
+            record = tx.get_key(key_id)
+        if record is None:
+            raise NotFoundError(f"no key {key_id!r}")
+        return record
+
+    def list_keys(self) -> list[KeyRecord]:
+        with self.store.read() as tx:
+            return tx.list_keys()
+
+    def generate_key(
+        self, key_id: str, profile: str = "default", algorithm: str | None = None
+    ) -> KeyRecord:
+        """A new key in the profile's key store, recorded with its pinned URI and public key."""
+        _check_key_id(key_id)
+        prof = self.config.profile(profile)
+        alg = get_algorithm(algorithm or prof.algorithm)
+        if alg.id != prof.algorithm:
+            raise PolicyError(
+                f"profile {profile!r} uses {prof.algorithm}; --algorithm {algorithm} differs"
+            )
+        self._guard(
+            "key-generation",
+            {"keyId": key_id, "profile": profile, "keyStore": prof.key_store, "algorithm": alg.id},
+        )
+        with self.store.read() as tx:
+            if tx.get_key(key_id) is not None:
+                raise ConflictError(f"key {key_id!r} already exists")
+        # The key store is a different system than the database: generate first, record second.
+        # If recording fails, the key store holds an unused key, which is harmless; the reverse
+        # order could record a key that does not exist.
+        handle = self._key_store(prof.key_store).generate(alg, key_id)
+        public = handle.public_key()
+        record = KeyRecord(
+            key_id=key_id,
+            algorithm=alg.id,
+            public_key_pem=public.to_pem(),
+            fingerprint=public.fingerprint,
+            created_at=self._now(),
+            profile=prof.name,
+            key_store_uri=handle.uri,
+            origin=KeyOrigin.GENERATED,
+        )
+        with self.store.transaction() as tx:
+            tx.insert_key(record)
+            self._audit(
+                tx,
+                EventType.KEY_GENERATED,
+                key_id=key_id,
+                details={
+                    "profile": prof.name,
+                    "algorithm": alg.id,
+                    "fingerprint": record.fingerprint,
+                    "keyStore": handle.uri,
+                },
+            )
+        with self._ks_lock:
+            self._handles[handle.uri] = handle
+        return record
+
+    def import_key(self, key_id: str, public_key_pem: str, profile: str | None = None) -> KeyRecord:
+        """Record an external public key (verification only)."""
+        _check_key_id(key_id)
+        public = load_public_key_pem(public_key_pem)
+        if profile is not None:
+            self.config.profile(profile)
+        record = KeyRecord(
+            key_id=key_id,
+            algorithm=public.algorithm.id,
+            public_key_pem=public.to_pem(),
+            fingerprint=public.fingerprint,
+            created_at=self._now(),
+            profile=profile,
+            key_store_uri=None,
+            origin=KeyOrigin.IMPORTED,
+        )
+        with self.store.transaction() as tx:
+            tx.insert_key(record)
+            self._audit(
+                tx,
+                EventType.KEY_IMPORTED,
+                key_id=key_id,
+                details={"algorithm": record.algorithm, "fingerprint": record.fingerprint},
+            )
+        return record
+
+    def check_validity(self, key_id: str, at: datetime | None = None) -> KeyValidity:
+        when = at or self._now()
+        with self.store.read() as tx:
+            if tx.get_key(key_id) is None:
+                raise NotFoundError(f"no key {key_id!r}")
+            entries = tx.history_of_key(key_id)
+            anchors = {e.anchor_id: tx.get_anchor(e.anchor_id) for e in entries}
+        rows = tuple(
+            AnchorKeyValidity(
+                e.anchor_id,
+                a.purl_pattern if (a := anchors[e.anchor_id]) else "?",
+                e.valid_at(when),
+                e,
+            )
+            for e in entries
+        )
+        return KeyValidity(key_id, when, rows)
+
+    def rotation_warnings(self, at: datetime | None = None) -> list[RotationWarning]:
+        """Rotation status of every key still in use (not revoked in every anchor it is in)."""
+        now = at or self._now()
+        with self.store.read() as tx:
+            keys = tx.list_keys()
+            retired = {
+                k.key_id
+                for k in keys
+                if (h := tx.history_of_key(k.key_id)) and all(e.is_revoked_at(now) for e in h)
+            }
+        return rotation_warnings((k for k in keys if k.key_id not in retired), self.config, now)
+
+    # --- trust anchors ----------------------------------------------------------------------
+
+    def create_anchor(
+        self,
+        purl_pattern: str,
+        key_ids: Sequence[str],
+        predicate_types: Sequence[str],
+        policy_version: str = "v1",
+        anchor_id: uuid.UUID | None = None,
+    ) -> TrustAnchor:
+        pattern = PurlPattern.parse(purl_pattern)
+        self._guard(
+            "trust-anchor-update",
+            {"action": "create", "purlPattern": pattern.text, "keyIds": list(key_ids)},
+        )
+        now = self._now()
+        new_id = anchor_id or uuid.uuid4()
+        with self.store.transaction() as tx:
+            for other in tx.list_anchors(active_only=True):
+                other_pattern = PurlPattern.parse(other.purl_pattern)
+                if other_pattern.text == pattern.text or overlaps_ambiguously(
+                    pattern, other_pattern
+                ):
+                    raise ConflictError(
+                        f"pattern {pattern.text!r} ties with anchor {other.anchor_id}"
+                        f" ({other.purl_pattern!r}) on the same artifacts"
+                    )
+            history = tuple(
+                _entry(new_id, self._require_key(tx, k), now) for k in dict.fromkeys(key_ids)
+            )
+            anchor = TrustAnchor(
+                anchor_id=new_id,
+                purl_pattern=pattern.text,
+                allowed_predicate_types=tuple(dict.fromkeys(predicate_types)),
+                policy_version=policy_version,
+                created_at=now,
+                key_history=history,
+            )
+            tx.insert_anchor(anchor, pattern.index_key)
+            self._audit(
+                tx,
+                EventType.ANCHOR_CREATED,
+                anchor_id=new_id,
+                details={
+                    "purlPattern": pattern.text,
+                    "keyIds": [e.key_id for e in history],
+                    "predicateTypes": list(anchor.allowed_predicate_types),
+                    "policyVersion": policy_version,
+                },
+            )
+            for e in history:
+                self._audit(
+                    tx,
+                    EventType.KEY_ADDED,
+                    key_id=e.key_id,
+                    anchor_id=new_id,
+                    details={"addedAt": format_time(e.added_at)},
+                )
+        return anchor
+
+    def get_anchor(self, anchor_id: uuid.UUID | str) -> TrustAnchor:
+        aid = _anchor_uuid(anchor_id)
+        with self.store.read() as tx:
+            anchor = tx.get_anchor(aid)
+        if anchor is None:
+            raise NotFoundError(f"no trust anchor {aid}")
+        return anchor
+
+    def list_anchors(self, *, active_only: bool = False) -> list[TrustAnchor]:
+        with self.store.read() as tx:
+            return tx.list_anchors(active_only=active_only)
+
+    def find_anchor(self, purl: str) -> TrustAnchor | None:
+        """The one anchor that applies to an artifact PURL, if any."""
+        return self._anchors.lookup(purl)[0]
+
+    def deactivate_anchor(self, anchor_id: uuid.UUID | str) -> TrustAnchor:
+        aid = _anchor_uuid(anchor_id)
+        self._guard("trust-anchor-update", {"action": "deactivate", "anchorId": str(aid)})
+        with self.store.transaction() as tx:
+            anchor = tx.get_anchor(aid)
+            if anchor is None:
+                raise NotFoundError(f"no trust anchor {aid}")
+            if not anchor.active:
+                raise ConflictError(f"trust anchor {aid} is already inactive")
+            tx.set_anchor_active(aid, False)
+            self._audit(
+                tx,
+                EventType.ANCHOR_DEACTIVATED,
+                anchor_id=aid,
+                details={"purlPattern": anchor.purl_pattern},
+            )
+        return attrs.evolve(anchor, active=False)
+
+    def add_key(
+        self, anchor_id: uuid.UUID | str, key_id: str, added_at: datetime | None = None
+    ) -> list[uuid.UUID]:
+        """Add a key to one anchor, or to every active anchor (``ALL``) that lacks it."""
+        self._guard(
+            "trust-anchor-update",
+            {"action": "add-key", "anchorId": str(anchor_id), "keyId": key_id},
+        )
+        when = added_at or self._now()
+        changed: list[uuid.UUID] = []
+        with self.store.transaction() as tx:
+            record = self._require_key(tx, key_id)
+            for anchor in self._targets(tx, anchor_id, for_add=True):
+                if anchor.entry(key_id) is not None:
+                    if anchor_id == ALL_ANCHORS:
+                        continue
+                    raise ConflictError(f"key {key_id} is already in anchor {anchor.anchor_id}")
+                tx.insert_history(_entry(anchor.anchor_id, record, when))
+                self._audit(
+                    tx,
+                    EventType.KEY_ADDED,
+                    key_id=key_id,
+                    anchor_id=anchor.anchor_id,
+                    details={"addedAt": format_time(when)},
+                )
+                changed.append(anchor.anchor_id)
+        return changed
+
+    def revoke_key(
+        self,
+        anchor_id: uuid.UUID | str,
+        key_id: str,
+        reason: str,
+        effective_at: datetime | None = None,
+    ) -> list[uuid.UUID]:
+        """Revoke a key in one anchor or in every anchor holding it (``ALL``).
+
+        ``effective_at`` may be past, now (None) or future (a scheduled revocation). Proofs
+        signed before it keep verifying, except for reason ``compromise``, which then needs
+        trusted time. An existing revocation can be made earlier or upgraded to compromise,
+        never postponed.
+        """
+        if not reason.strip():
+            raise PolicyError("a revocation needs a reason")
+        now = self._now()
+        when = effective_at or now
+        self._guard(
+            "key-revocation",
+            {
+                "anchorId": str(anchor_id),
+                "keyId": key_id,
+                "reason": reason,
+                "effectiveAt": format_time(when),
+            },
+        )
+        changed: list[uuid.UUID] = []
+        with self.store.transaction() as tx:
+            self._require_key(tx, key_id)
+            targets = [a for a in self._targets(tx, anchor_id, for_add=False) if a.entry(key_id)]
+            if not targets:
+                raise NotFoundError(f"key {key_id} is not in anchor {anchor_id}")
+            for anchor in targets:
+                entry = anchor.entry(key_id)
+                assert entry is not None
+                if entry.revoked_at is not None:
+                    earlier = when < entry.revoked_at
+                    upgrade = reason == COMPROMISE and not entry.compromised
+                    if not (earlier or upgrade):
+                        if anchor_id == ALL_ANCHORS:
+                            continue
+                        raise ConflictError(
+                            f"key {key_id} is already revoked in anchor {anchor.anchor_id}"
+                            f" at {format_time(entry.revoked_at)}"
+                        )
+                    when_here = min(when, entry.revoked_at)
+                else:
+                    when_here = when
+                tx.update_history(entry.revoke(when_here, reason))
+                self._audit(
+                    tx,
+                    EventType.KEY_REVOKED,
+                    key_id=key_id,
+                    anchor_id=anchor.anchor_id,
+                    details={
+                        "reason": reason,
+                        "effectiveAt": format_time(when_here),
+                        "scheduled": when_here > now,
+                        "previousRevokedAt": format_time(entry.revoked_at)
+                        if entry.revoked_at
+                        else None,
+                    },
+                )
+                changed.append(anchor.anchor_id)
+        return changed
+
+    def anchor_status(self, anchor_id: uuid.UUID | str) -> AnchorStatus:
+        anchor = self.get_anchor(anchor_id)
+        now = self._now()
+        pattern = PurlPattern.parse(anchor.purl_pattern)
+        total = verified = rescans = 0
+        compromised = {e.key_id for e in anchor.key_history if e.compromised}
+        with self.store.read() as tx:
+            proofs = list(tx.iter_proofs())
+        for proof in proofs:
+            envelope = Envelope.from_json(proof.envelope_json)
+            _, purls, _ = _payload_facts(envelope)
+            purl = next((p for p in purls if _safe_match(pattern, p)), None)
+            if purl is None:
+                continue
+            total += 1
+            result = self.verify(envelope, purl=purl, at=proof.created_at)
+            verified += result.ok
+            signers = {s.keyid for s in envelope.signatures}
+            if signers & compromised and not proof.timestamp_tokens:
+                rescans += 1
+        return AnchorStatus(anchor, now, total, verified, rescans)
+
+    def _require_key(self, tx: Transaction, key_id: str) -> KeyRecord:
+        record = tx.get_key(key_id)
+        if record is None:
+            raise NotFoundError(f"no key {key_id!r}")
+        return record
+
+    def _targets(
+        self, tx: Transaction, anchor_id: uuid.UUID | str, *, for_add: bool
+    ) -> list[TrustAnchor]:
+        if anchor_id == ALL_ANCHORS:
+            # Emergency revocation reaches inactive anchors too: their proofs are still
+            # verified by forensics, and a stolen key must not stay trusted there.
+            return tx.list_anchors(active_only=for_add)
+        aid = _anchor_uuid(anchor_id)
+        anchor = tx.get_anchor(aid)
+        if anchor is None:
+            raise NotFoundError(f"no trust anchor {aid}")
+        if for_add and not anchor.active:
+            raise ConflictError(f"trust anchor {aid} is inactive")
+        return [anchor]
+
+    # --- proofs: sign and verify ------------------------------------------------------------
+
+    def sign(
+        self,
+        payload: bytes,
+        key_ids: Sequence[str] | str,
+        payload_type: str = INTOTO_PAYLOAD_TYPE,
+    ) -> str:
+        """Sign with one or several keys (any mix of algorithms); returns ``sha256:<hex>``."""
+        ids = [key_ids] if isinstance(key_ids, str) else list(dict.fromkeys(key_ids))
+        if not ids:
+            raise PolicyError("at least one key id is required to sign")
+        now = self._now()
+        with self.store.read() as tx:
+            records = [self._require_key(tx, k) for k in ids]
+            for r in records:
+                _check_signable(r, tx.history_of_key(r.key_id), now)
+        handles = [self._handle(r) for r in records]
+        envelope = sign_envelope(payload_type, payload, handles, ids)
+        digest = envelope.digest()
+        with self.store.transaction() as tx:
+            tx.put_proof(ProofRecord(digest, envelope.to_json(), now))
+            for key_id in ids:
+                self._audit(
+                    tx,
+                    EventType.PROOF_SIGNED,
+                    key_id=key_id,
+                    details={"proof": digest, "payloadType": payload_type},
+                )
+        return digest
+
+    def get_proof(self, digest: str) -> Envelope:
+        return Envelope.from_json(self._proof_record(digest).envelope_json)
+
+    def _proof_record(self, digest: str) -> ProofRecord:
+        with self.store.read() as tx:
+            proof = tx.get_proof(digest)
+        if proof is None:
+            raise NotFoundError(f"no proof {digest}")
+        return proof
+
+    def verify(
+        self,
+        proof: Envelope | str | bytes,
+        *,
+        purl: str | None = None,
+        at: datetime | None = None,
+        trusted_time: SigningTime | None = None,
+        policy: VerificationPolicy | None = None,
+    ) -> VerificationResult:
+        """Verify a proof (an envelope, its JSON, or a stored ``sha256:`` digest).
+
+        The time is ``trusted_time`` when given (a verified timestamp), else ``at`` (asserted),
+        else now. The artifact is ``purl`` when given, else the first subject of an in-toto
+        payload whose name is a PURL.
+        """
+        policy = policy or VerificationPolicy()
+        envelope = self._envelope_of(proof)
+        if trusted_time is not None and trusted_time.source is not TimeSource.TRUSTED:
+            raise ValueError("trusted_time must come from a verified timestamp")
+        if trusted_time is not None:
+            time = trusted_time
+        elif at is not None:
+            time = SigningTime(at, TimeSource.ASSERTED)
+        else:
+            time = SigningTime(self._now(), TimeSource.NOW)
+        predicate_type, subject_purls, notes = _payload_facts(envelope)
+        reasons: list[str] = []
+        if purl is None:
+            for candidate in subject_purls:
+                try:
+                    parse_purl(candidate)
+                except MalformedPurlError:
+                    continue
+                purl = candidate
+                break
+        else:
+            parse_purl(purl)  # malformed input raises
+        digest = envelope.digest()
+        if purl is None:
+            if not policy.require_anchor:
+                return self._verify_key_only(envelope, digest, time, policy, notes)
+            reasons.append(
+                "no artifact PURL: give one, or sign an in-toto statement whose"
+                " subject name is a PURL"
+            )
+        anchor, why = self._anchors.lookup(purl) if purl is not None else (None, None)
+        if why:
+            reasons.append(why)
+        result = evaluate(
+            envelope,
+            digest=digest,
+            time=time,
+            policy=policy,
+            anchor=anchor,
+            purl=purl,
+            predicate_type=predicate_type,
+            context_reasons=reasons,
+        )
+        return attrs.evolve(result, notes=result.notes + tuple(notes)) if notes else result
+
+    def _verify_key_only(
+        self,
+        envelope: Envelope,
+        digest: str,
+        time: SigningTime,
+        policy: VerificationPolicy,
+        notes: list[str],
+    ) -> VerificationResult:
+        hints = {s.keyid for s in envelope.signatures if s.keyid}
+        with self.store.read() as tx:
+            records = [r for k in hints if (r := tx.get_key(k)) is not None] if hints else []
+            if not records:
+                records = tx.list_keys()
+            histories = {r.key_id: tx.history_of_key(r.key_id) for r in records}
+        result = evaluate_key_only(
+            envelope, digest=digest, time=time, policy=policy, keys=records, histories=histories
+        )
+        return attrs.evolve(result, notes=result.notes + tuple(notes))
+
+    def _envelope_of(self, proof: Envelope | str | bytes) -> Envelope:
+        if isinstance(proof, Envelope):
+            return proof
+        if isinstance(proof, str) and proof.startswith("sha256:"):
+            return self.get_proof(proof)
+        return Envelope.from_json(proof)
+
+    # --- audit ----------------------------------------------------------------------------
+
+    def audit_events(self, query: AuditQuery | None = None) -> list[AuditEvent]:
+        with self.store.read() as tx:
+            return tx.audit_events(query)
+
+    def verify_audit(self, expected_head: str | None = None) -> ChainVerification:
+        with self.store.read() as tx:
+            return verify_chain(tx.iter_audit(), expected_head)
+
+
+def _entry(anchor_id: uuid.UUID, record: KeyRecord, added_at: datetime) -> KeyHistoryEntry:
+    return KeyHistoryEntry(
+        anchor_id=anchor_id,
+        key_id=record.key_id,
+        algorithm=record.algorithm,
+        public_key_pem=record.public_key_pem,
+        fingerprint=record.fingerprint,
+        added_at=added_at,
+    )
+
+
+def _anchor_uuid(anchor_id: uuid.UUID | str) -> uuid.UUID:
+    if isinstance(anchor_id, uuid.UUID):
+        return anchor_id
+    try:
+        return uuid.UUID(anchor_id)
+    except ValueError:
+        raise NotFoundError(f"invalid trust anchor id {anchor_id!r}: expected a UUID") from None
+
+
+def _check_key_id(key_id: str) -> None:
+    if not key_id or len(key_id) > 200 or not key_id.isprintable() or key_id != key_id.strip():
+        raise PolicyError(f"invalid key id {key_id!r}")
+    if key_id == ALL_ANCHORS:
+        raise PolicyError("'ALL' is reserved")
+
+
+def _check_signable(record: KeyRecord, history: list[KeyHistoryEntry], now: datetime) -> None:
+    if any(e.compromised for e in history):
+        raise PolicyError(f"key {record.key_id} was revoked for compromise; it cannot sign")
+    if history and all(e.is_revoked_at(now) for e in history):
+        raise PolicyError(f"key {record.key_id} is revoked in every anchor; it cannot sign")
+
+
+def _safe_match(pattern: PurlPattern, purl: str) -> bool:
+    try:
+        return pattern.matches(purl)
+    except MalformedPurlError:
+        return False

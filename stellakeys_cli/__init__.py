@@ -1,0 +1,1 @@
+"""The ``stellaops`` / ``stella`` command line: argument parsing, output, calls into stellakeys."""

@@ -1,0 +1,3 @@
+from stellakeys_cli.main import main
+
+main()

@@ -1,0 +1,144 @@
+"""``stellaops anchor ...``"""
+
+from __future__ import annotations
+
+import click
+
+from stellakeys_cli.context import (
+    emit_json,
+    json_option,
+    manager,
+    parse_time_option,
+    split_list,
+    table,
+)
+
+
+@click.group()
+def anchor() -> None:
+    """Manage trust anchors and their keys."""
+
+
+@anchor.command("create")
+@click.option("--purl-pattern", required=True, help="e.g. 'pkg:npm/*' or '*'.")
+@click.option("--key-ids", required=True, help="Comma-separated key ids.")
+@click.option("--predicate-types", required=True, help="Comma-separated predicate types.")
+@click.option("--policy-version", default="v1", show_default=True)
+@json_option
+def create(
+    purl_pattern: str, key_ids: str, predicate_types: str, policy_version: str, as_json: bool
+) -> None:
+    """Create a trust anchor."""
+    m = manager()
+    created = m.create_anchor(
+        purl_pattern, split_list(key_ids), split_list(predicate_types), policy_version
+    )
+    if as_json:
+        emit_json(created.to_dict(m.clock.now()))
+        return
+    click.echo(f"Created trust anchor {created.anchor_id} for {created.purl_pattern}")
+
+
+@anchor.command("list")
+@click.option("--all", "include_inactive", is_flag=True, help="Include inactive anchors.")
+@json_option
+def list_(include_inactive: bool, as_json: bool) -> None:
+    """List trust anchors."""
+    m = manager()
+    now = m.clock.now()
+    anchors = m.list_anchors(active_only=not include_inactive)
+    if as_json:
+        emit_json([a.to_dict(now) for a in anchors])
+        return
+    table(
+        ["ID", "Pattern", "Keys", "Status"],
+        [
+            [
+                str(a.anchor_id),
+                a.purl_pattern,
+                ",".join(a.allowed_keyids(now)) or "-",
+                "active" if a.active else "inactive",
+            ]
+            for a in anchors
+        ],
+    )
+
+
+@anchor.command("status")
+@click.option("--anchor-id", required=True)
+@json_option
+def status(anchor_id: str, as_json: bool) -> None:
+    """Active keys and how the anchor's stored proofs verify."""
+    result = manager().anchor_status(anchor_id)
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    rate = result.success_rate
+    click.echo(f"Anchor: {result.anchor.anchor_id}")
+    click.echo(f"Pattern: {result.anchor.purl_pattern}")
+    click.echo(f"Status: {'active' if result.anchor.active else 'inactive'}")
+    click.echo(f"Active Keys: {', '.join(result.anchor.allowed_keyids(result.at)) or '-'}")
+    revoked = result.anchor.revoked_keys(result.at)
+    if revoked:
+        click.echo(f"Revoked Keys: {', '.join(revoked)}")
+    click.echo(
+        "Verification Success Rate: "
+        + (f"{rate:.0%}" if rate is not None else "n/a (no proofs)")
+        + (f" ({result.proofs_verified}/{result.proofs_total})" if result.proofs_total else "")
+    )
+    click.echo(f"Pending Rescans: {result.pending_rescans}")
+
+
+@anchor.command("add-key")
+@click.option("--anchor-id", required=True, help="Anchor UUID, or ALL for every active anchor.")
+@click.option("--key-id", required=True)
+@json_option
+def add_key(anchor_id: str, key_id: str, as_json: bool) -> None:
+    """Add a key to an anchor (the old keys stay)."""
+    changed = manager().add_key(anchor_id, key_id)
+    if as_json:
+        emit_json({"keyId": key_id, "anchors": [str(a) for a in changed]})
+        return
+    if not changed:
+        click.echo(f"Key {key_id} was already in every active anchor")
+    for a in changed:
+        click.echo(f"Added {key_id} to anchor {a}")
+
+
+@anchor.command("revoke-key")
+@click.option("--anchor-id", required=True, help="Anchor UUID, or ALL for every anchor.")
+@click.option("--key-id", required=True)
+@click.option("--reason", required=True, help="e.g. annual-rotation, compromise.")
+@click.option(
+    "--effective-at", default="NOW", show_default=True, help="ISO 8601 time, past or future."
+)
+@json_option
+def revoke_key(anchor_id: str, key_id: str, reason: str, effective_at: str, as_json: bool) -> None:
+    """Revoke a key; proofs signed before the effective time keep verifying."""
+    m = manager()
+    when = parse_time_option(effective_at, allow_now=True)
+    changed = m.revoke_key(anchor_id, key_id, reason, when)
+    from stellakeys.times import format_time
+
+    if as_json:
+        emit_json(
+            {
+                "keyId": key_id,
+                "reason": reason,
+                "effectiveAt": format_time(when),
+                "anchors": [str(a) for a in changed],
+            }
+        )
+        return
+    for a in changed:
+        click.echo(f"Revoked {key_id} in anchor {a} effective {format_time(when)} ({reason})")
+    if not changed:
+        click.echo(f"Key {key_id} was already revoked in every anchor holding it")
+
+
+@anchor.command("deactivate")
+@click.option("--anchor-id", required=True)
+def deactivate(anchor_id: str) -> None:
+    """Deactivate an anchor (anchors are never deleted)."""
+    done = manager().deactivate_anchor(anchor_id)
+    click.echo(f"Deactivated trust anchor {done.anchor_id}")

@@ -1,0 +1,120 @@
+"""Entry point. Subcommand modules are imported only when invoked, so ``--help`` is fast and
+a typo does not pay for loading the crypto stack."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Any
+
+import click
+
+# name -> (module, attribute, one-line help). Help text lives here so listing commands never
+# imports them.
+_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "key": ("stellakeys_cli.key", "key", "Generate, import and inspect signing keys."),
+    "anchor": ("stellakeys_cli.anchor", "anchor", "Manage trust anchors and their keys."),
+    "sign": ("stellakeys_cli.proofs", "sign", "Sign a payload into a DSSE proof."),
+    "verify": ("stellakeys_cli.proofs", "verify", "Verify a proof against trust anchors."),
+    "audit": ("stellakeys_cli.audit", "audit", "Query and verify the audit log."),
+}
+
+
+class LazyGroup(click.Group):
+    def __init__(self, *args: Any, lazy: dict[str, tuple[str, str, str]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lazy = lazy
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self._lazy:
+            module, attr, _ = self._lazy[cmd_name]
+            command = getattr(importlib.import_module(module), attr)
+            assert isinstance(command, click.Command)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, self._lazy[name][2]) for name in sorted(self._lazy)]
+        rows += [
+            (name, (cmd.get_short_help_str(60)))
+            for name in super().list_commands(ctx)
+            if (cmd := super().get_command(ctx, name)) is not None and name not in self._lazy
+        ]
+        with formatter.section("Commands"):
+            formatter.write_dl(sorted(rows))
+
+
+@click.group(
+    cls=LazyGroup, lazy=_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]}
+)
+@click.option(
+    "--home",
+    envvar="STELLAKEYS_HOME",
+    type=click.Path(file_okay=False),
+    help="State directory (default: $STELLAKEYS_HOME or the user data dir).",
+)
+@click.option(
+    "--config",
+    "config_path",
+    envvar="STELLAKEYS_CONFIG",
+    type=click.Path(dir_okay=False),
+    help="signer.yaml (default: <home>/signer.yaml).",
+)
+@click.option(
+    "--database-url",
+    envvar="STELLAKEYS_DATABASE_URL",
+    help="postgresql://... to use PostgreSQL instead of the embedded SQLite store.",
+)
+@click.option("--actor", envvar="STELLAKEYS_ACTOR", help="Who is acting, for the audit log.")
+@click.version_option(package_name="stellakeys")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    home: str | None,
+    config_path: str | None,
+    database_url: str | None,
+    actor: str | None,
+) -> None:
+    """stellakeys: signing keys, trust anchors, temporal verification, audited."""
+    from stellakeys_cli.context import CliState
+
+    ctx.obj = CliState(home, config_path, database_url, actor)
+    ctx.call_on_close(ctx.obj.close)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI: errors become one line on stderr and a non-zero exit, never a traceback."""
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "stellaops"
+    if prog not in ("stellaops", "stella"):
+        prog = "stellaops"
+    try:
+        rv = cli.main(args=argv, prog_name=prog, standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(1)
+    except Exception as exc:  # the one place that turns errors into exit codes
+        from stellakeys.errors import StellaKeysError
+
+        if os.environ.get("STELLAKEYS_DEBUG"):
+            raise
+        if isinstance(exc, StellaKeysError):
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        click.echo(
+            f"internal error: {type(exc).__name__}: {exc} (set STELLAKEYS_DEBUG=1 for a trace)",
+            err=True,
+        )
+        sys.exit(70)
+    sys.exit(rv if isinstance(rv, int) else 0)

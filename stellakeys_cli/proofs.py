@@ -1,0 +1,185 @@
+"""``stellaops sign`` and ``stellaops verify``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from stellakeys_cli.context import emit_json, json_option, manager, parse_time_option
+
+_OCTET_STREAM = "application/octet-stream"
+
+
+def _read_input(path: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _statement_payload(
+    data: bytes, subjects: tuple[str, ...], predicate_type: str | None, predicate: str | None
+) -> bytes:
+    from stellakeys.intoto import Statement, Subject
+
+    if not predicate_type:
+        raise click.UsageError("--subject needs --predicate-type")
+    parsed_subjects = []
+    for item in subjects:
+        name, _, digest = item.partition("=")
+        if digest:
+            algo, _, hexdigest = digest.partition(":")
+            if not hexdigest:
+                raise click.UsageError(f"--subject {item!r}: digest must look like sha256:<hex>")
+        else:
+            algo, hexdigest = "sha256", hashlib.sha256(data).hexdigest()
+        parsed_subjects.append(Subject(name, {algo: hexdigest}))
+    body: Any = {}
+    if predicate:
+        text = Path(predicate[1:]).read_text("utf-8") if predicate.startswith("@") else predicate
+        try:
+            body = json.loads(text)
+        except ValueError:
+            raise click.UsageError("--predicate must be JSON or @file with JSON") from None
+        if not isinstance(body, dict):
+            raise click.UsageError("--predicate must be a JSON object")
+    return Statement(tuple(parsed_subjects), predicate_type, body).to_json()
+
+
+def _guess_payload_type(payload: bytes) -> str:
+    from stellakeys.intoto import PAYLOAD_TYPE, STATEMENT_TYPE
+
+    try:
+        obj = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return _OCTET_STREAM
+    return (
+        PAYLOAD_TYPE
+        if isinstance(obj, dict) and obj.get("_type") == STATEMENT_TYPE
+        else (_OCTET_STREAM)
+    )
+
+
+@click.command()
+@click.option("--key-id", "key_ids", required=True, multiple=True, help="Repeat to multi-sign.")
+@click.option("--input", "input_path", default="-", show_default=True, help="Payload file.")
+@click.option("--payload-type", help="DSSE payloadType (default: in-toto if the input is one).")
+@click.option(
+    "--subject",
+    "subjects",
+    multiple=True,
+    help="Wrap the input in an in-toto statement: NAME[=sha256:HEX].",
+)
+@click.option("--predicate-type", help="predicateType of the statement built with --subject.")
+@click.option("--predicate", help="Statement predicate: JSON, or @FILE.")
+@click.option("--output", type=click.Path(dir_okay=False), help="Also write the envelope here.")
+@json_option
+def sign(
+    key_ids: tuple[str, ...],
+    input_path: str,
+    payload_type: str | None,
+    subjects: tuple[str, ...],
+    predicate_type: str | None,
+    predicate: str | None,
+    output: str | None,
+    as_json: bool,
+) -> None:
+    """Sign a payload; prints the proof's sha256: address."""
+    data = _read_input(input_path)
+    if subjects:
+        from stellakeys.intoto import PAYLOAD_TYPE
+
+        payload, ptype = _statement_payload(data, subjects, predicate_type, predicate), PAYLOAD_TYPE
+    else:
+        payload, ptype = data, payload_type or _guess_payload_type(data)
+    m = manager()
+    digest = m.sign(payload, list(key_ids), ptype)
+    envelope = m.get_proof(digest)
+    if output:
+        from stellakeys._fileio import write_atomic
+
+        write_atomic(Path(output), envelope.to_json() + b"\n", mode=0o644)
+    if as_json:
+        emit_json({"proof": digest, "envelope": envelope.to_dict()})
+    else:
+        click.echo(digest)
+
+
+def _load_proof(proof_bundle: str | None, envelope_path: str | None) -> Any:
+    from stellakeys.dsse import Envelope
+
+    if proof_bundle and envelope_path:
+        raise click.UsageError("give --proof-bundle or --envelope, not both")
+    if proof_bundle:
+        return proof_bundle.strip()
+    raw = _read_input(envelope_path or "-")
+    text = raw.strip()
+    if text.startswith(b"sha256:"):
+        return text.decode("ascii")
+    if not text:
+        raise click.UsageError("no proof given: use --proof-bundle, --envelope or stdin")
+    return Envelope.from_json(text)
+
+
+@click.command()
+@click.option("--proof-bundle", help="sha256:... address of a stored proof.")
+@click.option("--envelope", "envelope_path", help="DSSE envelope JSON file ('-' for stdin).")
+@click.option("--purl", help="Artifact PURL (default: the statement's PURL subject).")
+@click.option("--at-time", help="Asserted signing time, ISO 8601 (forensics).")
+@click.option("--require-trusted-time", is_flag=True, help="Demand an RFC 3161 timestamp.")
+@click.option("--require-anchor", is_flag=True, help="Fail instead of a key-only check.")
+@click.option("--threshold", default=1, show_default=True, type=click.IntRange(min=1))
+@json_option
+def verify(
+    proof_bundle: str | None,
+    envelope_path: str | None,
+    purl: str | None,
+    at_time: str | None,
+    require_trusted_time: bool,
+    require_anchor: bool,
+    threshold: int,
+    as_json: bool,
+) -> None:
+    """Verify a proof; exit status 0 only if it verifies."""
+    from stellakeys.verification import VerificationPolicy
+
+    proof = _load_proof(proof_bundle, envelope_path)
+    policy = VerificationPolicy(
+        threshold=threshold,
+        require_trusted_time=require_trusted_time,
+        require_anchor=require_anchor,
+    )
+    result = manager().verify(proof, purl=purl, at=parse_time_option(at_time), policy=policy)
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        _print_result(result)
+    if not result.ok:
+        raise SystemExit(1)
+
+
+def _print_result(result: Any) -> None:
+    from stellakeys.times import format_time
+
+    head = "OK" if result.ok else "FAILED"
+    click.echo(f"{head}: {result.envelope_digest}")
+    if result.purl:
+        click.echo(f"  Artifact:  {result.purl}")
+    if result.anchor_id:
+        click.echo(
+            f"  Anchor:    {result.anchor_id} ({result.anchor_pattern}, {result.policy_version})"
+        )
+    for k in result.verified_keys:
+        click.echo(f"  Key:       {k.key_id} ({k.algorithm}) {k.fingerprint}")
+    click.echo(f"  Time:      {format_time(result.time)} ({result.time_source.value})")
+    for note in result.notes:
+        click.echo(f"  Note:      {note}")
+    for reason in result.reasons:
+        click.echo(f"  Reason:    {reason}")
