@@ -60,6 +60,15 @@ from stellakeys.verification import (
     evaluate_key_only,
 )
 
+#: (transaction, operation, details) -> None; raises to refuse. See KeyManager.operation_guard.
+OperationGuard = Callable[[Transaction, str, dict[str, Any]], None]
+
+#: Operation names given to the guard; they are the ceremony types of the dual-control runbook.
+OP_HSM_KEY_GENERATION = "hsm-key-generation"
+OP_KEY_GENERATION = "key-generation"
+OP_KEY_REVOCATION = "key-revocation"
+OP_TRUST_ANCHOR_UPDATE = "trust-anchor-update"
+
 __all__ = ["ALL_ANCHORS", "AnchorKeyValidity", "AnchorStatus", "KeyManager", "KeyValidity"]
 
 #: The anchor id that means "every anchor holding the key" (emergency revocation).
@@ -232,9 +241,11 @@ class KeyManager:
         self._handles: dict[str, KeyHandle] = {}
         self._ks_lock = threading.Lock()
         self._anchors = _AnchorCache(store)
-        #: Set by the ceremony service (dual-control issue): protected operations then run only
-        #: as the execution of an approved ceremony.
-        self.operation_guard: Callable[[str, dict[str, Any]], None] | None = None
+        #: Set by the ceremony service: called inside the write transaction of every protected
+        #: operation with (transaction, operation, details). It raises to refuse the operation,
+        #: or records the ceremony's execution in the same transaction, so an operation and
+        #: "ceremony executed" commit together or not at all.
+        self.operation_guard: OperationGuard | None = None
 
     @classmethod
     def open(
@@ -297,9 +308,15 @@ class KeyManager:
             AuditRecord(event_type=event_type, actor=self.actor, timestamp=self._now(), **fields)
         )
 
-    def _guard(self, operation: str, details: dict[str, Any]) -> None:
+    def _guard(self, tx: Transaction, operation: str, details: dict[str, Any]) -> None:
         if self.operation_guard is not None:
-            self.operation_guard(operation, details)
+            self.operation_guard(tx, operation, details)
+
+    def _preflight(self, operation: str, details: dict[str, Any]) -> None:
+        """Ask the guard before doing anything expensive or external (key generation)."""
+        if self.operation_guard is not None:
+            with self.store.read() as tx:
+                self.operation_guard(tx, operation, {**details, "preflight": True})
 
     def _key_store(self, uri: str) -> KeyStore:
         base = uri.split("#", 1)[0]
@@ -351,10 +368,14 @@ class KeyManager:
             raise PolicyError(
                 f"profile {profile!r} uses {prof.algorithm}; --algorithm {algorithm} differs"
             )
-        self._guard(
-            "key-generation",
-            {"keyId": key_id, "profile": profile, "keyStore": prof.key_store, "algorithm": alg.id},
-        )
+        operation = OP_HSM_KEY_GENERATION if _is_hsm(prof.key_store) else OP_KEY_GENERATION
+        guard_details: dict[str, Any] = {
+            "keyId": key_id,
+            "profile": prof.name,
+            "keyStore": prof.key_store,
+            "algorithm": alg.id,
+        }
+        self._preflight(operation, guard_details)
         with self.store.read() as tx:
             if tx.get_key(key_id) is not None:
                 raise ConflictError(f"key {key_id!r} already exists")
@@ -374,6 +395,16 @@ class KeyManager:
             origin=KeyOrigin.GENERATED,
         )
         with self.store.transaction() as tx:
+            self._guard(
+                tx,
+                operation,
+                {
+                    **guard_details,
+                    "publicKey": record.public_key_pem,
+                    "fingerprint": record.fingerprint,
+                    "activatedAt": format_time(record.created_at),
+                },
+            )
             tx.insert_key(record)
             self._audit(
                 tx,
@@ -457,13 +488,21 @@ class KeyManager:
         anchor_id: uuid.UUID | None = None,
     ) -> TrustAnchor:
         pattern = PurlPattern.parse(purl_pattern)
-        self._guard(
-            "trust-anchor-update",
-            {"action": "create", "purlPattern": pattern.text, "keyIds": list(key_ids)},
-        )
         now = self._now()
         new_id = anchor_id or uuid.uuid4()
         with self.store.transaction() as tx:
+            self._guard(
+                tx,
+                OP_TRUST_ANCHOR_UPDATE,
+                {
+                    "action": "create",
+                    "anchorId": str(new_id),
+                    "purlPattern": pattern.text,
+                    "keyIds": list(key_ids),
+                    "predicateTypes": list(predicate_types),
+                    "policyVersion": policy_version,
+                },
+            )
             for other in tx.list_anchors(active_only=True):
                 other_pattern = PurlPattern.parse(other.purl_pattern)
                 if other_pattern.text == pattern.text or overlaps_ambiguously(
@@ -524,8 +563,8 @@ class KeyManager:
 
     def deactivate_anchor(self, anchor_id: uuid.UUID | str) -> TrustAnchor:
         aid = _anchor_uuid(anchor_id)
-        self._guard("trust-anchor-update", {"action": "deactivate", "anchorId": str(aid)})
         with self.store.transaction() as tx:
+            self._guard(tx, OP_TRUST_ANCHOR_UPDATE, {"action": "deactivate", "anchorId": str(aid)})
             anchor = tx.get_anchor(aid)
             if anchor is None:
                 raise NotFoundError(f"no trust anchor {aid}")
@@ -544,13 +583,14 @@ class KeyManager:
         self, anchor_id: uuid.UUID | str, key_id: str, added_at: datetime | None = None
     ) -> list[uuid.UUID]:
         """Add a key to one anchor, or to every active anchor (``ALL``) that lacks it."""
-        self._guard(
-            "trust-anchor-update",
-            {"action": "add-key", "anchorId": str(anchor_id), "keyId": key_id},
-        )
         when = added_at or self._now()
         changed: list[uuid.UUID] = []
         with self.store.transaction() as tx:
+            self._guard(
+                tx,
+                OP_TRUST_ANCHOR_UPDATE,
+                {"action": "add-key", "anchorId": str(anchor_id), "keyId": key_id},
+            )
             record = self._require_key(tx, key_id)
             for anchor in self._targets(tx, anchor_id, for_add=True):
                 if anchor.entry(key_id) is not None:
@@ -586,17 +626,18 @@ class KeyManager:
             raise PolicyError("a revocation needs a reason")
         now = self._now()
         when = effective_at or now
-        self._guard(
-            "key-revocation",
-            {
-                "anchorId": str(anchor_id),
-                "keyId": key_id,
-                "reason": reason,
-                "effectiveAt": format_time(when),
-            },
-        )
         changed: list[uuid.UUID] = []
         with self.store.transaction() as tx:
+            self._guard(
+                tx,
+                OP_KEY_REVOCATION,
+                {
+                    "anchorId": str(anchor_id),
+                    "keyId": key_id,
+                    "reason": reason,
+                    "effectiveAt": format_time(when),
+                },
+            )
             self._require_key(tx, key_id)
             targets = [a for a in self._targets(tx, anchor_id, for_add=False) if a.entry(key_id)]
             if not targets:
@@ -848,6 +889,10 @@ def _check_signable(record: KeyRecord, history: list[KeyHistoryEntry], now: date
         raise PolicyError(f"key {record.key_id} was revoked for compromise; it cannot sign")
     if history and all(e.is_revoked_at(now) for e in history):
         raise PolicyError(f"key {record.key_id} is revoked in every anchor; it cannot sign")
+
+
+def _is_hsm(key_store_uri: str) -> bool:
+    return key_store_uri.startswith(("hsm:", "pkcs11:"))
 
 
 def _safe_match(pattern: PurlPattern, purl: str) -> bool:
