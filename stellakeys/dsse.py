@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import attrs
 
 from stellakeys.crypto import PublicKey
-from stellakeys.errors import InvalidSignatureError, MalformedEnvelopeError
+from stellakeys.errors import MalformedEnvelopeError
 
 __all__ = [
     "Envelope",
@@ -51,18 +51,23 @@ def b64decode(text: str) -> bytes:
         raw = text.encode("ascii")
     except (UnicodeEncodeError, AttributeError):
         raise MalformedEnvelopeError("base64 field is not an ASCII string") from None
-    urlsafe = b"-" in raw or b"_" in raw
-    if urlsafe:
-        if b"+" in raw or b"/" in raw:
-            raise MalformedEnvelopeError("base64 mixes the standard and URL-safe alphabets")
-        raw = raw.translate(_URLSAFE_TO_STANDARD)
     remainder = len(raw) % 4
     if remainder:
         if remainder == 1 or raw.endswith(b"="):
             raise MalformedEnvelopeError("base64 has an impossible length")
         raw += b"=" * (4 - remainder)
     try:
+        # The standard alphabet first: it is what stellakeys and most producers write, and
+        # strict mode refuses '-' and '_', so URL-safe input always takes the second path.
         return binascii.a2b_base64(raw, strict_mode=True)
+    except binascii.Error:
+        pass
+    if b"-" not in raw and b"_" not in raw:
+        raise MalformedEnvelopeError("invalid base64")
+    if b"+" in raw or b"/" in raw:
+        raise MalformedEnvelopeError("base64 mixes the standard and URL-safe alphabets")
+    try:
+        return binascii.a2b_base64(raw.translate(_URLSAFE_TO_STANDARD), strict_mode=True)
     except binascii.Error:
         raise MalformedEnvelopeError("invalid base64") from None
 
@@ -117,7 +122,9 @@ class Envelope:
     @classmethod
     def from_json(cls, data: str | bytes) -> Envelope:
         try:
-            obj = json.loads(data)
+            # RFC 8259 8.1: JSON exchanged between systems is UTF-8. Decoding here (strictly)
+            # also spares json.loads its encoding detection on the verify hot path.
+            obj = json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
         except (ValueError, UnicodeDecodeError) as exc:
             raise MalformedEnvelopeError(f"envelope is not valid JSON: {exc}") from None
         except RecursionError:
@@ -207,10 +214,25 @@ class EnvelopeVerification:
         return max(0, self.threshold - len(self.verified))
 
 
-def _as_keyring(keys: Mapping[str, PublicKey] | Iterable[PublicKey]) -> dict[str, PublicKey]:
+def _as_keyring(keys: Mapping[str, PublicKey] | Iterable[PublicKey]) -> Mapping[str, PublicKey]:
+    if isinstance(keys, dict):  # the common case, read as is (never modified)
+        return keys
     if isinstance(keys, Mapping):
         return dict(keys)
     return {k.fingerprint: k for k in keys}
+
+
+def _find_key(
+    signature: Signature, message: bytes, keyring: Mapping[str, PublicKey]
+) -> tuple[str, PublicKey] | None:
+    """The trusted key that verifies ``signature``: the hinted key first, then every other."""
+    hinted = keyring.get(signature.keyid) if signature.keyid is not None else None
+    if hinted is not None and hinted.is_valid(signature.sig, message):
+        return signature.keyid, hinted  # type: ignore[return-value]
+    for key_id, key in keyring.items():
+        if key is not hinted and key.is_valid(signature.sig, message):
+            return key_id, key
+    return None
 
 
 def verify_envelope(
@@ -230,33 +252,24 @@ def verify_envelope(
     verified: dict[str, VerifiedKey] = {}
     failures: list[SignatureFailure] = []
     for index, signature in enumerate(envelope.signatures):
-        hinted = keyring.get(signature.keyid) if signature.keyid is not None else None
-        candidates: list[tuple[str, PublicKey]] = []
-        if hinted is not None:
-            candidates.append((signature.keyid, hinted))  # type: ignore[arg-type]
-        candidates.extend((kid, k) for kid, k in keyring.items() if k is not hinted)
-        if not candidates:
-            failures.append(SignatureFailure(index, signature.keyid, "no trusted keys"))
+        hint = signature.keyid
+        if not keyring:
+            failures.append(SignatureFailure(index, hint, "no trusted keys"))
             continue
-        for key_id, key in candidates:
-            try:
-                key.verify(signature.sig, message)
-            except InvalidSignatureError:
-                continue
-            if key.fingerprint not in verified:
-                verified[key.fingerprint] = VerifiedKey(
-                    key_id, key.fingerprint, key.algorithm.id, index
-                )
-            else:
-                failures.append(
-                    SignatureFailure(index, signature.keyid, f"duplicate signature by {key_id}")
-                )
-            break
-        else:
+        found = _find_key(signature, message, keyring)
+        if found is None:
             reason = (
-                f"does not verify with trusted key {signature.keyid!r}"
-                if hinted is not None and len(candidates) == 1
+                f"does not verify with trusted key {hint!r}"
+                if hint in keyring and len(keyring) == 1
                 else "does not verify with any trusted key"
             )
-            failures.append(SignatureFailure(index, signature.keyid, reason))
+            failures.append(SignatureFailure(index, hint, reason))
+            continue
+        key_id, key = found
+        if key.fingerprint in verified:
+            failures.append(SignatureFailure(index, hint, f"duplicate signature by {key_id}"))
+        else:
+            verified[key.fingerprint] = VerifiedKey(
+                key_id, key.fingerprint, key.algorithm.id, index
+            )
     return EnvelopeVerification(threshold, tuple(verified.values()), tuple(failures))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import types
 from typing import Any
 
 import attrs
@@ -490,6 +491,21 @@ def test_keyid_is_only_a_hint(ed: PrivateKey, ed2: PrivateKey, hint: str | None)
     assert result.ok
     assert result.verified[0].key_id == "alice"
     assert result.verified[0].fingerprint == ed.fingerprint
+
+
+def test_keys_as_any_mapping_or_iterable(ed: PrivateKey, ed2: PrivateKey) -> None:
+    envelope = sign_envelope(TYPE, PAYLOAD, [ed, ed2], keyids=["a", "b"])
+    keyring = {"a": ed.public_key(), "b": ed2.public_key()}
+    for keys in (
+        keyring,
+        types.MappingProxyType(keyring),
+        [ed.public_key(), ed2.public_key()],
+        (k for k in (ed.public_key(), ed2.public_key())),
+    ):
+        assert verify_envelope(envelope, keys, threshold=2).ok
+    assert keyring == {"a": ed.public_key(), "b": ed2.public_key()}
+    by_list = verify_envelope(envelope, [ed.public_key()])
+    assert by_list.verified[0].key_id == ed.fingerprint  # bare keys are named by fingerprint
 
 
 def test_failure_reason_names_the_hinted_key(ed: PrivateKey, ed2: PrivateKey) -> None:

@@ -12,7 +12,7 @@ import hashlib
 import hmac
 from typing import ClassVar
 
-from stellakeys.errors import MalformedKeyError
+from stellakeys.errors import InvalidSignatureError, MalformedKeyError
 
 FINGERPRINT_PREFIX = "SHA256:"
 
@@ -98,8 +98,6 @@ class PublicKey(abc.ABC):
         """Return if ``signature`` is valid over ``data``; raise InvalidSignatureError if not."""
 
     def is_valid(self, signature: bytes, data: bytes) -> bool:
-        from stellakeys.errors import InvalidSignatureError
-
         try:
             self.verify(signature, data)
         except InvalidSignatureError:
