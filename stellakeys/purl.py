@@ -29,6 +29,7 @@ into ``_``) by swapping it for a placeholder token around the call.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Generic, TypeVar
@@ -315,6 +316,40 @@ class PurlPattern:
     # type differently (npm lower-cases names only, cpan upper-cases namespaces, ...). Only a
     # trailing pattern's last segment can be either, depending on the artifact's depth.
     _last_as_namespace: _Glob | None = attrs.field(eq=False, alias="last_as_namespace")
+    #: ``(literal segments, -wildcards, literal characters in wildcard segments)``; higher is
+    #: more specific. A pinned version counts as one more literal segment, so
+    #: ``pkg:npm/lodash@4.17.21`` beats ``pkg:npm/lodash``. The third element orders patterns
+    #: that differ only inside a wildcard segment: ``pkg:maven/org.apache.*`` beats ``pkg:maven/*``.
+    specificity: Specificity = attrs.field(eq=False, init=False)
+    #: ``""``, then each literal segment prefix of the pattern up to :attr:`index_key`: the
+    #: storage keys of patterns this one could tie with that are *less* deep than itself.
+    key_chain: tuple[str, ...] = attrs.field(eq=False, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        # Stored rather than computed on access: lookups compare specificities and keys a lot.
+        literal = sum(not g.wildcard for g in self._globs) + (self.version is not None)
+        wildcard_globs = [g for g in self._globs if g.wildcard]
+        specificity = (
+            literal,
+            -len(wildcard_globs),
+            sum(g.literal_chars for g in wildcard_globs),
+        )
+        object.__setattr__(self, "specificity", specificity)
+        object.__setattr__(self, "key_chain", self._compute_key_chain())
+
+    def _compute_key_chain(self) -> tuple[str, ...]:
+        if self.type is None:
+            return ("",)
+        chain = ["", _render_segments(self.type, ())]
+        literal: list[str] = []
+        for glob in self._globs[1:]:
+            if glob.wildcard:
+                return tuple(chain)
+            literal.append(glob.prefix)
+            chain.append(_render_segments(self.type, literal))
+        if self.version is not None:
+            chain.append(chain[-1] + _version_suffix(self.version))
+        return tuple(chain)
 
     # ---- construction --------------------------------------------------------------------
 
@@ -400,19 +435,6 @@ class PurlPattern:
     # ---- properties ----------------------------------------------------------------------
 
     @property
-    def specificity(self) -> Specificity:
-        """``(literal segments, -wildcards, literal characters in wildcard segments)``.
-
-        Higher is more specific. A pinned version counts as one more literal segment, so
-        ``pkg:npm/lodash@4.17.21`` beats ``pkg:npm/lodash``. The third element orders patterns
-        that differ only inside a wildcard segment: ``pkg:maven/org.apache.*`` beats
-        ``pkg:maven/*``.
-        """
-        literal = sum(not g.wildcard for g in self._globs) + (self.version is not None)
-        wildcard_globs = [g for g in self._globs if g.wildcard]
-        return (literal, -len(wildcard_globs), sum(g.literal_chars for g in wildcard_globs))
-
-    @property
     def index_key(self) -> str:
         """The literal segments before the first wildcard, as a storage index key.
 
@@ -421,14 +443,7 @@ class PurlPattern:
         Whenever this pattern matches a package URL, this key is in
         :func:`lookup_keys_for` of that package URL.
         """
-        if self.type is None:
-            return ""
-        literal: list[str] = []
-        for glob in self._globs[1:]:
-            if glob.wildcard:
-                return _render_segments(self.type, literal)
-            literal.append(glob.prefix)
-        return _render_segments(self.type, literal) + _version_suffix(self.version)
+        return self.key_chain[-1]
 
     @property
     def is_universal(self) -> bool:
@@ -630,24 +645,68 @@ def select_most_specific(
     return best
 
 
+class _SameSpecificity:
+    """Patterns of one specificity by index key, with the keys sorted for prefix searches."""
+
+    def __init__(self) -> None:
+        self.by_key: dict[str, dict[str, PurlPattern]] = {}
+        self.sorted_keys: list[str] = []
+
+    def add(self, pattern: PurlPattern) -> None:
+        key = pattern.index_key
+        if key not in self.by_key:
+            self.by_key[key] = {}
+            bisect.insort(self.sorted_keys, key)
+        self.by_key[key][pattern.text] = pattern
+
+    def remove(self, pattern: PurlPattern) -> None:
+        key = pattern.index_key
+        bucket = self.by_key[key]
+        del bucket[pattern.text]
+        if not bucket:
+            del self.by_key[key]
+            del self.sorted_keys[bisect.bisect_left(self.sorted_keys, key)]
+
+    def related(self, pattern: PurlPattern) -> Iterator[PurlPattern]:
+        """Patterns whose index key is a segment prefix of ``pattern``'s key, or extends it.
+
+        Only those can overlap it: an artifact both match has both keys among its
+        :func:`lookup_keys_for`, which form one chain of prefixes.
+        """
+        for key in pattern.key_chain:
+            yield from self.by_key.get(key, {}).values()
+        if pattern.is_universal:
+            return
+        # Deeper keys continue with a literal '/' (segments are percent-encoded, so it is a
+        # separator). A key continuing with '@version' belongs to a pattern without wildcards,
+        # which never has the specificity of one keyed by its unversioned path; skip those.
+        low = bisect.bisect_left(self.sorted_keys, pattern.index_key + "/")
+        high = bisect.bisect_left(self.sorted_keys, pattern.index_key + "0")  # '0' follows '/'
+        for key in self.sorted_keys[low:high]:
+            yield from self.by_key[key].values()
+
+
 class PatternIndex(Generic[T]):
     """In-memory map from patterns to values (anchors) with most-specific lookup.
 
     Entries are bucketed by :attr:`PurlPattern.index_key`, so :meth:`lookup` touches only the
     buckets named by :func:`lookup_keys_for` (at most segments + 2) rather than every pattern.
-    :meth:`add` checks the new pattern against the patterns of equal specificity only, since
-    only those can tie. Put only active anchors in it.
+    :meth:`add` checks the new pattern only against patterns of equal specificity (only those
+    can tie) whose keys are prefix-related to its own (only those can overlap). Put only
+    active anchors in it.
     """
 
     def __init__(self) -> None:
         self._by_key: dict[str, dict[str, tuple[PurlPattern, T]]] = {}
-        self._by_specificity: dict[Specificity, dict[str, PurlPattern]] = {}
+        self._by_specificity: dict[Specificity, _SameSpecificity] = {}
 
     def add(self, pattern: PurlPattern, value: T) -> None:
         """Add ``pattern``; refuse a duplicate or a tie with an existing pattern."""
-        ensure_unambiguous(pattern, self._by_specificity.get(pattern.specificity, {}).values())
+        same = self._by_specificity.get(pattern.specificity)
+        if same is not None:
+            ensure_unambiguous(pattern, same.related(pattern))
         self._by_key.setdefault(pattern.index_key, {})[pattern.text] = (pattern, value)
-        self._by_specificity.setdefault(pattern.specificity, {})[pattern.text] = pattern
+        self._by_specificity.setdefault(pattern.specificity, _SameSpecificity()).add(pattern)
 
     def remove(self, pattern: PurlPattern | str) -> None:
         """Remove ``pattern`` (a pattern or its text); KeyError if it is not in the index."""
@@ -659,8 +718,8 @@ class PatternIndex(Generic[T]):
         if not bucket:
             del self._by_key[p.index_key]
         same = self._by_specificity[p.specificity]
-        del same[p.text]
-        if not same:
+        same.remove(p)
+        if not same.by_key:
             del self._by_specificity[p.specificity]
 
     def candidates(self, purl: str | Purl) -> list[tuple[PurlPattern, T]]:
