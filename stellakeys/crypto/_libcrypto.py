@@ -32,11 +32,12 @@ Conventions in this file:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
 from stellakeys.errors import BackendUnavailableError, StellaKeysError
@@ -263,7 +264,6 @@ def _read_mem_bio(bio: int) -> bytes:
 _MD: list[_Signature] = [
     ("EVP_get_digestbyname", _P, [_CHARP]),
     ("EVP_MD_fetch", _P, [_P, _CHARP, _CHARP]),
-    ("EVP_MD_get_size", _INT, [_P]),
     ("EVP_Digest", _INT, [_CHARP, _SIZE, _CHARP, ctypes.POINTER(_UINT), _P, _P]),
     ("EVP_MD_CTX_new", _P, []),
     ("EVP_MD_CTX_free", None, [_P]),
@@ -306,14 +306,11 @@ def digest(name: str, data: bytes) -> bytes:
 
 # --- key objects (EVP_PKEY_*) and their ownership --------------------------------------------
 
-EVP_PKEY_KEYMGMT = -1  # EVP_PKEY_get_id() of a provider key whose type has no NID
-
 _PKEY: list[_Signature] = [
     ("EVP_PKEY_free", None, [_P]),
     ("EVP_PKEY_get_id", _INT, [_P]),
     ("EVP_PKEY_is_a", _INT, [_P, _CHARP]),
     ("EVP_PKEY_get0", _P, [_P]),
-    ("EVP_PKEY_get_bn_param", _INT, [_P, _CHARP, _PP]),
 ]
 
 
@@ -362,7 +359,6 @@ _PKEY_CTX: list[_Signature] = [
     ("EVP_PKEY_CTX_new", _P, [_P, _P]),
     ("EVP_PKEY_CTX_new_id", _P, [_INT, _P]),
     ("EVP_PKEY_CTX_new_from_name", _P, [_P, _CHARP, _CHARP]),
-    ("EVP_PKEY_CTX_new_from_pkey", _P, [_P, _P, _CHARP]),
     ("EVP_PKEY_CTX_free", None, [_P]),
     ("EVP_PKEY_CTX_ctrl_str", _INT, [_P, _CHARP, _CHARP]),
     ("EVP_PKEY_CTX_set1_id", _INT, [_P, _CHARP, _INT]),
@@ -466,14 +462,13 @@ _SIGN: list[_Signature] = [
 ]
 
 
-def _with_md_ctx(
-    key: Pkey, md: int, distinguishing_id: bytes | None, body: Callable[[int, int], bytes | bool]
-) -> bytes | bool:
-    """Run ``body(md_ctx, pkey_ctx)`` with contexts that are freed whatever happens.
+@contextlib.contextmanager
+def _md_ctx(key: Pkey, distinguishing_id: bytes | None) -> Iterator[int]:
+    """An EVP_MD_CTX* (and, for SM2, its key context), freed whatever happens.
 
-    The SM2 distinguishing ID must be set on the key context *before* the digest-sign init
-    computes Z_A, which is why we create the key context ourselves and hand it to the digest
-    context (EVP_MD_CTX_set_pkey_ctx keeps ownership with us).
+    The SM2 distinguishing ID must be on the key context *before* the digest-sign init, which
+    computes Z_A from it; so we create the key context ourselves, set the ID, and hand it to the
+    digest context. EVP_MD_CTX_set_pkey_ctx leaves its ownership with us.
     """
     cdll = lib()
     mctx = cdll.EVP_MD_CTX_new()
@@ -486,7 +481,7 @@ def _with_md_ctx(
             ok = cdll.EVP_PKEY_CTX_set1_id(pctx, distinguishing_id, len(distinguishing_id))
             _check(ok, "cannot set the SM2 distinguishing ID")
             cdll.EVP_MD_CTX_set_pkey_ctx(mctx, pctx)
-        return body(int(mctx), pctx or 0)
+        yield int(mctx)
     finally:
         cdll.EVP_MD_CTX_free(mctx)
         if pctx is not None:
@@ -497,18 +492,13 @@ def digest_sign(key: Pkey, md: int, data: bytes, distinguishing_id: bytes | None
     """EVP_DigestSign over the message (hash-then-sign inside OpenSSL, nonce from its CSPRNG)."""
     cdll = lib()
     clear_errors()
-
-    def body(mctx: int, _pctx: int) -> bytes:
+    with _md_ctx(key, distinguishing_id) as mctx:
         _check(cdll.EVP_DigestSignInit(mctx, None, md, None, key.ptr), "sign init")
         size = _SIZE(0)
         _check(cdll.EVP_DigestSign(mctx, None, ctypes.byref(size), None, 0), "signature size")
         buf = ctypes.create_string_buffer(size.value)
         _check(cdll.EVP_DigestSign(mctx, buf, ctypes.byref(size), data, len(data)), "signing")
         return buf.raw[: size.value]
-
-    result = _with_md_ctx(key, md, distinguishing_id, body)
-    assert isinstance(result, bytes)
-    return result
 
 
 def digest_verify(
@@ -517,15 +507,12 @@ def digest_verify(
     """True when OpenSSL accepts ``signature`` over ``data``; never raises for a bad signature."""
     cdll = lib()
     clear_errors()
-
-    def body(mctx: int, _pctx: int) -> bool:
+    with _md_ctx(key, distinguishing_id) as mctx:
         _check(cdll.EVP_DigestVerifyInit(mctx, None, md, None, key.ptr), "verify init")
-        return int(cdll.EVP_DigestVerify(mctx, signature, len(signature), data, len(data))) == 1
-
-    result = _with_md_ctx(key, md, distinguishing_id, body)
+        ok = int(cdll.EVP_DigestVerify(mctx, signature, len(signature), data, len(data))) == 1
     # A failed verification leaves reasons on the queue; they must not leak into the next call.
     discard_errors()
-    return bool(result)
+    return ok
 
 
 # --- encodings: SubjectPublicKeyInfo and PKCS#8 (d2i_*, i2d_*, PKCS8_*, PEM_*) ---------------
@@ -683,7 +670,6 @@ _EC: list[_Signature] = [
     ("BN_bn2binpad", _INT, [_P, _CHARP, _INT]),
     ("BN_is_zero", _INT, [_P]),
     ("BN_cmp", _INT, [_P, _P]),
-    ("BN_clear_free", None, [_P]),
 ]
 
 
@@ -734,26 +720,6 @@ def ec_check_key(key: Pkey) -> bool:
     ok = int(lib().EC_KEY_check_key(_ec_key(key))) == 1
     discard_errors()
     return ok
-
-
-def pkey_bn_param_in_range(key: Pkey, name: str, low: int, high: int) -> bool:
-    """``low <= param <= high`` for a provider key's BIGNUM parameter (e.g. SM2 ``priv``).
-
-    The BIGNUM is copied out and cleared; this is for checks where the bound is not one
-    OpenSSL exposes a comparison for.
-    """
-    cdll = lib()
-    bn = ctypes.c_void_p()
-    clear_errors()
-    if int(cdll.EVP_PKEY_get_bn_param(key.ptr, name.encode("ascii"), ctypes.byref(bn))) != 1:
-        discard_errors()
-        return False
-    try:
-        value = _bn_to_int(int(bn.value or 0))
-        return low <= value <= high
-    finally:
-        cdll.BN_clear_free(bn.value)
-        value = 0
 
 
 _TABLES: tuple[list[_Signature], ...] = (
