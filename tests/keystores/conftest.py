@@ -27,3 +27,8 @@ def passphrase_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 @pytest.fixture
 def software_context(software_home: Path) -> KeyStoreContext:
     return KeyStoreContext(home=software_home)
+
+
+# SoftHSM2 and moto fixtures live in their own modules (usable from other test folders too).
+from motokms import kms_env, moto_kms  # noqa: E402, F401
+from softhsm import pkcs11_pin, softhsm  # noqa: E402, F401
