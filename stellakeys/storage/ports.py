@@ -5,6 +5,11 @@ All reads and writes happen inside a :class:`Transaction`. A write transaction i
 the ``with`` block raises, nothing it wrote is kept. Write transactions on one store are
 serialised (SQLite ``BEGIN IMMEDIATE``; row/advisory locks on PostgreSQL), which is what keeps
 the audit hash chain a single line under concurrent writers.
+
+Transactions do not nest: opening one while the same thread has one open raises StorageError
+(rather than deadlocking). A :meth:`Store.read` transaction refuses writes with StorageError,
+and a transaction object is unusable after its ``with`` block. Times must be timezone-aware
+and come back as aware UTC; metadata and details must be JSON-compatible.
 """
 
 from __future__ import annotations
@@ -58,7 +63,9 @@ class Transaction(Protocol):
         id exists."""
         ...
 
-    def set_anchor_active(self, anchor_id: uuid.UUID, active: bool) -> None: ...
+    def set_anchor_active(self, anchor_id: uuid.UUID, active: bool) -> None:
+        """NotFoundError if there is no such anchor."""
+        ...
 
     def list_anchors(self, *, active_only: bool = False) -> list[TrustAnchor]:
         """Anchors ordered by created_at then id, each with its history."""
@@ -66,11 +73,13 @@ class Transaction(Protocol):
 
     def anchors_by_index_keys(self, index_keys: Sequence[str]) -> list[TrustAnchor]:
         """Active anchors whose index key is one of ``index_keys``, using an index: this is
-        the hot path of verification and must not scan all anchors."""
+        the hot path of verification and must not scan all anchors. Ordered by created_at
+        then id, each with its history."""
         ...
 
     def insert_history(self, entry: KeyHistoryEntry) -> None:
-        """ConflictError if (anchor_id, key_id) exists: a key joins an anchor once."""
+        """ConflictError if (anchor_id, key_id) exists: a key joins an anchor once.
+        NotFoundError if the anchor does not exist."""
         ...
 
     def update_history(self, entry: KeyHistoryEntry) -> None:
@@ -79,7 +88,8 @@ class Transaction(Protocol):
         ...
 
     def history_of_key(self, key_id: str) -> list[KeyHistoryEntry]:
-        """Every anchor membership of a key (emergency revocation, forensics)."""
+        """Every anchor membership of a key (emergency revocation, forensics), ordered by
+        added_at then anchor_id."""
         ...
 
     # --- proofs -----------------------------------------------------------------------------
@@ -89,7 +99,10 @@ class Transaction(Protocol):
 
     def get_proof(self, digest: str) -> ProofRecord | None: ...
 
-    def add_proof_timestamp(self, digest: str, token: bytes) -> None: ...
+    def add_proof_timestamp(self, digest: str, token: bytes) -> None:
+        """Append a token (kept in insertion order; the same token twice is kept once).
+        NotFoundError if there is no such proof."""
+        ...
 
     def iter_proofs(self) -> Iterator[ProofRecord]:
         """Every stored proof, oldest first (anchor status, forensics, feeds)."""
@@ -97,11 +110,13 @@ class Transaction(Protocol):
 
     # --- audit ------------------------------------------------------------------------------
     def append_audit(self, record: AuditRecord) -> AuditEvent:
-        """Chain the record after the current head (stellakeys.audit.chain_event) and store it."""
+        """Chain the record after the current head (stellakeys.audit.chain_event) and store it.
+        ConflictError if the event id exists."""
         ...
 
     def audit_events(self, query: AuditQuery | None = None) -> list[AuditEvent]:
-        """Matching events in seq order (oldest first)."""
+        """Matching events in seq order (oldest first); ``limit`` keeps the oldest N matches.
+        ``since`` and ``until`` are inclusive."""
         ...
 
     def iter_audit(self) -> Iterator[AuditEvent]:
@@ -120,7 +135,8 @@ class Store(Protocol):
 
     def change_token(self) -> object:
         """A value that differs after any committed write, by this or any other process.
-        Caches (anchor lookup, key history) compare it to know when to drop their content."""
+        Caches (anchor lookup, key history) compare it to know when to drop their content.
+        Read it before the data it guards; compare only tokens of the same store object."""
         ...
 
     def close(self) -> None: ...
