@@ -1,0 +1,272 @@
+"""Row <-> domain conversion shared by the memory and SQLite adapters.
+
+A row is a tuple of primitives (str, int, bytes, None) in the column order of the SQLite
+schema (``migrations/sqlite``). The SQLite adapter selects exactly these columns; the memory
+adapter stores these tuples too, so both adapters have the same semantics by construction:
+instants normalised to UTC microseconds, JSON that must survive a round trip, and callers
+that can never mutate stored state through a dict they passed in or got back.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
+from stellakeys.audit import AuditEvent, AuditQuery
+from stellakeys.keys import KeyRecord
+from stellakeys.storage.ports import ProofRecord
+
+__all__ = [
+    "ANCHOR_COLUMNS",
+    "AUDIT_COLUMNS",
+    "HISTORY_COLUMNS",
+    "KEY_COLUMNS",
+    "PROOF_COLUMNS",
+    "anchor_from_row",
+    "anchor_to_row",
+    "audit_from_row",
+    "audit_to_row",
+    "check_history_belongs",
+    "check_query",
+    "dump_json",
+    "from_micros",
+    "history_from_row",
+    "history_sort_key",
+    "history_to_row",
+    "key_from_row",
+    "key_to_row",
+    "load_json",
+    "opt_from_micros",
+    "opt_to_micros",
+    "proof_from_row",
+    "proof_to_row",
+    "to_micros",
+]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICRO = timedelta(microseconds=1)
+
+KEY_COLUMNS = (
+    "key_id, algorithm, public_key, fingerprint, created_at, profile, key_store_uri, origin,"
+    " metadata"
+)
+ANCHOR_COLUMNS = "id, purl_pattern, allowed_predicate_types, policy_version, created_at, active"
+HISTORY_COLUMNS = (
+    "id, anchor_id, key_id, algorithm, public_key, fingerprint, added_at, revoked_at,"
+    " revoke_reason, expires_at, metadata"
+)
+AUDIT_COLUMNS = (
+    "seq, event_id, event_type, key_id, anchor_id, actor, timestamp, ceremony_id, details,"
+    " prev_hash, hash"
+)
+PROOF_COLUMNS = "digest, envelope_json, created_at"
+
+Row = tuple[Any, ...]
+
+
+# --- scalars --------------------------------------------------------------------------------
+
+
+def to_micros(value: datetime) -> int:
+    """Microseconds since the Unix epoch. Naive datetimes are refused: stored in the wrong zone
+    they would silently move every validity window."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"naive datetime {value.isoformat()} cannot be stored: add a zone")
+    # Integer division of timedeltas is exact (no float), for any year datetime supports.
+    return (value - _EPOCH) // _MICRO
+
+
+def from_micros(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
+
+
+def opt_to_micros(value: datetime | None) -> int | None:
+    return None if value is None else to_micros(value)
+
+
+def opt_from_micros(value: int | None) -> datetime | None:
+    return None if value is None else from_micros(value)
+
+
+def dump_json(value: Any) -> str:
+    """Canonical JSON text: sorted keys, compact, UTF-8 kept as is."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def load_json(text: str | None) -> Any:
+    return {} if text is None else json.loads(text)
+
+
+def _opt_uuid(value: str | None) -> uuid.UUID | None:
+    return None if value is None else uuid.UUID(value)
+
+
+def _opt_str(value: uuid.UUID | None) -> str | None:
+    return None if value is None else str(value)
+
+
+# --- keys -----------------------------------------------------------------------------------
+
+
+def key_to_row(r: KeyRecord) -> Row:
+    return (
+        r.key_id,
+        r.algorithm,
+        r.public_key_pem,
+        r.fingerprint,
+        to_micros(r.created_at),
+        r.profile,
+        r.key_store_uri,
+        r.origin,
+        dump_json(dict(r.metadata)),
+    )
+
+
+def key_from_row(row: Sequence[Any]) -> KeyRecord:
+    return KeyRecord(
+        key_id=row[0],
+        algorithm=row[1],
+        public_key_pem=row[2],
+        fingerprint=row[3],
+        created_at=from_micros(row[4]),
+        profile=row[5],
+        key_store_uri=row[6],
+        origin=row[7],
+        metadata=load_json(row[8]),
+    )
+
+
+# --- anchors and history --------------------------------------------------------------------
+
+
+def anchor_to_row(a: TrustAnchor) -> Row:
+    """The anchor's own columns (history rows are separate; index_key is appended by callers)."""
+    return (
+        str(a.anchor_id),
+        a.purl_pattern,
+        dump_json(list(a.allowed_predicate_types)),
+        a.policy_version,
+        to_micros(a.created_at),
+        1 if a.active else 0,
+    )
+
+
+def anchor_from_row(row: Sequence[Any], history: tuple[KeyHistoryEntry, ...]) -> TrustAnchor:
+    return TrustAnchor(
+        anchor_id=uuid.UUID(row[0]),
+        purl_pattern=row[1],
+        allowed_predicate_types=tuple(load_json(row[2]) or ()),
+        policy_version=row[3],
+        created_at=from_micros(row[4]),
+        key_history=history,
+        active=bool(row[5]),
+    )
+
+
+def history_to_row(e: KeyHistoryEntry) -> Row:
+    return (
+        str(e.entry_id),
+        str(e.anchor_id),
+        e.key_id,
+        e.algorithm,
+        e.public_key_pem,
+        e.fingerprint,
+        to_micros(e.added_at),
+        opt_to_micros(e.revoked_at),
+        e.revoke_reason,
+        opt_to_micros(e.expires_at),
+        dump_json(dict(e.metadata)),
+    )
+
+
+def history_from_row(row: Sequence[Any]) -> KeyHistoryEntry:
+    return KeyHistoryEntry(
+        entry_id=uuid.UUID(row[0]),
+        anchor_id=uuid.UUID(row[1]),
+        key_id=row[2],
+        algorithm=row[3],
+        public_key_pem=row[4],
+        fingerprint=row[5],
+        added_at=from_micros(row[6]),
+        revoked_at=opt_from_micros(row[7]),
+        revoke_reason=row[8],
+        expires_at=opt_from_micros(row[9]),
+        metadata=load_json(row[10]),
+    )
+
+
+def history_sort_key(row: Sequence[Any]) -> tuple[int, str]:
+    """(added_at, key_id): the order of an anchor's history in every adapter."""
+    return (row[6], row[2])
+
+
+def check_history_belongs(anchor: TrustAnchor) -> None:
+    for e in anchor.key_history:
+        if e.anchor_id != anchor.anchor_id:
+            raise ValueError(
+                f"history entry for key {e.key_id!r} names anchor {e.anchor_id},"
+                f" not {anchor.anchor_id}"
+            )
+
+
+# --- proofs ---------------------------------------------------------------------------------
+
+
+def proof_to_row(p: ProofRecord) -> Row:
+    return (p.digest, bytes(p.envelope_json), to_micros(p.created_at))
+
+
+def proof_from_row(row: Sequence[Any], tokens: tuple[bytes, ...]) -> ProofRecord:
+    return ProofRecord(
+        digest=row[0],
+        envelope_json=bytes(row[1]),
+        created_at=from_micros(row[2]),
+        timestamp_tokens=tokens,
+    )
+
+
+# --- audit ----------------------------------------------------------------------------------
+
+
+def audit_to_row(e: AuditEvent) -> Row:
+    return (
+        e.seq,
+        str(e.event_id),
+        e.event_type,
+        e.key_id,
+        _opt_str(e.anchor_id),
+        e.actor,
+        to_micros(e.timestamp),
+        e.ceremony_id,
+        dump_json(dict(e.details)),
+        e.prev_hash,
+        e.hash,
+    )
+
+
+def audit_from_row(row: Sequence[Any]) -> AuditEvent:
+    return AuditEvent(
+        seq=row[0],
+        event_id=uuid.UUID(row[1]),
+        event_type=row[2],
+        key_id=row[3],
+        anchor_id=_opt_uuid(row[4]),
+        actor=row[5],
+        timestamp=from_micros(row[6]),
+        ceremony_id=row[7],
+        details=load_json(row[8]),
+        prev_hash=row[9],
+        hash=row[10],
+    )
+
+
+def check_query(query: AuditQuery) -> None:
+    """Refuse what an SQL adapter would refuse, so every adapter agrees."""
+    opt_to_micros(query.since)
+    opt_to_micros(query.until)
+    if query.limit is not None and query.limit < 0:
+        raise ValueError(f"audit query limit must be >= 0, not {query.limit}")

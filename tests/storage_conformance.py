@@ -1,0 +1,824 @@
+"""The storage conformance suite: what every :class:`stellakeys.storage.ports.Store` must do.
+
+Use it from an adapter's test module by subclassing and providing a ``store`` fixture that
+yields a fresh, empty store::
+
+    from storage_conformance import StoreConformance
+
+    class TestMyStore(StoreConformance):
+        @pytest.fixture
+        def store(self, tmp_path): ...
+
+Nothing here knows which adapter it runs against; adapter specifics (files, processes,
+migrations, crash recovery) belong in the adapter's own module.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import attrs
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stellakeys.anchors import COMPROMISE, KeyHistoryEntry, TrustAnchor
+from stellakeys.audit import AuditEvent, AuditQuery, AuditRecord, verify_chain
+from stellakeys.errors import ConflictError, NotFoundError, StorageError
+from stellakeys.keys import KeyOrigin, KeyRecord
+from stellakeys.storage.ports import ProofRecord, Store, Transaction
+
+__all__ = ["StoreConformance", "anchor", "audit_record", "entry", "key"]
+
+T0 = datetime(2024, 1, 15, tzinfo=UTC)
+PEM = (
+    ed25519.Ed25519PrivateKey.generate()
+    .public_key()
+    .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    .decode()
+)
+
+
+def at(days: float = 0, micros: int = 0) -> datetime:
+    return T0 + timedelta(days=days, microseconds=micros)
+
+
+def key(key_id: str, *, created: datetime | None = None, **overrides: Any) -> KeyRecord:
+    return KeyRecord(
+        key_id=key_id,
+        algorithm=overrides.pop("algorithm", "ed25519"),
+        public_key_pem=overrides.pop("public_key_pem", PEM),
+        fingerprint=overrides.pop("fingerprint", "SHA256:" + "ab" * 32),
+        created_at=created or T0,
+        **overrides,
+    )
+
+
+def entry(
+    anchor_id: uuid.UUID, key_id: str, added: datetime | None = None, **overrides: Any
+) -> KeyHistoryEntry:
+    return KeyHistoryEntry(
+        anchor_id=anchor_id,
+        key_id=key_id,
+        algorithm=overrides.pop("algorithm", "ed25519"),
+        public_key_pem=overrides.pop("public_key_pem", PEM),
+        fingerprint=overrides.pop("fingerprint", "SHA256:" + "cd" * 32),
+        added_at=added or T0,
+        **overrides,
+    )
+
+
+def anchor(
+    pattern: str = "pkg:npm/*",
+    *,
+    keys: tuple[str, ...] = (),
+    created: datetime | None = None,
+    anchor_id: uuid.UUID | None = None,
+    **overrides: Any,
+) -> TrustAnchor:
+    aid = anchor_id or uuid.uuid4()
+    history = tuple(entry(aid, k, at(i)) for i, k in enumerate(keys))
+    return TrustAnchor(
+        anchor_id=aid,
+        purl_pattern=pattern,
+        allowed_predicate_types=overrides.pop("allowed_predicate_types", ("evidence.stella/v1",)),
+        policy_version=overrides.pop("policy_version", "v1"),
+        created_at=created or T0,
+        key_history=overrides.pop("key_history", history),
+        **overrides,
+    )
+
+
+def audit_record(event_type: str = "KEY_GENERATED", **fields: Any) -> AuditRecord:
+    fields.setdefault("actor", "alice")
+    fields.setdefault("timestamp", T0)
+    return AuditRecord(event_type=event_type, **fields)
+
+
+def proof(digest: str, created: datetime | None = None, body: bytes = b"{}") -> ProofRecord:
+    return ProofRecord(digest=digest, envelope_json=body, created_at=created or T0)
+
+
+def snapshot(store: Store) -> dict[str, Any]:
+    """Everything observable through the port, for before/after comparisons."""
+    with store.read() as tx:
+        anchors = tx.list_anchors()
+        return {
+            "keys": tx.list_keys(),
+            "anchors": anchors,
+            "history": {k: tx.history_of_key(k) for k in ("k1", "k2", "k3", "new")},
+            "proofs": list(tx.iter_proofs()),
+            "audit": list(tx.iter_audit()),
+        }
+
+
+CHARS = st.characters(codec="utf-8", exclude_characters="\x00")  # PostgreSQL refuses NUL in text
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(CHARS),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.text(CHARS, max_size=8), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+TEXT = st.text(CHARS, min_size=1, max_size=40)
+
+
+class StoreConformance:
+    """Every test gets a fresh, empty ``store`` from the subclass's fixture."""
+
+    # --- keys -----------------------------------------------------------------------------
+
+    def test_key_round_trip_every_field(self, store: Store) -> None:
+        full = key(
+            "key-2025-prod",
+            created=at(0.5, micros=123_457),
+            profile="fips",
+            key_store_uri="hsm://pkcs11/slot/0#object=key-2025-prod;version=3",
+            origin=KeyOrigin.IMPORTED,
+            metadata={"owner": "Ωmega team ✓", "nested": {"list": [1, "二", None, True]}},
+        )
+        minimal = key("k-minimal", created=at(1))
+        with store.transaction() as tx:
+            tx.insert_key(full)
+            tx.insert_key(minimal)
+        with store.read() as tx:
+            assert tx.get_key("key-2025-prod") == full
+            got = tx.get_key("k-minimal")
+            assert got == minimal
+            assert got is not None
+            assert got.profile is None and got.key_store_uri is None and got.metadata == {}
+            assert tx.get_key("missing") is None
+
+    @settings(
+        max_examples=40,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
+    @given(key_id=TEXT, profile=st.none() | TEXT, metadata=st.dictionaries(TEXT, JSON))
+    def test_key_round_trip_arbitrary_text(
+        self, store: Store, key_id: str, profile: str | None, metadata: dict[str, Any]
+    ) -> None:
+        record = key(f"{uuid.uuid4()}/{key_id}", profile=profile, metadata=metadata)
+        with store.transaction() as tx:
+            tx.insert_key(record)
+        with store.read() as tx:
+            assert tx.get_key(record.key_id) == record
+
+    def test_duplicate_key_id_conflicts(self, store: Store) -> None:
+        with store.transaction() as tx:
+            tx.insert_key(key("k1"))
+        with pytest.raises(ConflictError), store.transaction() as tx:
+            tx.insert_key(key("k1", algorithm="ecdsa-p256-sha256"))
+        with store.read() as tx:
+            got = tx.get_key("k1")
+            assert got is not None and got.algorithm == "ed25519"
+
+    def test_list_keys_ordered_by_created_at_then_id(self, store: Store) -> None:
+        records = [
+            key("b", created=at(1)),
+            key("a", created=at(1)),
+            key("c", created=at(0)),
+            key("z", created=at(0, micros=1)),
+        ]
+        with store.transaction() as tx:
+            for r in records:
+                tx.insert_key(r)
+        with store.read() as tx:
+            assert [k.key_id for k in tx.list_keys()] == ["c", "z", "a", "b"]
+
+    def test_times_are_exact_aware_utc(self, store: Store) -> None:
+        plus2 = timezone(timedelta(hours=2))
+        times = {
+            "micro": datetime(2024, 6, 15, 12, 0, 0, 999_999, tzinfo=UTC),
+            "offset": datetime(2024, 6, 15, 14, 0, 0, 1, tzinfo=plus2),
+            "pre-epoch": datetime(1969, 7, 20, 20, 17, 40, 5, tzinfo=UTC),
+            "far": datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+        }
+        with store.transaction() as tx:
+            for name, t in times.items():
+                tx.insert_key(key(name, created=t))
+        with store.read() as tx:
+            for name, t in times.items():
+                got = tx.get_key(name)
+                assert got is not None
+                assert got.created_at == t
+                assert got.created_at.utcoffset() == timedelta(0)
+
+    def test_naive_time_refused(self, store: Store) -> None:
+        with pytest.raises(ValueError), store.transaction() as tx:
+            tx.insert_key(key("naive", created=datetime(2024, 1, 1)))
+        with store.read() as tx:
+            assert tx.get_key("naive") is None
+
+    def test_stored_metadata_is_isolated_from_callers(self, store: Store) -> None:
+        meta: dict[str, Any] = {"a": [1]}
+        with store.transaction() as tx:
+            tx.insert_key(key("k1", metadata=meta))
+        meta["a"].append(2)
+        meta["b"] = 1
+        with store.read() as tx:
+            got = tx.get_key("k1")
+            assert got is not None and got.metadata == {"a": [1]}
+            got.metadata["a"].append(3)
+        with store.read() as tx:
+            again = tx.get_key("k1")
+            assert again is not None and again.metadata == {"a": [1]}
+
+    # --- anchors and history --------------------------------------------------------------
+
+    def test_anchor_round_trip_every_field(self, store: Store) -> None:
+        aid = uuid.uuid4()
+        history = (
+            entry(aid, "key-2024-prod", at(0), revoked_at=at(366), revoke_reason="annual"),
+            entry(
+                aid,
+                "key-2025-prod",
+                at(152, micros=7),
+                expires_at=at(600),
+                metadata={"ticket": "SEC-1", "ü": ["ß"]},
+                algorithm="ml-dsa-65",
+                fingerprint="SHA256:" + "ef" * 32,
+            ),
+            entry(aid, "key-x", at(152, micros=7), revoked_at=at(1), revoke_reason=COMPROMISE),
+        )
+        original = TrustAnchor(
+            anchor_id=aid,
+            purl_pattern="pkg:maven/org.apache.*",
+            allowed_predicate_types=("reasoning.stella/v1", "evidence.stella/v1"),
+            policy_version="v2.3.1",
+            created_at=at(0, micros=1),
+            key_history=history,
+            active=True,
+        )
+        with store.transaction() as tx:
+            tx.insert_anchor(original, "maven")
+        with store.read() as tx:
+            got = tx.get_anchor(aid)
+        assert got == original
+        assert got is not None
+        # Ordered by added_at, then key_id; predicate types keep their order.
+        assert [e.key_id for e in got.key_history] == ["key-2024-prod", "key-2025-prod", "key-x"]
+        assert got.allowed_predicate_types == ("reasoning.stella/v1", "evidence.stella/v1")
+
+    def test_anchor_history_is_returned_ordered(self, store: Store) -> None:
+        aid = uuid.uuid4()
+        unordered = (entry(aid, "c", at(2)), entry(aid, "b", at(1)), entry(aid, "a", at(2)))
+        with store.transaction() as tx:
+            tx.insert_anchor(anchor(anchor_id=aid, key_history=unordered), "npm")
+            tx.insert_history(entry(aid, "0", at(3)))
+            tx.insert_history(entry(aid, "early", at(-1)))
+        with store.read() as tx:
+            got = tx.get_anchor(aid)
+        assert got is not None
+        assert [e.key_id for e in got.key_history] == ["early", "b", "a", "c", "0"]
+
+    def test_anchor_without_predicates_or_history(self, store: Store) -> None:
+        original = anchor("*", allowed_predicate_types=(), active=False)
+        with store.transaction() as tx:
+            tx.insert_anchor(original, "")
+        with store.read() as tx:
+            assert tx.get_anchor(original.anchor_id) == original
+            assert tx.get_anchor(uuid.uuid4()) is None
+
+    def test_duplicate_anchor_id_conflicts(self, store: Store) -> None:
+        first = anchor(keys=("k1",))
+        with store.transaction() as tx:
+            tx.insert_anchor(first, "npm")
+        clash = anchor("pkg:pypi/*", anchor_id=first.anchor_id, keys=("k2",))
+        with pytest.raises(ConflictError), store.transaction() as tx:
+            tx.insert_anchor(clash, "pypi")
+        with store.read() as tx:
+            assert tx.get_anchor(first.anchor_id) == first
+            assert tx.history_of_key("k2") == []
+
+    def test_history_entry_of_another_anchor_is_refused(self, store: Store) -> None:
+        a = anchor(key_history=(entry(uuid.uuid4(), "k1"),))
+        with pytest.raises(ValueError), store.transaction() as tx:
+            tx.insert_anchor(a, "npm")
+
+    def test_key_joins_an_anchor_once(self, store: Store) -> None:
+        a, b = anchor(keys=("k1",)), anchor("pkg:pypi/*")
+        with store.transaction() as tx:
+            tx.insert_anchor(a, "npm")
+            tx.insert_anchor(b, "pypi")
+        with pytest.raises(ConflictError), store.transaction() as tx:
+            tx.insert_history(entry(a.anchor_id, "k1", at(5)))
+        with store.transaction() as tx:
+            tx.insert_history(entry(b.anchor_id, "k1", at(5)))  # another anchor: fine
+        aid = uuid.uuid4()
+        twice = anchor("pkg:gem/*", anchor_id=aid, key_history=(entry(aid, "x"), entry(aid, "x")))
+        with pytest.raises(ConflictError), store.transaction() as tx:
+            tx.insert_anchor(twice, "gem")
+        with store.read() as tx:
+            assert [e.anchor_id for e in tx.history_of_key("k1")] == [a.anchor_id, b.anchor_id]
+            assert len(tx.list_anchors()) == 2  # the failed transaction left nothing
+
+    def test_insert_history_needs_the_anchor(self, store: Store) -> None:
+        with pytest.raises(NotFoundError), store.transaction() as tx:
+            tx.insert_history(entry(uuid.uuid4(), "k1"))
+
+    def test_update_history_replaces_revocation_fields_only(self, store: Store) -> None:
+        a = anchor(keys=("k1", "k2"))
+        with store.transaction() as tx:
+            tx.insert_anchor(a, "npm")
+        old = a.key_history[0]
+        revoked = attrs.evolve(
+            old,
+            revoked_at=at(30, micros=5),
+            revoke_reason=COMPROMISE,
+            expires_at=at(40),
+            metadata={"incident": "INC-7"},
+            # Identity and key material never change through update_history:
+            public_key_pem="not this",
+            added_at=at(-100),
+            entry_id=uuid.uuid4(),
+        )
+        with store.transaction() as tx:
+            tx.update_history(revoked)
+        with store.read() as tx:
+            got = tx.get_anchor(a.anchor_id)
+        assert got is not None
+        assert got.key_history[0] == attrs.evolve(
+            old,
+            revoked_at=at(30, micros=5),
+            revoke_reason=COMPROMISE,
+            expires_at=at(40),
+            metadata={"incident": "INC-7"},
+        )
+        assert got.key_history[1] == a.key_history[1]
+        # And back: a cleared field is stored as None.
+        with store.transaction() as tx:
+            tx.update_history(attrs.evolve(old, metadata={}))
+        with store.read() as tx:
+            assert tx.history_of_key("k1") == [old]
+
+    def test_update_missing_history_not_found(self, store: Store) -> None:
+        a = anchor(keys=("k1",))
+        with store.transaction() as tx:
+            tx.insert_anchor(a, "npm")
+        with pytest.raises(NotFoundError), store.transaction() as tx:
+            tx.update_history(entry(a.anchor_id, "k2", revoked_at=at(1), revoke_reason="x"))
+        with pytest.raises(NotFoundError), store.transaction() as tx:
+            tx.update_history(entry(uuid.uuid4(), "k1", revoked_at=at(1), revoke_reason="x"))
+
+    def test_set_anchor_active(self, store: Store) -> None:
+        a = anchor(keys=("k1",))
+        with store.transaction() as tx:
+            tx.insert_anchor(a, "npm")
+        with store.transaction() as tx:
+            tx.set_anchor_active(a.anchor_id, False)
+        with store.read() as tx:
+            assert tx.get_anchor(a.anchor_id) == attrs.evolve(a, active=False)
+        with store.transaction() as tx:
+            tx.set_anchor_active(a.anchor_id, True)
+        with store.read() as tx:
+            assert tx.get_anchor(a.anchor_id) == a
+        with pytest.raises(NotFoundError), store.transaction() as tx:
+            tx.set_anchor_active(uuid.uuid4(), False)
+
+    def test_list_anchors_order_and_active_filter(self, store: Store) -> None:
+        ids = sorted(uuid.uuid4() for _ in range(3))
+        a1 = anchor("pkg:npm/*", anchor_id=ids[1], created=at(0), keys=("k1",))
+        a0 = anchor("pkg:pypi/*", anchor_id=ids[0], created=at(0), keys=("k2", "k3"))
+        late = anchor("pkg:gem/*", anchor_id=ids[2], created=at(-1), active=False, keys=("k1",))
+        with store.transaction() as tx:
+            for a, ik in ((a1, "npm"), (a0, "pypi"), (late, "gem")):
+                tx.insert_anchor(a, ik)
+        with store.read() as tx:
+            assert tx.list_anchors() == [late, a0, a1]
+            assert tx.list_anchors(active_only=True) == [a0, a1]
+
+    def test_anchors_by_index_keys(self, store: Store) -> None:
+        ids = sorted(uuid.uuid4() for _ in range(5))
+        npm = anchor("pkg:npm/*", anchor_id=ids[3], keys=("k1", "k2"))
+        npm_scoped = anchor("pkg:npm/%40acme/*", anchor_id=ids[0], created=at(1), keys=("k3",))
+        universal = anchor("*", anchor_id=ids[2], created=at(-1), keys=("k1",))
+        inactive = anchor("pkg:npm/left-pad", anchor_id=ids[1], active=False, keys=("k1",))
+        other = anchor("pkg:pypi/*", anchor_id=ids[4], keys=("k2",))
+        with store.transaction() as tx:
+            tx.insert_anchor(npm, "npm")
+            tx.insert_anchor(npm_scoped, "npm/@acme")
+            tx.insert_anchor(universal, "")
+            tx.insert_anchor(inactive, "npm")
+            tx.insert_anchor(other, "pypi")
+        with store.read() as tx:
+            assert tx.anchors_by_index_keys([]) == []
+            assert tx.anchors_by_index_keys(["maven"]) == []
+            assert tx.anchors_by_index_keys(["npm"]) == [npm]
+            # Ordered by created_at then id; duplicates in the input do not duplicate output.
+            got = tx.anchors_by_index_keys(["npm/@acme", "", "npm", "npm", "maven"])
+            assert got == [universal, npm, npm_scoped]
+        with store.transaction() as tx:
+            tx.set_anchor_active(npm.anchor_id, False)
+            tx.set_anchor_active(inactive.anchor_id, True)
+        with store.read() as tx:
+            assert tx.anchors_by_index_keys(["npm"]) == [attrs.evolve(inactive, active=True)]
+
+    def test_anchors_by_many_index_keys(self, store: Store) -> None:
+        anchors = [anchor(f"pkg:npm/p{i}", created=at(0, micros=i)) for i in range(30)]
+        with store.transaction() as tx:
+            for i, a in enumerate(anchors):
+                tx.insert_anchor(a, f"npm/p{i}")
+        keys = [f"npm/p{i}" for i in range(1200)]  # more than any IN-list chunk
+        with store.read() as tx:
+            assert tx.anchors_by_index_keys(keys) == anchors
+
+    def test_history_of_key(self, store: Store) -> None:
+        ids = sorted(uuid.uuid4() for _ in range(3))
+        a = anchor(anchor_id=ids[2], key_history=(entry(ids[2], "k1", at(1)),))
+        b = anchor("pkg:pypi/*", anchor_id=ids[1], key_history=(entry(ids[1], "k1", at(1)),))
+        c = anchor("pkg:gem/*", anchor_id=ids[0], key_history=(entry(ids[0], "k1", at(2)),))
+        with store.transaction() as tx:
+            for x, ik in ((a, "npm"), (b, "pypi"), (c, "gem")):
+                tx.insert_anchor(x, ik)
+            tx.set_anchor_active(c.anchor_id, False)  # memberships of inactive anchors too
+        with store.read() as tx:
+            got = tx.history_of_key("k1")
+            assert [e.anchor_id for e in got] == [ids[1], ids[2], ids[0]]
+            assert got[0] == b.key_history[0]
+            assert tx.history_of_key("nobody") == []
+
+    # --- proofs ---------------------------------------------------------------------------
+
+    def test_proof_round_trip_and_idempotent_put(self, store: Store) -> None:
+        body = b'{"payload":"\xff\x00binary-safe","signatures":[]}'
+        first = ProofRecord("sha256:" + "1" * 64, body, at(0, micros=3), (b"\x30\x82tok",))
+        with store.transaction() as tx:
+            tx.put_proof(first)
+        with store.transaction() as tx:
+            tx.put_proof(ProofRecord(first.digest, b"other", at(9), (b"x",)))
+        with store.read() as tx:
+            assert tx.get_proof(first.digest) == first
+            assert tx.get_proof("sha256:" + "0" * 64) is None
+
+    def test_proof_timestamps(self, store: Store) -> None:
+        digest = "sha256:" + "2" * 64
+        with store.transaction() as tx:
+            tx.put_proof(proof(digest))
+            tx.add_proof_timestamp(digest, b"tok-1")
+        with store.transaction() as tx:
+            tx.add_proof_timestamp(digest, b"\x00tok-2")
+            tx.add_proof_timestamp(digest, b"tok-1")  # the same token twice is kept once
+        with store.read() as tx:
+            got = tx.get_proof(digest)
+        assert got is not None and got.timestamp_tokens == (b"tok-1", b"\x00tok-2")
+        with pytest.raises(NotFoundError), store.transaction() as tx:
+            tx.add_proof_timestamp("sha256:" + "3" * 64, b"tok")
+
+    def test_iter_proofs_oldest_first(self, store: Store) -> None:
+        digests = ["sha256:" + c * 64 for c in "abc"]
+        with store.transaction() as tx:
+            tx.put_proof(proof(digests[2], at(0)))
+            tx.put_proof(proof(digests[1], at(1)))
+            tx.put_proof(proof(digests[0], at(0)))
+            tx.add_proof_timestamp(digests[1], b"t1")
+            tx.add_proof_timestamp(digests[1], b"t2")
+        with store.read() as tx:
+            got = list(tx.iter_proofs())
+        assert [p.digest for p in got] == [digests[0], digests[2], digests[1]]
+        assert [p.timestamp_tokens for p in got] == [(), (), (b"t1", b"t2")]
+
+    # --- audit ------------------------------------------------------------------------------
+
+    def test_audit_round_trip_and_chain(self, store: Store) -> None:
+        aid = uuid.uuid4()
+        records = [
+            audit_record("KEY_GENERATED", key_id="k1", timestamp=at(0, micros=11)),
+            audit_record(
+                "KEY_REVOKED",
+                key_id="k1",
+                anchor_id=aid,
+                actor="böb@example.com",
+                details={"reason": "compromise", "nested": {"z": [1, 2], "a": "é"}},
+            ),
+            audit_record("signer.ceremony.initiated", ceremony_id="cer-1", details={}),
+        ]
+        with store.transaction() as tx:
+            events = [tx.append_audit(r) for r in records]
+        assert [e.seq for e in events] == [1, 2, 3]
+        assert events[1].prev_hash == events[0].hash
+        with store.read() as tx:
+            stored = list(tx.iter_audit())
+            assert tx.audit_events() == stored
+            assert tx.audit_events(AuditQuery()) == stored
+        assert stored == events
+        for record, event in zip(records, stored, strict=True):
+            assert (event.event_id, event.event_type, event.actor, event.timestamp) == (
+                record.event_id,
+                record.event_type,
+                record.actor,
+                record.timestamp,
+            )
+            assert (event.key_id, event.anchor_id, event.ceremony_id) == (
+                record.key_id,
+                record.anchor_id,
+                record.ceremony_id,
+            )
+            assert event.details == record.details
+        check = verify_chain(stored)
+        assert check.ok and check.count == 3 and check.head_hash == events[-1].hash
+
+    def test_audit_chain_continues_across_transactions(self, store: Store) -> None:
+        for i in range(5):
+            with store.transaction() as tx:
+                tx.append_audit(audit_record(details={"i": i}))
+        with store.read() as tx:
+            events = list(tx.iter_audit())
+        assert [e.seq for e in events] == [1, 2, 3, 4, 5]
+        assert verify_chain(events).ok
+
+    def test_duplicate_audit_event_id_conflicts(self, store: Store) -> None:
+        record = audit_record()
+        with store.transaction() as tx:
+            tx.append_audit(record)
+        with pytest.raises(ConflictError), store.transaction() as tx:
+            tx.append_audit(record)
+        with store.read() as tx:
+            assert len(tx.audit_events()) == 1
+
+    def _audit_fixture(self, store: Store) -> tuple[list[AuditEvent], uuid.UUID]:
+        aid = uuid.uuid4()
+        with store.transaction() as tx:
+            events = [
+                tx.append_audit(audit_record("KEY_GENERATED", key_id="k1", timestamp=at(0))),
+                tx.append_audit(
+                    audit_record("ANCHOR_CREATED", anchor_id=aid, timestamp=at(1, micros=1))
+                ),
+                tx.append_audit(
+                    audit_record("KEY_ADDED", key_id="k1", anchor_id=aid, timestamp=at(2))
+                ),
+                tx.append_audit(
+                    audit_record("signer.ceremony.initiated", ceremony_id="c1", timestamp=at(3))
+                ),
+                tx.append_audit(
+                    audit_record("KEY_REVOKED", key_id="k2", ceremony_id="c1", timestamp=at(4))
+                ),
+                tx.append_audit(audit_record("KEYSTONE", timestamp=at(5))),
+            ]
+        return events, aid
+
+    def test_audit_query_filters(self, store: Store) -> None:
+        ev, aid = self._audit_fixture(store)
+
+        def q(**kw: Any) -> list[int]:
+            with store.read() as tx:
+                return [e.seq for e in tx.audit_events(AuditQuery(**kw))]
+
+        assert q(event_type="KEY_*") == [1, 3, 5]
+        assert q(event_type="KEY*") == [1, 3, 5, 6]
+        assert q(event_type="key_*") == []  # case-sensitive, like the event names
+        assert q(event_type="KEY_ADDED") == [3]
+        assert q(event_type="KEY_?EVOKED") == [5]
+        assert q(event_type="signer.ceremony.*") == [4]
+        assert q(event_type="[AK]*_*") == [1, 2, 3, 5]
+        assert q(event_type="[!K]*") == [2, 4]
+        assert q(event_type="KEY_%") == []  # SQL wildcards are literals here
+        assert q(event_type="KEY__ADDED") == []
+        # since/until are inclusive, to the microsecond.
+        assert q(since=at(1, micros=1)) == [2, 3, 4, 5, 6]
+        assert q(since=at(1, micros=2)) == [3, 4, 5, 6]
+        assert q(until=at(1, micros=1)) == [1, 2]
+        assert q(until=at(1)) == [1]
+        assert q(since=at(2), until=at(4)) == [3, 4, 5]
+        assert q(key_id="k1") == [1, 3]
+        assert q(anchor_id=aid) == [2, 3]
+        assert q(anchor_id=uuid.uuid4()) == []
+        assert q(ceremony_id="c1") == [4, 5]
+        assert q(event_type="KEY_*", ceremony_id="c1", key_id="k2") == [5]
+        # limit keeps the oldest matches, after filtering.
+        assert q(limit=2) == [1, 2]
+        assert q(event_type="KEY_*", limit=2) == [1, 3]
+        assert q(event_type="[!K]*", limit=1) == [2]
+        assert q(limit=0) == []
+        assert q(limit=100) == [1, 2, 3, 4, 5, 6]
+        with store.read() as tx:
+            assert tx.audit_events(AuditQuery(key_id="k1")) == [ev[0], ev[2]]
+
+    def test_iter_audit_streams_a_long_log(self, store: Store) -> None:
+        with store.transaction() as tx:
+            for i in range(1500):
+                tx.append_audit(audit_record(details={"i": i}))
+        with store.read() as tx:
+            seen = 0
+            for event in tx.iter_audit():
+                seen += 1
+                assert event.details == {"i": event.seq - 1}
+                if seen == 700:  # other reads while a stream is open are fine
+                    assert tx.get_key("k1") is None
+            assert seen == 1500
+            assert verify_chain(tx.iter_audit()).ok
+            # A partially consumed stream does not break the end of the transaction.
+            next(tx.iter_audit())
+
+    # --- transactions -----------------------------------------------------------------------
+
+    def _populate(self, store: Store) -> TrustAnchor:
+        a = anchor(keys=("k1", "k2"))
+        with store.transaction() as tx:
+            tx.insert_key(key("k1"))
+            tx.insert_key(key("k2"))
+            tx.insert_anchor(a, "npm")
+            tx.put_proof(proof("sha256:" + "a" * 64))
+            tx.append_audit(audit_record(key_id="k1"))
+        return a
+
+    def test_rollback_leaves_nothing(self, store: Store) -> None:
+        a = self._populate(store)
+        before = snapshot(store)
+        token = store.change_token()
+
+        class Boom(Exception):
+            pass
+
+        with pytest.raises(Boom), store.transaction() as tx:
+            tx.insert_key(key("new"))
+            b = anchor("pkg:pypi/*", keys=("new", "k1"))
+            tx.insert_anchor(b, "pypi")
+            tx.insert_history(entry(a.anchor_id, "new", at(9)))
+            tx.update_history(a.key_history[0].revoke(at(5), COMPROMISE))
+            tx.set_anchor_active(a.anchor_id, False)
+            tx.put_proof(proof("sha256:" + "b" * 64))
+            tx.add_proof_timestamp("sha256:" + "a" * 64, b"token")
+            tx.append_audit(audit_record("KEY_GENERATED", key_id="new"))
+            tx.append_audit(audit_record("ANCHOR_CREATED", anchor_id=b.anchor_id))
+            # The transaction sees its own writes before it fails.
+            assert tx.get_key("new") is not None
+            assert len(tx.audit_events()) == 3
+            raise Boom
+        assert snapshot(store) == before
+        assert store.change_token() == token
+        with store.read() as tx:
+            assert tx.anchors_by_index_keys(["pypi"]) == []
+            assert tx.get_anchor(a.anchor_id) == a
+        # The store is fully usable afterwards and the chain continues from the old head.
+        with store.transaction() as tx:
+            assert tx.append_audit(audit_record()).seq == 2
+        with store.read() as tx:
+            assert verify_chain(tx.iter_audit()).ok
+
+    def test_failed_port_call_rolls_back_earlier_writes(self, store: Store) -> None:
+        self._populate(store)
+        before = snapshot(store)
+        with pytest.raises(ConflictError), store.transaction() as tx:
+            tx.insert_key(key("new"))
+            tx.append_audit(audit_record(key_id="new"))
+            tx.insert_key(key("k1"))
+        assert snapshot(store) == before
+
+    def test_change_token(self, store: Store) -> None:
+        t0 = store.change_token()
+        assert store.change_token() == t0
+        with store.transaction() as tx:
+            tx.insert_key(key("k1"))
+        t1 = store.change_token()
+        assert t1 != t0
+        with store.read() as tx:
+            tx.list_keys()
+            list(tx.iter_audit())
+        assert store.change_token() == t1
+        with pytest.raises(RuntimeError), store.transaction() as tx:
+            tx.insert_key(key("k2"))
+            raise RuntimeError
+        assert store.change_token() == t1
+        with store.transaction() as tx:
+            tx.append_audit(audit_record())
+        t2 = store.change_token()
+        assert t2 not in (t0, t1)
+        with store.transaction() as tx:
+            tx.put_proof(proof("sha256:" + "c" * 64))
+        assert store.change_token() != t2
+
+    def test_read_transaction_refuses_writes(self, store: Store) -> None:
+        writes: list[Callable[[Transaction], object]] = [
+            lambda tx: tx.insert_key(key("k1")),
+            lambda tx: tx.insert_anchor(anchor(), "npm"),
+            lambda tx: tx.append_audit(audit_record()),
+            lambda tx: tx.put_proof(proof("sha256:" + "d" * 64)),
+        ]
+        for write in writes:
+            with pytest.raises(StorageError), store.read() as tx:
+                write(tx)
+        assert snapshot(store)["keys"] == []
+        assert snapshot(store)["audit"] == []
+
+    def test_transaction_is_unusable_after_its_block(self, store: Store) -> None:
+        with store.transaction() as tx:
+            tx.insert_key(key("k1"))
+        with pytest.raises(StorageError):
+            tx.insert_key(key("k2"))
+        with store.read() as rtx:
+            pass
+        with pytest.raises(StorageError):
+            rtx.get_key("k1")
+
+    def test_transactions_do_not_nest(self, store: Store) -> None:
+        # Nesting must fail loudly rather than deadlock or silently join the outer one.
+        with store.transaction() as tx:
+            tx.insert_key(key("k1"))
+            with pytest.raises(StorageError), store.transaction():
+                pass
+            with pytest.raises(StorageError), store.read():
+                pass
+        with store.read(), pytest.raises(StorageError), store.transaction():
+            pass
+        with store.read() as tx:
+            assert tx.get_key("k1") is not None
+
+    def test_read_sees_a_consistent_snapshot(self, store: Store) -> None:
+        with store.transaction() as tx:
+            tx.insert_key(key("k1"))
+
+        def writer() -> None:
+            with store.transaction() as wtx:
+                wtx.insert_key(key("k2"))
+                wtx.append_audit(audit_record(key_id="k2"))
+
+        with store.read() as tx:
+            assert [k.key_id for k in tx.list_keys()] == ["k1"]
+            thread = threading.Thread(target=writer)
+            thread.start()
+            thread.join(timeout=30)
+            assert not thread.is_alive(), "a reader must not block a writer"
+            assert tx.get_key("k2") is None
+            assert [k.key_id for k in tx.list_keys()] == ["k1"]
+            assert tx.audit_events() == []
+        with store.read() as tx:
+            assert tx.get_key("k2") is not None
+
+    def test_concurrent_audit_appends_stay_one_chain(self, store: Store) -> None:
+        threads, per_thread = 8, 50
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(threads)
+
+        def worker(n: int) -> None:
+            try:
+                barrier.wait()
+                for i in range(per_thread):
+                    with store.transaction() as tx:
+                        tx.append_audit(audit_record(actor=f"t{n}", details={"i": i}))
+            except BaseException as exc:  # reported below, with the thread's own traceback
+                errors.append(exc)
+
+        pool = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join(timeout=120)
+        assert not errors, errors
+        with store.read() as tx:
+            events = list(tx.iter_audit())
+        assert [e.seq for e in events] == list(range(1, threads * per_thread + 1))
+        assert verify_chain(events).ok
+        for n in range(threads):
+            mine = [e.details["i"] for e in events if e.actor == f"t{n}"]
+            assert mine == list(range(per_thread))  # each thread's events in its own order
+
+    def test_concurrent_writers_and_readers(self, store: Store) -> None:
+        errors: list[BaseException] = []
+        stop = threading.Event()
+
+        def writer(n: int) -> None:
+            try:
+                for i in range(25):
+                    with store.transaction() as tx:
+                        tx.insert_key(key(f"w{n}-{i}", created=at(0, micros=i)))
+                        tx.append_audit(audit_record(key_id=f"w{n}-{i}"))
+            except BaseException as exc:
+                errors.append(exc)
+
+        def reader() -> None:
+            try:
+                while not stop.is_set():
+                    with store.read() as tx:
+                        # Keys and their audit events are committed together: a snapshot
+                        # never shows one without the other.
+                        assert len(tx.list_keys()) == len(tx.audit_events())
+            except BaseException as exc:
+                errors.append(exc)
+
+        readers = [threading.Thread(target=reader) for _ in range(2)]
+        writers = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+        for t in readers + writers:
+            t.start()
+        for t in writers:
+            t.join(timeout=120)
+        stop.set()
+        for t in readers:
+            t.join(timeout=30)
+        assert not errors, errors
+        with store.read() as tx:
+            assert len(tx.list_keys()) == 100
+            assert verify_chain(tx.iter_audit()).count == 100
+
+    def test_closed_store_refuses_work(self, store: Store) -> None:
+        store.close()
+        with pytest.raises(StorageError), store.read():
+            pass
+        store.close()  # closing twice is fine
