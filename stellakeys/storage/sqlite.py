@@ -1,0 +1,861 @@
+"""The SQLite storage adapter: the embedded default, one file per home.
+
+Design (docs/decisions/0004-storage.md has the reasoning):
+
+* WAL journal, so readers never block the writer and the writer never blocks readers.
+* Write transactions start with ``BEGIN IMMEDIATE``: the database write lock is taken up front,
+  which serialises writers across processes. Reading the audit head and appending the next
+  event therefore happen under one lock, and the hash chain stays one line. In front of it, a
+  per-store ``threading.Lock`` queues this process's threads, so they wait on each other
+  instead of polling SQLite's busy handler.
+* ``busy_timeout`` (30 s by default) makes another process's writer wait, not fail.
+* Read transactions use a deferred ``BEGIN``: the snapshot is taken at the first read and held
+  until the end, so a multi-query read (anchors, then their history) is consistent.
+* One connection per thread (``threading.local``), created lazily and reused, so the statement
+  cache of each connection stays warm. ``check_same_thread=False`` only lets :meth:`close`
+  close other threads' connections; no connection is ever used by two threads at once.
+* Instants are INTEGER microseconds since the epoch; UUIDs TEXT; JSON TEXT with sorted keys.
+* Schema changes are numbered SQL files in ``migrations/sqlite``, applied in order inside one
+  ``BEGIN IMMEDIATE`` transaction and recorded in ``schema_migrations``.
+"""
+
+# S608: every statement here is assembled from module constants (column lists, "?" runs);
+# values are always bound parameters, never formatted into SQL.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.resources
+import os
+import re
+import sqlite3
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+import attrs
+
+from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
+from stellakeys.audit import AuditEvent, AuditQuery, AuditRecord, chain_event
+from stellakeys.errors import ConflictError, NotFoundError, StorageError
+from stellakeys.keys import KeyRecord
+from stellakeys.storage import _codec as codec
+from stellakeys.storage.ports import ProofRecord
+
+if TYPE_CHECKING:
+    from stellakeys.storage.ports import Store, Transaction
+
+__all__ = [
+    "DB_FILENAME",
+    "Migration",
+    "SqliteStore",
+    "SqliteTransaction",
+    "apply_migrations",
+    "load_migrations",
+]
+
+#: The database file inside a stellakeys home.
+DB_FILENAME: Final = "stellakeys.db"
+DEFAULT_BUSY_TIMEOUT: Final = 30.0
+
+# Host parameters per statement; SQLite allows 32766 but long IN lists stop being useful.
+_CHUNK = 500
+_FETCH = 256
+
+_T = TypeVar("_T")
+Row = tuple[Any, ...]
+
+# Connections inherited through fork() belong to the parent: using or even closing them in the
+# child can corrupt SQLite's locking. They are parked here, referenced forever, never touched.
+_INHERITED: list[object] = []
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _storage_error(exc: sqlite3.Error, doing: str) -> StorageError:
+    message = _one_line(exc)
+    if "locked" in message or "busy" in message:
+        message += " (another writer held the database longer than the busy timeout)"
+    return StorageError(f"SQLite {doing} failed: {message}")
+
+
+# --- migrations -----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Migration:
+    """One numbered schema change, ``NNNN_name.sql``."""
+
+    version: int
+    name: str
+    sql: str
+
+    def statements(self) -> list[str]:
+        """The file split into statements, using SQLite's own notion of a complete one (so
+        semicolons inside strings and trigger bodies are handled)."""
+        out: list[str] = []
+        start = 0
+        for match in re.finditer(";", self.sql):
+            chunk = self.sql[start : match.end()]
+            if sqlite3.complete_statement(chunk):
+                out.append(chunk.strip())
+                start = match.end()
+        rest = "\n".join(
+            line
+            for line in self.sql[start:].splitlines()
+            if line.strip() and not line.strip().startswith("--")
+        )
+        if rest:
+            raise StorageError(f"migration {self.version:04d}_{self.name}: incomplete statement")
+        return out
+
+
+_MIGRATION_FILE = re.compile(r"^(\d{4})_([A-Za-z0-9_]+)\.sql$")
+
+
+def load_migrations(directory: Traversable | Path | None = None) -> tuple[Migration, ...]:
+    """The migrations in ``directory`` (default: the packaged ``migrations/sqlite``), in
+    order. Versions must run 1, 2, 3, ... without gaps or duplicates."""
+    if directory is None:
+        return _packaged_migrations()
+    found: list[Migration] = []
+    for entry in directory.iterdir():
+        match = _MIGRATION_FILE.match(entry.name)
+        if match:
+            text = entry.read_text(encoding="utf-8")
+            found.append(Migration(int(match.group(1)), match.group(2), text))
+    found.sort(key=lambda m: m.version)
+    for expected, migration in enumerate(found, start=1):
+        if migration.version != expected:
+            raise StorageError(
+                f"schema migrations must be numbered 1, 2, 3, ...: found {migration.version:04d}"
+                f" where {expected:04d} was expected"
+            )
+    return tuple(found)
+
+
+@functools.cache
+def _packaged_migrations() -> tuple[Migration, ...]:
+    root = importlib.resources.files("stellakeys.storage").joinpath("migrations", "sqlite")
+    return load_migrations(root)
+
+
+def _schema_version(conn: sqlite3.Connection) -> int | None:
+    """The highest applied version, or None when the database has no migrations table."""
+    try:
+        row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return None
+        raise
+    return int(row[0]) if row[0] is not None else 0
+
+
+def _check_not_newer(current: int, latest: int) -> None:
+    if current > latest:
+        raise StorageError(
+            f"the database schema is version {current}, newer than this stellakeys knows"
+            f" ({latest}): upgrade stellakeys"
+        )
+
+
+def apply_migrations(
+    conn: sqlite3.Connection, migrations: Sequence[Migration] | None = None
+) -> int:
+    """Apply the missing migrations in order, all in one write transaction, and return the
+    schema version. Safe to run again (a no-op) and from several processes at once: the
+    ``BEGIN IMMEDIATE`` makes the second migrator wait, then it finds nothing to do.
+
+    ``conn`` must be in autocommit mode (``isolation_level=None``)."""
+    migrations = _packaged_migrations() if migrations is None else tuple(migrations)
+    latest = migrations[-1].version if migrations else 0
+    try:
+        # Fast path without the write lock: opening an up-to-date store never waits behind
+        # another process's long write transaction.
+        current = _schema_version(conn)
+        if current is not None and current >= latest:
+            _check_not_newer(current, latest)
+            return current
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        raise _storage_error(exc, "schema check") from exc
+    doing = "schema migration"
+    try:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version INTEGER PRIMARY KEY NOT NULL,"
+            " name TEXT NOT NULL,"
+            " applied_at INTEGER NOT NULL)"
+        )
+        applied = {int(r[0]) for r in conn.execute("SELECT version FROM schema_migrations")}
+        _check_not_newer(max(applied, default=0), latest)
+        for migration in migrations:
+            if migration.version in applied:
+                continue
+            doing = f"schema migration {migration.version:04d}_{migration.name}"
+            for statement in migration.statements():
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                (migration.version, migration.name, time.time_ns() // 1000),
+            )
+        conn.execute("COMMIT")
+    except BaseException as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.Error):
+            raise _storage_error(exc, doing) from exc
+        raise
+    return latest
+
+
+# --- transactions ---------------------------------------------------------------------------
+
+
+_SELECT_KEY = f"SELECT {codec.KEY_COLUMNS} FROM keys"
+_SELECT_ANCHOR = f"SELECT {codec.ANCHOR_COLUMNS} FROM trust_anchors"
+_SELECT_HISTORY = f"SELECT {codec.HISTORY_COLUMNS} FROM key_history"
+_SELECT_AUDIT = f"SELECT {codec.AUDIT_COLUMNS} FROM key_audit_log"
+_HISTORY_ORDER = " ORDER BY anchor_id, added_at, key_id"
+
+
+@functools.cache
+def _in_list(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+@functools.cache
+def _anchors_by_index_sql(n: int) -> str:
+    # Served by idx_trust_anchors_index_key (index_key, active): one index probe per key.
+    return (
+        f"{_SELECT_ANCHOR} WHERE index_key IN ({_in_list(n)}) AND active = 1"
+        " ORDER BY created_at, id"
+    )
+
+
+@functools.cache
+def _history_of_anchors_sql(n: int) -> str:
+    # Served by idx_key_history_validity (anchor_id, added_at, revoked_at).
+    return f"{_SELECT_HISTORY} WHERE anchor_id IN ({_in_list(n)}){_HISTORY_ORDER}"
+
+
+def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
+    for i in range(0, len(items), _CHUNK):
+        yield items[i : i + _CHUNK]
+
+
+class SqliteTransaction:
+    """A transaction on a :class:`SqliteStore`; use it only inside its ``with`` block."""
+
+    __slots__ = ("_conn", "_cursors", "_writable", "open")
+
+    def __init__(self, conn: sqlite3.Connection, *, writable: bool) -> None:
+        self._conn = conn
+        self._writable = writable
+        # Cursors of streaming reads, closed when the transaction ends.
+        self._cursors: list[sqlite3.Cursor] = []
+        self.open = True
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def _check(self) -> None:
+        if not self.open:
+            raise StorageError("the transaction is finished; open a new one")
+
+    def _check_write(self) -> None:
+        self._check()
+        if not self._writable:
+            # SQLite would silently upgrade the deferred read transaction to a write one,
+            # bypassing the writer serialisation; refuse instead.
+            raise StorageError("write inside a read-only transaction")
+
+    def _exec(
+        self,
+        sql: str,
+        params: Sequence[Any] = (),
+        *,
+        conflict: Callable[[str], str] | None = None,
+        missing: str | None = None,
+    ) -> sqlite3.Cursor:
+        """Execute one statement, mapping constraint failures to the port's errors and every
+        other SQLite error to a one-line StorageError."""
+        try:
+            return self._conn.execute(sql, params)
+        except sqlite3.IntegrityError as exc:
+            text = str(exc)
+            if conflict is not None and text.startswith("UNIQUE constraint failed"):
+                raise ConflictError(conflict(text)) from None
+            if missing is not None and text.startswith("FOREIGN KEY constraint failed"):
+                raise NotFoundError(missing) from None
+            raise _storage_error(exc, "write") from exc
+        except sqlite3.Error as exc:
+            raise _storage_error(exc, "statement") from exc
+
+    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        try:
+            return self._conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise _storage_error(exc, "query") from exc
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        try:
+            row: Row | None = self._conn.execute(sql, params).fetchone()
+        except sqlite3.Error as exc:
+            raise _storage_error(exc, "query") from exc
+        return row
+
+    def _stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[Row]:
+        cursor = self._exec(sql, params)
+        self._cursors.append(cursor)
+        return self._rows(cursor)
+
+    def _rows(self, cursor: sqlite3.Cursor) -> Iterator[Row]:
+        while True:
+            if not self.open:
+                raise StorageError("the transaction ended while its rows were being read")
+            try:
+                rows = cursor.fetchmany(_FETCH)
+            except sqlite3.Error as exc:
+                raise _storage_error(exc, "query") from exc
+            if not rows:
+                return
+            yield from rows
+
+    def finish(self) -> None:
+        self.open = False
+        for cursor in self._cursors:
+            with contextlib.suppress(sqlite3.Error):
+                cursor.close()
+        self._cursors.clear()
+
+    # --- keys -----------------------------------------------------------------------------
+
+    def get_key(self, key_id: str) -> KeyRecord | None:
+        self._check()
+        row = self._one(_SELECT_KEY + " WHERE key_id = ?", (key_id,))
+        return None if row is None else codec.key_from_row(row)
+
+    def insert_key(self, record: KeyRecord) -> None:
+        self._check_write()
+        self._exec(
+            f"INSERT INTO keys ({codec.KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            codec.key_to_row(record),
+            conflict=lambda _: f"key {record.key_id!r} already exists",
+        )
+
+    def list_keys(self) -> list[KeyRecord]:
+        self._check()
+        return [
+            codec.key_from_row(r) for r in self._all(_SELECT_KEY + " ORDER BY created_at, key_id")
+        ]
+
+    # --- trust anchors and key history ----------------------------------------------------
+
+    def _with_history(self, anchor_rows: list[Row]) -> list[TrustAnchor]:
+        """Attach history to anchors with one query per chunk of anchors (not one per anchor)."""
+        if not anchor_rows:
+            return []
+        history: dict[str, list[KeyHistoryEntry]] = {r[0]: [] for r in anchor_rows}
+        ids = list(history)
+        for chunk in _chunks(ids):
+            for h in self._all(_history_of_anchors_sql(len(chunk)), chunk):
+                history[h[1]].append(codec.history_from_row(h))
+        return [codec.anchor_from_row(r, tuple(history[r[0]])) for r in anchor_rows]
+
+    def get_anchor(self, anchor_id: uuid.UUID) -> TrustAnchor | None:
+        self._check()
+        row = self._one(_SELECT_ANCHOR + " WHERE id = ?", (str(anchor_id),))
+        return None if row is None else self._with_history([row])[0]
+
+    def insert_anchor(self, anchor: TrustAnchor, index_key: str) -> None:
+        self._check_write()
+        codec.check_history_belongs(anchor)
+        self._exec(
+            f"INSERT INTO trust_anchors ({codec.ANCHOR_COLUMNS}, index_key)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (*codec.anchor_to_row(anchor), index_key),
+            conflict=lambda _: f"trust anchor {anchor.anchor_id} already exists",
+        )
+        for entry in anchor.key_history:
+            self._insert_history(entry)
+
+    def set_anchor_active(self, anchor_id: uuid.UUID, active: bool) -> None:
+        self._check_write()
+        cursor = self._exec(
+            "UPDATE trust_anchors SET active = ? WHERE id = ?", (int(active), str(anchor_id))
+        )
+        if cursor.rowcount == 0:
+            raise NotFoundError(f"no trust anchor {anchor_id}")
+
+    def list_anchors(self, *, active_only: bool = False) -> list[TrustAnchor]:
+        self._check()
+        where = " WHERE active = 1" if active_only else ""
+        anchors = self._all(f"{_SELECT_ANCHOR}{where} ORDER BY created_at, id")
+        # All history in one ordered pass rather than per anchor or per IN-chunk.
+        hwhere = (
+            " WHERE anchor_id IN (SELECT id FROM trust_anchors WHERE active = 1)"
+            if active_only
+            else ""
+        )
+        history: dict[str, list[KeyHistoryEntry]] = {r[0]: [] for r in anchors}
+        for h in self._stream(f"{_SELECT_HISTORY}{hwhere}{_HISTORY_ORDER}"):
+            bucket = history.get(h[1])
+            if bucket is not None:
+                bucket.append(codec.history_from_row(h))
+        return [codec.anchor_from_row(r, tuple(history[r[0]])) for r in anchors]
+
+    def anchors_by_index_keys(self, index_keys: Sequence[str]) -> list[TrustAnchor]:
+        self._check()
+        keys = list(dict.fromkeys(index_keys))
+        rows: list[Row] = []
+        for chunk in _chunks(keys):
+            rows += self._all(_anchors_by_index_sql(len(chunk)), chunk)
+        if len(keys) > _CHUNK:
+            rows.sort(key=lambda r: (r[4], r[0]))
+        return self._with_history(rows)
+
+    def _insert_history(self, entry: KeyHistoryEntry) -> None:
+        def conflict(text: str) -> str:
+            if "key_history.id" in text:
+                return f"key history entry {entry.entry_id} already exists"
+            return f"key {entry.key_id!r} is already in trust anchor {entry.anchor_id}"
+
+        self._exec(
+            f"INSERT INTO key_history ({codec.HISTORY_COLUMNS})"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            codec.history_to_row(entry),
+            conflict=conflict,
+            missing=f"no trust anchor {entry.anchor_id}",
+        )
+
+    def insert_history(self, entry: KeyHistoryEntry) -> None:
+        self._check_write()
+        self._insert_history(entry)
+
+    def update_history(self, entry: KeyHistoryEntry) -> None:
+        self._check_write()
+        row = codec.history_to_row(entry)
+        cursor = self._exec(
+            "UPDATE key_history SET revoked_at = ?, revoke_reason = ?, expires_at = ?,"
+            " metadata = ? WHERE anchor_id = ? AND key_id = ?",
+            (*row[7:11], row[1], row[2]),
+        )
+        if cursor.rowcount == 0:
+            raise NotFoundError(f"key {entry.key_id!r} is not in trust anchor {entry.anchor_id}")
+
+    def history_of_key(self, key_id: str) -> list[KeyHistoryEntry]:
+        self._check()
+        rows = self._all(
+            _SELECT_HISTORY + " WHERE key_id = ? ORDER BY added_at, anchor_id", (key_id,)
+        )
+        return [codec.history_from_row(r) for r in rows]
+
+    # --- proofs -----------------------------------------------------------------------------
+
+    def put_proof(self, proof: ProofRecord) -> None:
+        self._check_write()
+        cursor = self._exec(
+            f"INSERT INTO proofs ({codec.PROOF_COLUMNS}) VALUES (?, ?, ?)"
+            " ON CONFLICT (digest) DO NOTHING",
+            codec.proof_to_row(proof),
+        )
+        if cursor.rowcount == 1:  # a new proof: its tokens come with it
+            for token in proof.timestamp_tokens:
+                self._add_token(proof.digest, token)
+
+    def _add_token(self, digest: str, token: bytes) -> None:
+        self._exec(
+            "INSERT INTO proof_timestamps (digest, token) VALUES (?, ?)"
+            " ON CONFLICT (digest, token) DO NOTHING",
+            (digest, bytes(token)),
+            missing=f"no proof {digest}",
+        )
+
+    def get_proof(self, digest: str) -> ProofRecord | None:
+        self._check()
+        row = self._one(f"SELECT {codec.PROOF_COLUMNS} FROM proofs WHERE digest = ?", (digest,))
+        if row is None:
+            return None
+        tokens = self._all(
+            "SELECT token FROM proof_timestamps WHERE digest = ? ORDER BY id", (digest,)
+        )
+        return codec.proof_from_row(row, tuple(bytes(t[0]) for t in tokens))
+
+    def add_proof_timestamp(self, digest: str, token: bytes) -> None:
+        self._check_write()
+        self._add_token(digest, token)
+
+    def iter_proofs(self) -> Iterator[ProofRecord]:
+        self._check()
+        rows = self._stream(
+            "SELECT p.digest, p.envelope_json, p.created_at, t.token FROM proofs AS p"
+            " LEFT JOIN proof_timestamps AS t ON t.digest = p.digest"
+            " ORDER BY p.created_at, p.digest, t.id"
+        )
+        return self._group_proofs(rows)
+
+    @staticmethod
+    def _group_proofs(rows: Iterable[Row]) -> Iterator[ProofRecord]:
+        current: Row | None = None
+        tokens: list[bytes] = []
+        for row in rows:
+            if current is None or row[0] != current[0]:
+                if current is not None:
+                    yield codec.proof_from_row(current, tuple(tokens))
+                current, tokens = row, []
+            if row[3] is not None:
+                tokens.append(bytes(row[3]))
+        if current is not None:
+            yield codec.proof_from_row(current, tuple(tokens))
+
+    # --- audit ------------------------------------------------------------------------------
+
+    def append_audit(self, record: AuditRecord) -> AuditEvent:
+        self._check_write()
+        # The write lock is held since BEGIN IMMEDIATE, so nobody can append between reading
+        # the head and inserting its successor.
+        row = self._one(_SELECT_AUDIT + " ORDER BY seq DESC LIMIT 1")
+        event = chain_event(None if row is None else codec.audit_from_row(row), record)
+        self._exec(
+            f"INSERT INTO key_audit_log ({codec.AUDIT_COLUMNS})"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            codec.audit_to_row(event),
+            conflict=lambda _: f"audit event {record.event_id} already exists",
+        )
+        return event
+
+    def audit_events(self, query: AuditQuery | None = None) -> list[AuditEvent]:
+        self._check()
+        if query is None:
+            return list(self.iter_audit())
+        codec.check_query(query)
+        where: list[str] = []
+        params: list[Any] = []
+        exact = True
+        if query.event_type is not None:
+            pattern = query.event_type
+            if "[" in pattern:
+                # Character classes differ between fnmatch and GLOB ([!x] vs [^x]): narrow by
+                # the literal prefix in SQL and let AuditQuery.matches decide.
+                exact = False
+                pattern = re.split(r"[*?\[]", pattern, maxsplit=1)[0] + "*"
+            # GLOB is case-sensitive with * and ?, exactly like fnmatch.fnmatchcase.
+            where.append("event_type GLOB ?")
+            params.append(pattern)
+        if query.since is not None:
+            where.append("timestamp >= ?")
+            params.append(codec.to_micros(query.since))
+        if query.until is not None:
+            where.append("timestamp <= ?")
+            params.append(codec.to_micros(query.until))
+        if query.key_id is not None:
+            where.append("key_id = ?")
+            params.append(query.key_id)
+        if query.anchor_id is not None:
+            where.append("anchor_id = ?")
+            params.append(str(query.anchor_id))
+        if query.ceremony_id is not None:
+            where.append("ceremony_id = ?")
+            params.append(query.ceremony_id)
+        sql = _SELECT_AUDIT + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY seq"
+        if exact and query.limit is not None:
+            sql += " LIMIT ?"
+            params.append(query.limit)
+        out: list[AuditEvent] = []
+        if query.limit == 0:
+            return out
+        for row in self._stream(sql, params):
+            event = codec.audit_from_row(row)
+            if exact or query.matches(event):
+                out.append(event)
+                if query.limit is not None and len(out) >= query.limit:
+                    break
+        return out
+
+    def iter_audit(self) -> Iterator[AuditEvent]:
+        self._check()
+        return map(codec.audit_from_row, self._stream(_SELECT_AUDIT + " ORDER BY seq"))
+
+
+class _Holder:
+    """A thread's connection. sqlite3.Connection cannot be weakly referenced; this can, so
+    the store can find (and close) live connections without keeping dead threads' ones."""
+
+    __slots__ = ("__weakref__", "conn")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+
+class _TxContext:
+    """``with store.transaction()`` / ``with store.read()``: a class rather than a generator
+    context manager because reads are on the verification hot path."""
+
+    __slots__ = ("_changes", "_conn", "_store", "_tx", "_write")
+
+    def __init__(self, store: SqliteStore, write: bool) -> None:
+        self._store = store
+        self._write = write
+
+    def __enter__(self) -> SqliteTransaction:
+        store = self._store
+        conn = store._connection()
+        if conn.in_transaction:
+            # Nesting on one connection is impossible in SQLite, and a write nested in a read
+            # would deadlock on the writer lock; say so plainly.
+            raise StorageError("transactions do not nest: finish the open one first")
+        if self._write:
+            store._write_lock.acquire()
+        try:
+            conn.execute("BEGIN IMMEDIATE" if self._write else "BEGIN")
+        except sqlite3.Error as exc:
+            if self._write:
+                store._write_lock.release()
+            raise _storage_error(exc, "begin") from exc
+        except BaseException:
+            if self._write:
+                store._write_lock.release()
+            raise
+        self._conn = conn
+        self._changes = conn.total_changes
+        self._tx = SqliteTransaction(conn, writable=self._write)
+        return self._tx
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn, store = self._conn, self._store
+        self._tx.finish()
+        try:
+            if exc_type is None:
+                try:
+                    conn.execute("COMMIT")
+                except sqlite3.Error as error:
+                    store._rollback(conn)
+                    raise _storage_error(error, "commit") from error
+                if self._write and conn.total_changes != self._changes:
+                    # Still under the writer lock, so a plain increment is safe.
+                    store._own_commits += 1
+            else:
+                store._rollback(conn)
+        finally:
+            if self._write:
+                store._write_lock.release()
+
+
+class SqliteStore:
+    """The embedded :class:`~stellakeys.storage.ports.Store`: ``SqliteStore(path)`` or
+    ``SqliteStore.open_home(home)`` (``home / "stellakeys.db"``, home created 0700).
+
+    Usable from many threads and many processes at once. Applies missing schema migrations
+    when opened (``migrate=False`` only checks that the schema is not newer than the code).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        migrate: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        self.busy_timeout = busy_timeout
+        self._closed = False
+        self._reset_process_state()
+        self._own_commits = 0
+        _create_private_file(self.path)
+        conn = self._connection()
+        _enable_wal(conn, self.path, busy_timeout)
+        if migrate:
+            self._schema = apply_migrations(conn)
+        else:
+            try:
+                current = _schema_version(conn) or 0
+            except sqlite3.Error as exc:
+                raise _storage_error(exc, "schema check") from exc
+            _check_not_newer(current, _packaged_migrations()[-1].version)
+            self._schema = current
+
+    @classmethod
+    def open_home(
+        cls, home: str | os.PathLike[str], *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT
+    ) -> SqliteStore:
+        """The store of a stellakeys home; the directory is created with mode 0700 (it holds
+        the audit trail and, with the software key store, private keys)."""
+        home = Path(home)
+        try:
+            home.mkdir(mode=0o700, parents=True)
+            os.chmod(home, 0o700)  # the umask may have removed bits from mkdir's mode
+        except FileExistsError:
+            pass  # an existing home keeps the permissions its owner chose
+        except OSError as exc:
+            raise StorageError(f"cannot create {home}: {exc.strerror}") from None
+        return cls(home / DB_FILENAME, busy_timeout=busy_timeout)
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({str(self.path)!r})"
+
+    # --- connections ----------------------------------------------------------------------
+
+    def _reset_process_state(self) -> None:
+        self._pid = os.getpid()
+        self._local = threading.local()
+        self._holders: weakref.WeakSet[_Holder] = weakref.WeakSet()
+        self._holders_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._dv_lock = threading.Lock()
+        self._dv_conn: sqlite3.Connection | None = None
+
+    def _check_process(self) -> None:
+        if self._pid != os.getpid():
+            # We are a forked child: the parent's connections and locks are not ours.
+            _INHERITED.append((list(self._holders), self._dv_conn))
+            self._reset_process_state()
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self.busy_timeout,  # sqlite3_busy_timeout: wait for other writers
+                isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+                check_same_thread=False,  # only so close() may close it from another thread
+                cached_statements=256,
+            )
+            conn.execute("PRAGMA foreign_keys = ON")
+            # FULL: a commit survives power loss too; this is an audit trail.
+            conn.execute("PRAGMA synchronous = FULL")
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open {self.path}: {_one_line(exc)}") from exc
+        return conn
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StorageError("the store is closed")
+        self._check_process()
+        holder: _Holder | None = getattr(self._local, "holder", None)
+        if holder is None:
+            holder = _Holder(self._connect())
+            self._local.holder = holder
+            with self._holders_lock:
+                self._holders.add(holder)
+        return holder.conn
+
+    def _rollback(self, conn: sqlite3.Connection) -> None:
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            # A connection that cannot roll back is not reused; SQLite discards the
+            # uncommitted changes when it is closed.
+            holder: _Holder | None = getattr(self._local, "holder", None)
+            if holder is not None and holder.conn is conn:
+                del self._local.holder
+            conn.close()
+
+    # --- the port -------------------------------------------------------------------------
+
+    def transaction(self) -> _TxContext:
+        return _TxContext(self, True)
+
+    def read(self) -> _TxContext:
+        return _TxContext(self, False)
+
+    def change_token(self) -> tuple[int, int]:
+        """``(PRAGMA data_version, commits by this store)``.
+
+        ``data_version`` on a dedicated connection changes whenever any *other* connection
+        commits, which includes other processes and this store's per-thread connections. The
+        own-commit counter makes this store's writes visible without relying on that detail.
+        Tokens are comparable only with tokens from the same store object. One cheap PRAGMA
+        (a read of the WAL index header), no disk I/O."""
+        if self._closed:
+            raise StorageError("the store is closed")
+        self._check_process()
+        with self._dv_lock:
+            if self._dv_conn is None:
+                self._dv_conn = self._connect()
+            try:
+                (version,) = self._dv_conn.execute("PRAGMA data_version").fetchone()
+            except sqlite3.Error as exc:
+                raise _storage_error(exc, "change check") from exc
+        return (int(version), self._own_commits)
+
+    def schema_version(self) -> int:
+        return self._schema
+
+    def close(self) -> None:
+        """Close every connection of this store. Call it when no transaction is running."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._pid != os.getpid():
+            return
+        with self._holders_lock:
+            holders = list(self._holders)
+            self._holders.clear()
+        for holder in holders:
+            holder.conn.close()
+        with self._dv_lock:
+            if self._dv_conn is not None:
+                self._dv_conn.close()
+                self._dv_conn = None
+
+    def __enter__(self) -> SqliteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _create_private_file(path: Path) -> None:
+    """Create the database file 0600 before SQLite does (SQLite gives its -wal and -shm files
+    the database file's mode)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StorageError(f"cannot open {path}: {exc.strerror}") from None
+    os.close(fd)
+
+
+def _enable_wal(conn: sqlite3.Connection, path: Path, timeout: float) -> None:
+    """Switch the file to WAL (persistent; a no-op once done). Changing the journal mode may
+    report "locked" without consulting the busy handler, so retry until the busy timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+            if str(mode).lower() != "wal":
+                (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise _storage_error(exc, "enabling WAL") from exc
+            time.sleep(0.01)
+    if str(mode).lower() != "wal":
+        raise StorageError(
+            f"cannot use WAL journaling for {path} (journal mode {mode!r}); put the home on a"
+            " local filesystem"
+        )
+
+
+if TYPE_CHECKING:
+
+    def _conforms(store: SqliteStore, tx: SqliteTransaction) -> tuple[Store, Transaction]:
+        return store, tx
