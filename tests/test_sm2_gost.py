@@ -400,6 +400,40 @@ def test_import_does_not_load_libcrypto_and_sm2_does_not_load_the_engine() -> No
     assert proc.returncode == 0, proc.stderr
 
 
+def test_missing_engine_is_a_clear_error_and_sm2_still_works() -> None:
+    # OPENSSL_ENGINES redirects where ENGINE_by_id looks for gost.so: an empty directory
+    # behaves like a machine without libengine-gost-openssl.
+    code = (
+        "from stellakeys.crypto import get_algorithm\n"
+        "from stellakeys.errors import BackendUnavailableError\n"
+        "get_algorithm('sm2-sm3').generate()\n"
+        "try:\n"
+        "    get_algorithm('gost-r-34.10-2012-512').generate()\n"
+        "except BackendUnavailableError as exc:\n"
+        "    print(exc)\n"
+        "else:\n"
+        "    raise SystemExit('the engine loaded from an empty directory')\n"
+    )
+    env = {"OPENSSL_ENGINES": "/nonexistent-engines-dir", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "install Debian package libengine-gost-openssl" in proc.stdout
+
+
+def test_missing_libcrypto_is_a_clear_error() -> None:
+    code = (
+        "from stellakeys.crypto import get_algorithm, _libcrypto as n\n"
+        "n._find_libcrypto = lambda: 'libcrypto-does-not-exist.so.3'\n"
+        "try:\n"
+        "    get_algorithm('sm2-sm3').generate()\n"
+        "except n.BackendUnavailableError as exc:\n"
+        "    print(exc)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "libcrypto-does-not-exist.so.3" in proc.stdout and "libssl3" in proc.stdout
+
+
 # --- registry -------------------------------------------------------------------------------
 
 
