@@ -288,7 +288,7 @@ def test_every_change_is_audited_and_chain_verifies(
     assert types.count("KEY_REVOKED") == 1
     assert types.count("ANCHOR_CREATED") == 1
     assert types.count("PROOF_SIGNED") == 2
-    revoked = [e for e in km.audit_events() if e.event_type == "KEY_REVOKED"][0]
+    revoked = next(e for e in km.audit_events() if e.event_type == "KEY_REVOKED")
     assert revoked.actor == "tester"
     assert revoked.key_id == "key-2024-prod" and revoked.anchor_id == timeline["anchor"]
     assert revoked.details["reason"] == "annual-rotation"
