@@ -30,6 +30,7 @@ into ``_``) by swapping it for a placeholder token around the call.
 from __future__ import annotations
 
 import bisect
+import functools
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Generic, TypeVar
@@ -189,6 +190,14 @@ def parse_purl(text: str) -> Purl:
     """
     if not isinstance(text, str):
         raise MalformedPurlError(f"a package URL must be a string, not {type(text).__name__}")
+    return _parse_purl_cached(text)
+
+
+# Verification parses the same few artifact PURLs over and over, and packageurl's parser costs
+# tens of microseconds (more than the rest of a verification's bookkeeping). Purl values are
+# immutable, so sharing them is safe; malformed inputs raise and are not cached.
+@functools.lru_cache(maxsize=65536)
+def _parse_purl_cached(text: str) -> Purl:
     stripped = text.strip()
     if not stripped:
         raise MalformedPurlError("empty package URL")
