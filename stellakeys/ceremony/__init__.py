@@ -1,0 +1,74 @@
+"""Dual-control ceremonies: M-of-N signed approvals that gate the dangerous operations.
+
+>>> from stellakeys.ceremony import CeremonyService, Actor
+>>> service = CeremonyService.from_settings(manager, manager.settings)   # doctest: +SKIP
+>>> c = service.create(Actor("admin@company.com"), "key-rotation", "Root key Q1",
+...                    {"keyId": "root-2026-q1"})                          # doctest: +SKIP
+
+The model (states, transitions, approvals) is pure; :class:`CeremonyService` persists it
+through the storage ports and gates the KeyManager's protected operations. The service is
+imported lazily: the storage ports import this package's model, and the service imports the
+facade, which imports the storage ports.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from stellakeys.ceremony.actor import SCOPE_APPROVE, SCOPE_CANCEL, Actor
+from stellakeys.ceremony.errors import (
+    ApprovalRejectedError,
+    CeremonyExpiredError,
+    CeremonyStateError,
+    InvalidTransitionError,
+    UnauthorizedError,
+)
+from stellakeys.ceremony.model import (
+    CEREMONY_TYPES,
+    Approval,
+    Ceremony,
+    CeremonyState,
+    Decision,
+)
+
+if TYPE_CHECKING:
+    from stellakeys.ceremony.approvers import ApproverRegistry
+    from stellakeys.ceremony.config import CeremonyConfig
+    from stellakeys.ceremony.service import CeremonyService
+    from stellakeys.ceremony.statement import ApprovalStatement
+
+__all__ = [
+    "CEREMONY_TYPES",
+    "SCOPE_APPROVE",
+    "SCOPE_CANCEL",
+    "Actor",
+    "Approval",
+    "ApprovalRejectedError",
+    "ApprovalStatement",
+    "ApproverRegistry",
+    "Ceremony",
+    "CeremonyConfig",
+    "CeremonyExpiredError",
+    "CeremonyService",
+    "CeremonyState",
+    "CeremonyStateError",
+    "Decision",
+    "InvalidTransitionError",
+    "UnauthorizedError",
+]
+
+_LAZY = {
+    "ApproverRegistry": "stellakeys.ceremony.approvers",
+    "CeremonyConfig": "stellakeys.ceremony.config",
+    "CeremonyService": "stellakeys.ceremony.service",
+    "ApprovalStatement": "stellakeys.ceremony.statement",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
