@@ -291,3 +291,12 @@ def test_stores_on_one_token_share_the_login_and_close_cleanly(
         reopened.sign(b"x")
     # The last user logged out and closed the shared session.
     assert not [k for k in _SESSIONS if k[1] == softhsm["T"].serial]
+
+
+def test_hsm_pinned_form_opens_the_same_key(store: Pkcs11KeyStore, softhsm: SoftHsm) -> None:
+    handle = store.generate(get_algorithm("ecdsa-p256-sha256"), unique_key_id("hsmform"))
+    slot = softhsm["T"].slot_id
+    uri = f"hsm://pkcs11/slot/{slot}/id/{handle.cka_id.hex()}"
+    assert store.open(uri).public_key() == handle.public_key()
+    with pytest.raises(KeyStoreError, match="pinned"):
+        store.open(f"hsm://pkcs11/slot/{slot}")
