@@ -368,9 +368,17 @@ _SESSIONS: dict[tuple[str, str], _TokenSession] = {}
 _SESSIONS_LOCK = threading.Lock()
 
 
+_MODULES: dict[str, Any] = {}
+
+
 def _load_module(path: str) -> Any:
+    # One C_Initialize per module and process: older python-pkcs11 releases refuse a second
+    # lib() for the same path, newer ones cache it; keeping our own table works with both.
     try:
-        return pkcs11.lib(path)
+        with _SESSIONS_LOCK:
+            if path not in _MODULES:
+                _MODULES[path] = pkcs11.lib(path)
+            return _MODULES[path]
     except Exception as exc:
         raise KeyStoreError(
             f"cannot load PKCS#11 module {path}: {exc} (set ${MODULE_ENV} or module-path; for "
