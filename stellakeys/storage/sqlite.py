@@ -369,12 +369,13 @@ class SqliteTransaction:
         """Attach history to anchors with one query per chunk of anchors (not one per anchor)."""
         if not anchor_rows:
             return []
-        history: dict[str, list[KeyHistoryEntry]] = {r[0]: [] for r in anchor_rows}
+        uuids = {r[0]: uuid.UUID(r[0]) for r in anchor_rows}
+        history: dict[str, list[KeyHistoryEntry]] = {aid: [] for aid in uuids}
         ids = list(history)
         for chunk in _chunks(ids):
             for h in self._all(_history_of_anchors_sql(len(chunk)), chunk):
-                history[h[1]].append(codec.history_from_row(h))
-        return [codec.anchor_from_row(r, tuple(history[r[0]])) for r in anchor_rows]
+                history[h[1]].append(codec.history_from_row(h, uuids[h[1]]))
+        return [codec.anchor_from_row(r, tuple(history[r[0]]), uuids[r[0]]) for r in anchor_rows]
 
     def get_anchor(self, anchor_id: uuid.UUID) -> TrustAnchor | None:
         self._check()
