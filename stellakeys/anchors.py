@@ -43,8 +43,12 @@ class KeyHistoryEntry:
         return min(ends) if ends else None
 
     def valid_at(self, at: datetime) -> bool:
-        ends = self.ends_at
-        return self.added_at <= at and (ends is None or at < ends)
+        # Spelled out rather than via ends_at: this runs for every key of every verification.
+        return (
+            self.added_at <= at
+            and (self.revoked_at is None or at < self.revoked_at)
+            and (self.expires_at is None or at < self.expires_at)
+        )
 
     def is_revoked_at(self, at: datetime) -> bool:
         return self.revoked_at is not None and self.revoked_at <= at

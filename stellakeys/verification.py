@@ -151,8 +151,32 @@ def evaluate(
     """Check ``envelope`` against ``anchor`` at ``time``. The caller resolved the anchor (the
     one applicable to ``purl``), the predicate type, and may pass reasons it found earlier."""
     reasons = list(context_reasons)
-    result = VerificationResult(
-        ok=False,
+    if policy.require_trusted_time and time.source is not TimeSource.TRUSTED:
+        reasons.append(f"policy requires trusted time; only {time.source.value} time available")
+    outcome: EnvelopeVerification | None = None
+    if anchor is None:
+        if purl is not None:
+            reasons.append(f"no active trust anchor matches {purl}")
+    else:
+        if predicate_type is None:
+            reasons.append("payload is not an in-toto statement, so it has no predicateType")
+        elif not anchor.allows_predicate(predicate_type):
+            allowed = ", ".join(anchor.allowed_predicate_types) or "none"
+            reasons.append(
+                f"predicateType {predicate_type} is not allowed by the anchor ({allowed})"
+            )
+        # Hot path: decide usability with comparisons only; the wording of why a key is not
+        # usable is worked out in _explain_failure, only when the proof fails.
+        usable = {
+            e.key_id: public_key_of_pem(e.public_key_pem)
+            for e in anchor.key_history
+            if _usable(e, time)
+        }
+        outcome = verify_envelope(envelope, usable, policy.threshold) if usable else None
+        if outcome is None or not outcome.ok:
+            reasons.extend(_explain_failure(envelope, anchor, outcome, time, policy.threshold))
+    return VerificationResult(
+        ok=not reasons,
         time=time.at,
         time_source=time.source,
         time_detail=time.detail,
@@ -160,51 +184,30 @@ def evaluate(
         payload_type=envelope.payload_type,
         purl=purl,
         predicate_type=predicate_type,
-    )
-    if policy.require_trusted_time and time.source is not TimeSource.TRUSTED:
-        reasons.append(f"policy requires trusted time; only {time.source.value} time available")
-    if anchor is None:
-        if purl is not None:
-            reasons.append(f"no active trust anchor matches {purl}")
-        return attrs.evolve(result, reasons=tuple(reasons))
-
-    if predicate_type is None:
-        reasons.append("payload is not an in-toto statement, so it has no predicateType")
-    elif not anchor.allows_predicate(predicate_type):
-        allowed = ", ".join(anchor.allowed_predicate_types) or "none"
-        reasons.append(f"predicateType {predicate_type} is not allowed by the anchor ({allowed})")
-
-    usable: dict[str, PublicKey] = {}
-    rejections: dict[str, str] = {}
-    for entry in anchor.key_history:
-        why = _entry_rejection(entry, time)
-        if why is None:
-            usable[entry.key_id] = public_key_of_pem(entry.public_key_pem)
-        else:
-            rejections[entry.key_id] = why
-    outcome = verify_envelope(envelope, usable, policy.threshold) if usable else None
-    if outcome is None or not outcome.ok:
-        reasons.extend(_explain_failure(envelope, anchor, outcome, rejections, policy.threshold))
-    return attrs.evolve(
-        result,
-        ok=not reasons,
-        anchor_id=anchor.anchor_id,
-        anchor_pattern=anchor.purl_pattern,
-        policy_version=anchor.policy_version,
+        anchor_id=anchor.anchor_id if anchor else None,
+        anchor_pattern=anchor.purl_pattern if anchor else None,
+        policy_version=anchor.policy_version if anchor else None,
         verified_keys=outcome.verified if outcome is not None else (),
         reasons=tuple(reasons),
     )
+
+
+def _usable(entry: KeyHistoryEntry, time: SigningTime) -> bool:
+    return entry.valid_at(time.at) and (not entry.compromised or time.source is TimeSource.TRUSTED)
 
 
 def _explain_failure(
     envelope: Envelope,
     anchor: TrustAnchor,
     outcome: EnvelopeVerification | None,
-    rejections: dict[str, str],
+    time: SigningTime,
     threshold: int,
 ) -> list[str]:
     """Forensic detail: which anchor keys did sign, and why they do not count at T."""
     reasons: list[str] = []
+    rejections = {
+        e.key_id: why for e in anchor.key_history if (why := _entry_rejection(e, time)) is not None
+    }
     if rejections:
         everyone = {e.key_id: public_key_of_pem(e.public_key_pem) for e in anchor.key_history}
         signed_by = verify_envelope(envelope, everyone, 1).verified
