@@ -864,6 +864,40 @@ def test_gost_public_key_off_curve_refused(keys: dict[str, PrivateKey]) -> None:
 # --- threads --------------------------------------------------------------------------------
 
 
+def test_openssl_calls_release_the_gil() -> None:
+    # One long libcrypto call (Streebog over 32 MiB, a few hundred ms) runs in a thread. Had
+    # ctypes kept the GIL, this thread would stall for the whole call; it keeps running instead.
+    import time
+
+    data = bytes(32 << 20)
+    started, done = threading.Event(), threading.Event()
+    call_seconds = 0.0
+
+    def long_call() -> None:
+        nonlocal call_seconds
+        started.set()
+        begin = time.perf_counter()
+        native.digest("md_gost12_512", data)
+        call_seconds = time.perf_counter() - begin
+        done.set()
+
+    worker = threading.Thread(target=long_call)
+    worker.start()
+    started.wait()
+    first = last = time.perf_counter()
+    longest_stall = 0.0
+    while not done.is_set():
+        now = time.perf_counter()
+        longest_stall = max(longest_stall, now - last)
+        last = now
+    worker.join()
+    assert call_seconds > 0.05, "the call was too short to tell"
+    # With the GIL held, this loop would only start once the call had returned (span ~ 0) or
+    # stall for its whole duration; released, it runs alongside the call.
+    assert last - first > call_seconds / 2, (last - first, call_seconds)
+    assert longest_stall < call_seconds / 2, (longest_stall, call_seconds)
+
+
 def test_eight_threads_sign_and_verify_concurrently(keys: dict[str, PrivateKey]) -> None:
     start = threading.Barrier(8)
     names = IDS * 3
