@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import MappingProxyType
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,7 +18,13 @@ STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 
 
 def _frozen_digest(value: Mapping[str, str]) -> Mapping[str, str]:
-    return dict(sorted(value.items()))
+    return MappingProxyType(dict(sorted(value.items())))
+
+
+def _frozen_predicate(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    # Read-only at the top level; statements are values, and a predicate edited after signing
+    # would no longer be what was signed.
+    return MappingProxyType(dict(value))
 
 
 @attrs.frozen
@@ -25,7 +32,7 @@ class Subject:
     """A software artifact: ``name`` (often a PURL) and its digests (algorithm -> hex)."""
 
     name: str
-    digest: Mapping[str, str] = attrs.field(converter=_frozen_digest)
+    digest: Mapping[str, str] = attrs.field(converter=_frozen_digest, hash=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "digest": dict(self.digest)}
@@ -35,7 +42,9 @@ class Subject:
 class Statement:
     subjects: tuple[Subject, ...]
     predicate_type: str
-    predicate: Mapping[str, Any] = attrs.field(factory=dict)
+    predicate: Mapping[str, Any] = attrs.field(
+        factory=dict, converter=_frozen_predicate, hash=False
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +61,8 @@ class Statement:
     def from_json(cls, data: bytes | str) -> Statement:
         try:
             obj = json.loads(data)
+        except RecursionError:
+            raise MalformedEnvelopeError("statement JSON is nested too deeply") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise MalformedEnvelopeError(f"statement is not valid JSON: {exc}") from None
         if not isinstance(obj, dict) or obj.get("_type") != STATEMENT_TYPE:
