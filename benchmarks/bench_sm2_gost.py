@@ -243,11 +243,10 @@ def describe_machine() -> None:
     except (OSError, StopIteration):
         pass
     load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
-    version = native.lib().OpenSSL_version_num()
+    loaded = native.lib()
+    version = loaded.OpenSSL_version_num()
     print(f"machine: {cpu}, {os.cpu_count()} cores, load average {load[0]:.2f}")
-    print(
-        f"python {platform.python_version()}, libcrypto {native._find_libcrypto()} ({version:#x})"
-    )
+    print(f"python {platform.python_version()}, libcrypto {loaded._name} ({version:#x})")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -423,7 +423,7 @@ def test_missing_engine_is_a_clear_error_and_sm2_still_works() -> None:
 def test_missing_libcrypto_is_a_clear_error() -> None:
     code = (
         "from stellakeys.crypto import get_algorithm, _libcrypto as n\n"
-        "n._find_libcrypto = lambda: 'libcrypto-does-not-exist.so.3'\n"
+        "n._candidates = lambda: ('libcrypto-does-not-exist.so.3',)\n"
         "try:\n"
         "    get_algorithm('sm2-sm3').generate()\n"
         "except n.BackendUnavailableError as exc:\n"

@@ -68,10 +68,12 @@ _lib: ctypes.CDLL | None = None
 _engine: int | None = None
 
 
-def _find_libcrypto() -> str:
-    # find_library consults ldconfig, so it follows the distribution's current soname; the
-    # fallback names the exact ABI we were written against when ldconfig is unavailable.
-    return ctypes.util.find_library("crypto") or "libcrypto.so.3"
+def _candidates() -> tuple[str, ...]:
+    # find_library consults ldconfig, so it follows the distribution's current soname. It may
+    # name an OpenSSL 1.1 libcrypto on a machine that has both, and it finds nothing without
+    # ldconfig; either way the exact OpenSSL 3 soname we were written against comes next.
+    found = ctypes.util.find_library("crypto")
+    return tuple(dict.fromkeys(name for name in (found, "libcrypto.so.3") if name))
 
 
 def lib() -> ctypes.CDLL:
@@ -81,20 +83,25 @@ def lib() -> ctypes.CDLL:
         return _lib
     with _load_lock:
         if _lib is None:
-            name = _find_libcrypto()
-            try:
-                cdll = ctypes.CDLL(name)
-            except OSError as exc:
-                raise BackendUnavailableError(
-                    f"cannot load libcrypto ({name}): {exc}; {LIBCRYPTO_HINT}"
-                ) from None
-            version = _declare(cdll)
-            if version < 0x30000000:
-                raise BackendUnavailableError(
-                    f"libcrypto {name} is OpenSSL {version:#x}; OpenSSL 3 is required"
-                )
-            _lib = cdll
+            _lib = _load()
     return _lib
+
+
+def _load() -> ctypes.CDLL:
+    problems: list[str] = []
+    for name in _candidates():
+        try:
+            cdll = ctypes.CDLL(name)
+            version = _declare(cdll)
+        except (OSError, BackendUnavailableError) as exc:
+            problems.append(f"{name}: {exc}")
+            continue
+        if version >= 0x30000000:
+            return cdll
+        problems.append(f"{name} is OpenSSL {version:#x}, OpenSSL 3 is required")
+    raise BackendUnavailableError(
+        f"cannot load libcrypto ({'; '.join(problems)}); {LIBCRYPTO_HINT}"
+    )
 
 
 def _declare(cdll: ctypes.CDLL) -> int:
@@ -537,14 +544,18 @@ def _d2i(fn_name: str, der: bytes) -> int | None:
     buf = ctypes.create_string_buffer(der, len(der))
     start = ctypes.addressof(buf)
     cursor = ctypes.c_char_p(start)
-    ptr = getattr(lib(), fn_name)(None, ctypes.byref(cursor), len(der))
-    if not ptr:
-        return None
-    consumed = ctypes.cast(cursor, ctypes.c_void_p).value or 0
-    if consumed - start != len(der):
-        _free_by_d2i_name(fn_name, int(ptr))
-        return None
-    return int(ptr)
+    try:
+        ptr = getattr(lib(), fn_name)(None, ctypes.byref(cursor), len(der))
+        if not ptr:
+            return None
+        consumed = ctypes.cast(cursor, ctypes.c_void_p).value or 0
+        if consumed - start != len(der):
+            _free_by_d2i_name(fn_name, int(ptr))
+            return None
+        return int(ptr)
+    finally:
+        # The copy may be an unencrypted private key: do not leave it to the allocator.
+        ctypes.memset(buf, 0, len(der))
 
 
 def _free_by_d2i_name(fn_name: str, ptr: int) -> None:
