@@ -9,13 +9,18 @@ applicable anchor trusted at time T?", where T and its source are explicit:
 
 A time claimed inside the payload is never used. A key revoked for ``compromise`` verifies
 only with trusted time before its revocation, since whoever stole it can back-date anything.
+
+Trusted time is per signature: an RFC 3161 token covers the bytes of one signature, so it
+dates that signature and no other. ``signature_times`` maps a signature's index to its trusted
+time; every other signature is judged at the proof's time (asserted or now). A key counts
+toward the threshold when its own signature's time falls in its validity window.
 """
 
 from __future__ import annotations
 
 import enum
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +33,7 @@ from stellakeys.keys import KeyRecord, public_key_of_pem
 from stellakeys.times import format_time
 
 __all__ = [
+    "KeyTime",
     "SigningTime",
     "TimeSource",
     "VerificationPolicy",
@@ -49,6 +55,14 @@ class SigningTime:
     source: TimeSource
     #: Where the time came from, e.g. the TSA's name for trusted time.
     detail: str | None = None
+
+
+@attrs.frozen
+class KeyTime:
+    """The time at which one counted key's signature was judged."""
+
+    key_id: str
+    time: SigningTime
 
 
 @attrs.frozen
@@ -83,6 +97,8 @@ class VerificationResult:
     #: Informational notes that do not affect ``ok`` (e.g. "key-only check").
     notes: tuple[str, ...] = ()
     time_detail: str | None = None
+    #: Per counted key, when signatures had different times (some had trusted time).
+    key_times: tuple[KeyTime, ...] = ()
 
     @property
     def key_id(self) -> str | None:
@@ -104,10 +120,7 @@ class VerificationResult:
             "policyVersion": self.policy_version,
             "keyId": self.key_id,
             "algorithm": self.algorithm,
-            "keys": [
-                {"keyId": k.key_id, "fingerprint": k.fingerprint, "algorithm": k.algorithm}
-                for k in self.verified_keys
-            ],
+            "keys": [self._key_dict(k) for k in self.verified_keys],
             "time": format_time(self.time),
             "timeSource": self.time_source.value,
             "timeDetail": self.time_detail,
@@ -115,8 +128,23 @@ class VerificationResult:
             "notes": list(self.notes),
         }
 
+    def _key_dict(self, key: VerifiedKey) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "keyId": key.key_id,
+            "fingerprint": key.fingerprint,
+            "algorithm": key.algorithm,
+        }
+        for kt in self.key_times:
+            if kt.key_id == key.key_id:
+                out["time"] = format_time(kt.time.at)
+                out["timeSource"] = kt.time.source.value
+                out["timeDetail"] = kt.time.detail
+        return out
 
-def _entry_rejection(entry: KeyHistoryEntry, time: SigningTime) -> str | None:
+
+def _entry_rejection(
+    entry: KeyHistoryEntry, time: SigningTime, require_trusted: bool = False
+) -> str | None:
     """Why this anchor key cannot vouch for a signature at ``time``, or None if it can."""
     at = time.at
     if at < entry.added_at:
@@ -134,7 +162,20 @@ def _entry_rejection(entry: KeyHistoryEntry, time: SigningTime) -> str | None:
             f" {format_time(entry.revoked_at or at)} can show it signed earlier"
             f" ({time.source.value} time is not enough)"
         )
+    if require_trusted and time.source is not TimeSource.TRUSTED:
+        return _untrusted(entry.key_id, time)
     return None
+
+
+def _untrusted(key_id: str, time: SigningTime) -> str:
+    return (
+        f"policy requires trusted time; the signature by key {key_id} has only"
+        f" {time.source.value} time (no verified timestamp covers it)"
+    )
+
+
+#: (message, whether trusted time could have changed the answer) for a rejected signer.
+_Rejection = tuple[str, bool]
 
 
 def evaluate(
@@ -147,13 +188,22 @@ def evaluate(
     purl: str | None,
     predicate_type: str | None,
     context_reasons: Sequence[str] = (),
+    signature_times: Mapping[int, SigningTime] | None = None,
+    timestamp_issues: Sequence[str] = (),
 ) -> VerificationResult:
     """Check ``envelope`` against ``anchor`` at ``time``. The caller resolved the anchor (the
-    one applicable to ``purl``), the predicate type, and may pass reasons it found earlier."""
+    one applicable to ``purl``), the predicate type, and may pass reasons it found earlier.
+
+    ``signature_times`` gives signatures their own (trusted) time by index; the others are
+    judged at ``time``. ``timestamp_issues`` are tokens that gave no trusted time: they become
+    reasons when a signer was rejected for lack of trusted time (they say why there was
+    none), notes otherwise.
+    """
     reasons = list(context_reasons)
-    if policy.require_trusted_time and time.source is not TimeSource.TRUSTED:
-        reasons.append(f"policy requires trusted time; only {time.source.value} time available")
+    times = _times_of(envelope, time, signature_times)
+    require = policy.require_trusted_time
     outcome: EnvelopeVerification | None = None
+    lacking = False
     if anchor is None:
         if purl is not None:
             reasons.append(f"no active trust anchor matches {purl}")
@@ -165,21 +215,46 @@ def evaluate(
             reasons.append(
                 f"predicateType {predicate_type} is not allowed by the anchor ({allowed})"
             )
+        history = anchor.key_history
+
         # Hot path: decide usability with comparisons only; the wording of why a key is not
         # usable is worked out in _explain_failure, only when the proof fails.
-        usable = {
-            e.key_id: public_key_of_pem(e.public_key_pem)
-            for e in anchor.key_history
-            if _usable(e, time)
-        }
-        outcome = verify_envelope(envelope, usable, policy.threshold) if usable else None
+        def keyring_at(at: SigningTime) -> dict[str, PublicKey]:
+            return {
+                e.key_id: public_key_of_pem(e.public_key_pem)
+                for e in history
+                if _usable(e, at, require)
+            }
+
+        outcome = _count(envelope, time, times, keyring_at, policy.threshold)
         if outcome is None or not outcome.ok:
-            reasons.extend(_explain_failure(envelope, anchor, outcome, time, policy.threshold))
+            entries = {e.key_id: e for e in history}
+
+            def rejection(key_id: str, at: SigningTime) -> _Rejection | None:
+                entry = entries[key_id]
+                why = _entry_rejection(entry, at, require)
+                if why is None:
+                    return None
+                return why, at.source is not TimeSource.TRUSTED and (require or entry.compromised)
+
+            everyone = {k: public_key_of_pem(e.public_key_pem) for k, e in entries.items()}
+            why_not, lacking, _ = _explain_failure(
+                envelope, time, times, everyone, outcome, rejection
+            )
+            reasons.extend(why_not)
+            have = len(outcome.verified) if outcome else 0
+            if not why_not or have < policy.threshold:
+                if have == 0:
+                    reasons.append("no signature verifies with a key the anchor trusted at T")
+                else:
+                    reasons.append(f"{have} of {policy.threshold} required anchor keys signed")
+    reasons, notes = _place_issues(reasons, [], timestamp_issues, lacking)
+    reported = _reported_time(time, times, outcome)
     return VerificationResult(
         ok=not reasons,
-        time=time.at,
-        time_source=time.source,
-        time_detail=time.detail,
+        time=reported.at,
+        time_source=reported.source,
+        time_detail=reported.detail,
         envelope_digest=digest,
         payload_type=envelope.payload_type,
         purl=purl,
@@ -189,37 +264,140 @@ def evaluate(
         policy_version=anchor.policy_version if anchor else None,
         verified_keys=outcome.verified if outcome is not None else (),
         reasons=tuple(reasons),
+        notes=tuple(notes),
+        key_times=_key_times(times, outcome),
     )
 
 
-def _usable(entry: KeyHistoryEntry, time: SigningTime) -> bool:
-    return entry.valid_at(time.at) and (not entry.compromised or time.source is TimeSource.TRUSTED)
+def _usable(entry: KeyHistoryEntry, time: SigningTime, require_trusted: bool = False) -> bool:
+    return entry.valid_at(time.at) and (
+        time.source is TimeSource.TRUSTED or not (entry.compromised or require_trusted)
+    )
+
+
+def _times_of(
+    envelope: Envelope, time: SigningTime, signature_times: Mapping[int, SigningTime] | None
+) -> tuple[SigningTime, ...] | None:
+    """Each signature's time, or None when they all share ``time`` (the common case)."""
+    if not signature_times:
+        return None
+    return tuple(signature_times.get(i, time) for i in range(len(envelope.signatures)))
+
+
+def _count(
+    envelope: Envelope,
+    time: SigningTime,
+    times: tuple[SigningTime, ...] | None,
+    keyring_at: Callable[[SigningTime], dict[str, PublicKey]],
+    threshold: int,
+) -> EnvelopeVerification | None:
+    """The distinct keys whose signatures verify with a key usable at that signature's time;
+    None when no key is usable at all."""
+    if times is None or len(set(times)) == 1:
+        keyring = keyring_at(times[0] if times else time)
+        return verify_envelope(envelope, keyring, threshold) if keyring else None
+    # One check per distinct time. Trusted times first: a key that signed twice counts once,
+    # and then preferably by its timestamped signature.
+    groups: dict[SigningTime, list[int]] = {}
+    for i in sorted(range(len(times)), key=lambda i: times[i].source is not TimeSource.TRUSTED):
+        groups.setdefault(times[i], []).append(i)
+    verified: dict[str, VerifiedKey] = {}
+    for at, indices in groups.items():
+        keyring = keyring_at(at)
+        if not keyring:
+            continue
+        part = attrs.evolve(envelope, signatures=tuple(envelope.signatures[i] for i in indices))
+        for key in verify_envelope(part, keyring, 1).verified:
+            if key.fingerprint not in verified:
+                index = indices[key.signature_index]
+                verified[key.fingerprint] = attrs.evolve(key, signature_index=index)
+    ordered = tuple(sorted(verified.values(), key=lambda k: k.signature_index))
+    return EnvelopeVerification(threshold, ordered, ())
 
 
 def _explain_failure(
     envelope: Envelope,
-    anchor: TrustAnchor,
-    outcome: EnvelopeVerification | None,
     time: SigningTime,
-    threshold: int,
-) -> list[str]:
-    """Forensic detail: which anchor keys did sign, and why they do not count at T."""
+    times: tuple[SigningTime, ...] | None,
+    everyone: Mapping[str, PublicKey],
+    outcome: EnvelopeVerification | None,
+    rejection: Callable[[str, SigningTime], _Rejection | None],
+) -> tuple[list[str], bool, tuple[VerifiedKey, ...]]:
+    """Forensic detail: which known keys did sign, and why they do not count at their time.
+    Returns (reasons, whether some signer lacked trusted time it needed, who signed)."""
     reasons: list[str] = []
-    rejections = {
-        e.key_id: why for e in anchor.key_history if (why := _entry_rejection(e, time)) is not None
-    }
-    if rejections:
-        everyone = {e.key_id: public_key_of_pem(e.public_key_pem) for e in anchor.key_history}
-        signed_by = verify_envelope(envelope, everyone, 1).verified
-        counted = {k.key_id for k in outcome.verified} if outcome else set()
-        reasons.extend(rejections[k.key_id] for k in signed_by if k.key_id not in counted)
-    have = len(outcome.verified) if outcome else 0
-    if not reasons or have < threshold:
-        if have == 0:
-            reasons.append("no signature verifies with a key the anchor trusted at T")
-        else:
-            reasons.append(f"{have} of {threshold} required anchor keys signed")
-    return reasons
+    lacking = False
+    signed_by = verify_envelope(envelope, everyone, 1).verified if everyone else ()
+    counted = {k.key_id for k in outcome.verified} if outcome else set()
+    for key in signed_by:
+        if key.key_id in counted:
+            continue
+        found = rejection(key.key_id, times[key.signature_index] if times else time)
+        if found is not None:
+            reasons.append(found[0])
+            lacking = lacking or found[1]
+    return reasons, lacking, signed_by
+
+
+def _place_issues(
+    reasons: list[str], notes: list[str], issues: Sequence[str], lacking: bool
+) -> tuple[list[str], list[str]]:
+    """Tokens that gave no trusted time explain a failure that trusted time would have
+    changed (reasons); otherwise they are only worth a note."""
+    if reasons and lacking:
+        return reasons + list(issues), notes
+    return reasons, notes + list(issues)
+
+
+def _reported_time(
+    time: SigningTime,
+    times: tuple[SigningTime, ...] | None,
+    outcome: EnvelopeVerification | None,
+) -> SigningTime:
+    """The proof's time for the result: trusted only when every signature that counted (or,
+    if none did, every signature) has trusted time; then the latest of them, the moment by
+    which all those signatures provably existed. Otherwise the asserted or current time."""
+    if times is None:
+        return time
+    considered = (
+        [times[k.signature_index] for k in outcome.verified]
+        if outcome is not None and outcome.verified
+        else list(times)
+    )
+    if not considered or any(t.source is not TimeSource.TRUSTED for t in considered):
+        return time
+    details = dict.fromkeys(t.detail for t in considered if t.detail)
+    return SigningTime(
+        max(t.at for t in considered), TimeSource.TRUSTED, "; ".join(details) or None
+    )
+
+
+def _key_times(
+    times: tuple[SigningTime, ...] | None, outcome: EnvelopeVerification | None
+) -> tuple[KeyTime, ...]:
+    if times is None or outcome is None:
+        return ()
+    return tuple(KeyTime(k.key_id, times[k.signature_index]) for k in outcome.verified)
+
+
+def _key_rejection(
+    key_id: str,
+    entries: Sequence[KeyHistoryEntry],
+    time: SigningTime,
+    require_trusted: bool,
+) -> str | None:
+    """Key-only checks: a key counts unless it was revoked at or before T in every anchor
+    holding it; a compromise anywhere needs trusted time before that revocation."""
+    if entries:
+        whys = [_entry_rejection(e, time) for e in entries]
+        compromised = [w for e, w in zip(entries, whys, strict=True) if e.compromised and w]
+        if compromised:
+            return compromised[0]
+        if all(whys):
+            return whys[0]
+    if require_trusted and time.source is not TimeSource.TRUSTED:
+        return _untrusted(key_id, time)
+    return None
 
 
 def evaluate_key_only(
@@ -230,46 +408,64 @@ def evaluate_key_only(
     policy: VerificationPolicy,
     keys: Sequence[KeyRecord],
     histories: Mapping[str, Sequence[KeyHistoryEntry]],
+    signature_times: Mapping[int, SigningTime] | None = None,
+    timestamp_issues: Sequence[str] = (),
 ) -> VerificationResult:
     """Signature by a registered key, without anchor policy (no artifact was named).
 
     A key counts unless it was revoked at or before T in every anchor holding it, and a key
     ever revoked for compromise counts only with trusted time before that revocation.
+    ``signature_times`` and ``timestamp_issues`` as for :func:`evaluate`.
     """
     reasons: list[str] = []
-    if policy.require_trusted_time and time.source is not TimeSource.TRUSTED:
-        reasons.append(f"policy requires trusted time; only {time.source.value} time available")
-    usable: dict[str, PublicKey] = {}
-    rejections: dict[str, str] = {}
-    for record in keys:
-        entries = histories.get(record.key_id, ())
-        why = None
-        if entries:
-            whys = [_entry_rejection(e, time) for e in entries]
-            compromised = [w for e, w in zip(entries, whys, strict=True) if e.compromised and w]
-            why = compromised[0] if compromised else (whys[0] if all(whys) else None)
-        if why is None:
-            usable[record.key_id] = public_key_of_pem(record.public_key_pem)
-        else:
-            rejections[record.key_id] = why
-    outcome = verify_envelope(envelope, usable, policy.threshold) if usable else None
+    times = _times_of(envelope, time, signature_times)
+    require = policy.require_trusted_time
+    records = {r.key_id: r for r in keys}
+
+    def why(key_id: str, at: SigningTime) -> str | None:
+        return _key_rejection(key_id, histories.get(key_id, ()), at, require)
+
+    def keyring_at(at: SigningTime) -> dict[str, PublicKey]:
+        return {
+            k: public_key_of_pem(r.public_key_pem) for k, r in records.items() if why(k, at) is None
+        }
+
+    def rejection(key_id: str, at: SigningTime) -> _Rejection | None:
+        found = why(key_id, at)
+        if found is None:
+            return None
+        compromised = any(e.compromised for e in histories.get(key_id, ()))
+        return found, at.source is not TimeSource.TRUSTED and (require or compromised)
+
+    outcome = _count(envelope, time, times, keyring_at, policy.threshold)
+    lacking = False
     if outcome is None or not outcome.ok:
-        everyone = {r.key_id: public_key_of_pem(r.public_key_pem) for r in keys}
-        signed_by = verify_envelope(envelope, everyone, 1).verified if everyone else ()
-        reasons.extend(rejections[k.key_id] for k in signed_by if k.key_id in rejections)
+        everyone = {k: public_key_of_pem(r.public_key_pem) for k, r in records.items()}
+        why_not, lacking, signed_by = _explain_failure(
+            envelope, time, times, everyone, outcome, rejection
+        )
+        reasons.extend(why_not)
         have = len(outcome.verified) if outcome else 0
         if have == 0 and not signed_by:
             reasons.append("no signature verifies with a registered key")
         elif have < policy.threshold and not reasons:
             reasons.append(f"{have} of {policy.threshold} required keys signed")
+    reasons, notes = _place_issues(
+        reasons,
+        ["key-only check: no artifact PURL, so no trust anchor policy was applied"],
+        timestamp_issues,
+        lacking,
+    )
+    reported = _reported_time(time, times, outcome)
     return VerificationResult(
         ok=not reasons,
-        time=time.at,
-        time_source=time.source,
-        time_detail=time.detail,
+        time=reported.at,
+        time_source=reported.source,
+        time_detail=reported.detail,
         envelope_digest=digest,
         payload_type=envelope.payload_type,
         verified_keys=outcome.verified if outcome is not None else (),
         reasons=tuple(reasons),
-        notes=("key-only check: no artifact PURL, so no trust anchor policy was applied",),
+        notes=tuple(notes),
+        key_times=_key_times(times, outcome),
     )
