@@ -70,3 +70,10 @@ class KeyStoreError(StellaKeysError):
 
 class PolicyError(StellaKeysError):
     """An operation refused by policy (for example a protected operation outside a ceremony)."""
+
+
+class TimestampError(StellaKeysError, ValueError):
+    """An RFC 3161 timestamp that cannot be used at all: malformed DER, a TSA that refused or
+    could not be reached, a reply that does not answer the request. A well-formed token that
+    merely fails verification (other bytes, untrusted TSA, ...) is a verification reason, not
+    this error."""
