@@ -1,0 +1,70 @@
+"""Fixtures for the PostgreSQL adapter: one throwaway server per test session (per xdist
+worker), started here with initdb + pg_ctl (tests/postgres/pg_server.py). Missing PostgreSQL
+binaries or psycopg fail the tests with what to install; nothing is skipped."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+
+import pytest
+from pg_server import MISSING, PostgresServer, find_bin_dir
+
+_names = itertools.count()
+
+# Data tables in an order TRUNCATE accepts. signer.store_state keeps its row (and counter).
+_TABLES = (
+    "signer.proof_timestamps, signer.proofs, signer.key_audit_log, signer.key_history,"
+    " signer.trust_anchors, signer.keys"
+)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    if find_bin_dir() is None:
+        pytest.fail(MISSING)
+    try:
+        import psycopg  # noqa: F401
+        import psycopg_pool  # noqa: F401
+    except ImportError as exc:
+        pytest.fail(f"{exc}: pip install -e '.[test]' (psycopg and psycopg-pool, 'postgres' extra)")
+    server = PostgresServer()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def fresh_url(pg_server: PostgresServer) -> str:
+    """A new, empty database (no schema)."""
+    return pg_server.create_database(f"fresh_{os.getpid()}_{next(_names)}")
+
+
+@pytest.fixture(scope="module")
+def migrated_url(pg_server: PostgresServer) -> str:
+    """A database with the stellakeys schema, shared by the tests of one module."""
+    from stellakeys.storage.postgres import PostgresStore
+
+    url = pg_server.create_database(f"module_{os.getpid()}_{next(_names)}")
+    PostgresStore.connect(url, migrate=True).close()
+    return url
+
+
+def truncate(url: str) -> None:
+    """Empty every data table. The schema's triggers refuse TRUNCATE of the audit log, keys,
+    anchors and history (they are append-only), so this runs as a replication session, where
+    ordinary triggers do not fire (superuser only: a test-only escape hatch)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
+        conn.execute("SET LOCAL session_replication_role = replica")
+        conn.execute(f"TRUNCATE {_TABLES} RESTART IDENTITY")
+
+
+@pytest.fixture
+def clean_url(migrated_url: str) -> str:
+    """The module's migrated database, emptied for this test."""
+    truncate(migrated_url)
+    return migrated_url

@@ -1,0 +1,175 @@
+"""A throwaway PostgreSQL server for tests and benchmarks: ``initdb`` in a temporary
+directory, ``pg_ctl start`` on a free port with the unix socket in that directory (no TCP),
+``pg_ctl stop`` and removal at the end.
+
+The server binaries come from Debian's ``postgresql`` package (``/usr/lib/postgresql/<v>/bin``,
+newest version first) or ``$STELLAKEYS_PG_BIN``. ``initdb`` refuses to run as root, so as root
+the cluster belongs to the ``postgres`` user (created by the Debian package), or to a system
+user created for the purpose; the client connects over the socket as the cluster's
+``postgres`` superuser with trust authentication.
+
+No pytest here, so ``benchmarks/bench_postgres.py`` can use it too.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+__all__ = ["MISSING", "PostgresServer", "find_bin_dir"]
+
+MISSING = (
+    "PostgreSQL server binaries (initdb, pg_ctl) not found: install Debian package postgresql"
+    " (or set STELLAKEYS_PG_BIN to the directory holding pg_ctl)"
+)
+_SERVICE_USER = "stellakeys-pg"
+
+
+def _version_key(path: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", path))
+
+
+def find_bin_dir() -> Path | None:
+    env = os.environ.get("STELLAKEYS_PG_BIN")
+    candidates = [env] if env else []
+    candidates += sorted(
+        (os.path.dirname(p) for p in glob.glob("/usr/lib/postgresql/*/bin/pg_ctl")),
+        key=_version_key,
+        reverse=True,
+    )
+    which = shutil.which("pg_ctl")
+    if which:
+        candidates.append(os.path.dirname(which))
+    for c in candidates:
+        if c and (Path(c) / "pg_ctl").exists() and (Path(c) / "initdb").exists():
+            return Path(c)
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _service_user() -> str:
+    """The account the server runs as when we are root."""
+    for name in ("postgres", _SERVICE_USER):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            pass
+    subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", _SERVICE_USER],
+        check=True,
+        capture_output=True,
+    )
+    return _SERVICE_USER
+
+
+class PostgresServer:
+    def __init__(self, *, durable: bool = False, settings: dict[str, str] | None = None) -> None:
+        bin_dir = find_bin_dir()
+        if bin_dir is None:
+            raise RuntimeError(MISSING)
+        self.bin_dir = bin_dir
+        self.base = Path(tempfile.mkdtemp(prefix="stellakeys-pg-"))
+        self.data = self.base / "data"
+        self.port = _free_port()
+        self._prefix: list[str] = []
+        if os.geteuid() == 0:
+            user = _service_user()
+            shutil.chown(self.base, user)
+            self._prefix = ["runuser", "-u", user, "--"]
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-locale",
+            "--no-sync",
+        )
+        options = {
+            "listen_addresses": "''",
+            "unix_socket_directories": f"'{self.base}'",
+            "port": str(self.port),
+            "max_connections": "200",
+        }
+        if not durable:
+            # A throwaway cluster: crash safety of the OS is not what the tests exercise (a
+            # killed backend or client is, and that does not need fsync).
+            options |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+        options |= settings or {}
+        with open(self.data / "postgresql.auto.conf", "a", encoding="utf-8") as conf:
+            for k, v in options.items():
+                conf.write(f"{k} = {v}\n")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.base / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
+
+    def _run(self, tool: str, *args: str) -> None:
+        proc = subprocess.run(
+            [*self._prefix, str(self.bin_dir / tool), *args],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            log = self.base / "server.log"
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise RuntimeError(f"{tool} failed ({proc.returncode}): {proc.stderr.strip()}\n{tail}")
+
+    def url(self, dbname: str = "postgres") -> str:
+        return f"postgresql://postgres@/{dbname}?host={self.base}&port={self.port}"
+
+    def admin(self) -> object:
+        """An autocommit psycopg connection to the ``postgres`` database."""
+        import psycopg
+
+        return psycopg.connect(self.url(), autocommit=True)
+
+    def create_database(self, name: str) -> str:
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return self.url(name)
+
+    def stop(self) -> None:
+        try:
+            if (self.data / "postmaster.pid").exists():
+                self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        finally:
+            for _ in range(3):
+                shutil.rmtree(self.base, ignore_errors=True)
+                if not self.base.exists():
+                    break
+                time.sleep(0.1)
+
+    def __enter__(self) -> PostgresServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
