@@ -29,7 +29,7 @@ def open_store(settings: Settings) -> Store:
         return SqliteStore.open_home(settings.home)
     if url.startswith(("postgresql://", "postgres://")):
         try:
-            from stellakeys.storage.postgres import PostgresStore  # type: ignore[import-not-found]
+            from stellakeys.storage.postgres import PostgresStore
         except ImportError as exc:
             raise ConfigError(
                 f"PostgreSQL support needs the 'postgres' extra: pip install 'stellakeys[postgres]'"
