@@ -320,6 +320,17 @@ class StoreConformance:
             assert [e.anchor_id for e in tx.history_of_key("k1")] == [a.anchor_id, b.anchor_id]
             assert len(tx.list_anchors()) == 2  # the failed transaction left nothing
 
+    def test_duplicate_history_entry_id_conflicts(self, store: Store) -> None:
+        a, b = anchor(keys=("k1",)), anchor("pkg:pypi/*")
+        with store.transaction() as tx:
+            tx.insert_anchor(a, "npm")
+            tx.insert_anchor(b, "pypi")
+        reused = entry(b.anchor_id, "k2", entry_id=a.key_history[0].entry_id)
+        with pytest.raises(ConflictError), store.transaction() as tx:
+            tx.insert_history(reused)
+        with store.read() as tx:
+            assert tx.history_of_key("k2") == []
+
     def test_insert_history_needs_the_anchor(self, store: Store) -> None:
         with pytest.raises(NotFoundError), store.transaction() as tx:
             tx.insert_history(entry(uuid.uuid4(), "k1"))

@@ -392,11 +392,29 @@ def test_change_token_sees_other_processes_and_stores(tmp_path: Path, children: 
 
 def test_store_works_in_a_forked_child(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
+    parked, forked, checked = threading.Event(), threading.Event(), threading.Event()
+    results: list[set[str]] = []
     with SqliteStore(path) as store:
         with store.transaction() as tx:
             tx.insert_key(key("parent"))
+
+        def other_thread() -> None:
+            # Holds its own connection across the fork; the child must leave it alone.
+            with store.read() as tx:
+                tx.list_keys()
+            parked.set()
+            forked.wait(60)
+            with store.read() as tx:
+                results.append({k.key_id for k in tx.list_keys()})
+            checked.set()
+
+        helper = threading.Thread(target=other_thread)
+        helper.start()
+        # The usual fork-with-threads rule: no other thread may be inside SQLite (which holds
+        # process-global mutexes) at the moment of fork(), so fork while the helper is parked.
+        assert parked.wait(60)
         pid = os.fork()
-        if pid == 0:  # the child: must not touch the parent's connections
+        if pid == 0:  # the child: opens its own connections
             code = 1
             try:
                 with store.transaction() as tx:
@@ -408,7 +426,11 @@ def test_store_works_in_a_forked_child(tmp_path: Path) -> None:
                 os._exit(code)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
-        with store.read() as tx:  # the parent's connection still works
+        forked.set()
+        assert checked.wait(60)
+        helper.join()
+        assert results == [{"parent", "child"}]
+        with store.read() as tx:  # the parent's own connection still works too
             assert {k.key_id for k in tx.list_keys()} == {"parent", "child"}
             assert verify_chain(tx.iter_audit()).count == 1
 

@@ -161,13 +161,15 @@ class MemoryTransaction:
 
     def _check_new_history(self, rows: Sequence[Row]) -> None:
         seen: set[tuple[str, str]] = set()
+        seen_ids: set[str] = set()
         for r in rows:
             pair = (r[1], r[2])
             if pair in seen or any(h[2] == r[2] for h in self._s.history.get(r[1], ())):
                 raise ConflictError(f"key {r[2]!r} is already in trust anchor {r[1]}")
-            if r[0] in self._s.entry_ids:
+            if r[0] in seen_ids or r[0] in self._s.entry_ids:
                 raise ConflictError(f"key history entry {r[0]} already exists")
             seen.add(pair)
+            seen_ids.add(r[0])
 
     def _add_history_row(self, row: Row) -> None:
         aid, key_id = row[1], row[2]

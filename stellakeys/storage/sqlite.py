@@ -74,8 +74,32 @@ _T = TypeVar("_T")
 Row = tuple[Any, ...]
 
 # Connections inherited through fork() belong to the parent: using or even closing them in the
-# child can corrupt SQLite's locking. They are parked here, referenced forever, never touched.
+# child is unsafe (SQLite's documented rule). They are parked here, referenced forever, never
+# touched. The before-fork hook references every live connection first, because the child
+# discards the other threads' locals, which would otherwise close their connections.
 _INHERITED: list[object] = []
+_STORES: weakref.WeakSet[SqliteStore] = weakref.WeakSet()
+_FORK_STASH: list[object] = []
+
+
+def _before_fork() -> None:
+    _FORK_STASH[:] = [(list(s._holders), s._dv_conn) for s in list(_STORES)]
+
+
+def _after_fork_in_parent() -> None:
+    _FORK_STASH.clear()
+
+
+def _after_fork_in_child() -> None:
+    _INHERITED.append(list(_FORK_STASH))
+    _FORK_STASH.clear()
+
+
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
+)
 
 
 # --- errors ---------------------------------------------------------------------------------
@@ -681,6 +705,7 @@ class SqliteStore:
         self._closed = False
         self._reset_process_state()
         self._own_commits = 0
+        _STORES.add(self)
         _create_private_file(self.path)
         conn = self._connection()
         _enable_wal(conn, self.path, busy_timeout)
