@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -59,6 +59,9 @@ from stellakeys.verification import (
     evaluate,
     evaluate_key_only,
 )
+
+if TYPE_CHECKING:
+    from stellakeys.timestamp import AddedTimestamp, TimestampingConfig, TimestampVerifier
 
 #: (transaction, operation, details) -> None; raises to refuse. See KeyManager.operation_guard.
 OperationGuard = Callable[[Transaction, str, dict[str, Any]], None]
@@ -283,6 +286,10 @@ class KeyManager:
         return manager
 
     settings: Settings | None = None
+    #: Verifies RFC 3161 tokens. When None, it is built on first use from the ``timestamping``
+    #: section of the settings (``tsaRoots``); with no roots anywhere, tokens give no trusted
+    #: time (verification says so).
+    timestamp_verifier: TimestampVerifier | None = None
 
     def close(self) -> None:
         with self._ks_lock:
@@ -691,7 +698,9 @@ class KeyManager:
             if purl is None:
                 continue
             total += 1
-            result = self.verify(envelope, purl=purl, at=proof.created_at)
+            result = self.verify(
+                envelope, purl=purl, at=proof.created_at, timestamps=proof.timestamp_tokens
+            )
             verified += result.ok
             signers = {s.keyid for s in envelope.signatures}
             if signers & compromised and not proof.timestamp_tokens:
@@ -726,8 +735,14 @@ class KeyManager:
         payload: bytes,
         key_ids: Sequence[str] | str,
         payload_type: str = INTOTO_PAYLOAD_TYPE,
+        *,
+        timestamp_url: str | None = None,
     ) -> str:
-        """Sign with one or several keys (any mix of algorithms); returns ``sha256:<hex>``."""
+        """Sign with one or several keys (any mix of algorithms); returns ``sha256:<hex>``.
+
+        ``timestamp_url``: get an RFC 3161 token for every signature from that TSA before
+        anything is stored, so the proof is stored with its trusted time or not at all.
+        """
         ids = [key_ids] if isinstance(key_ids, str) else list(dict.fromkeys(key_ids))
         if not ids:
             raise PolicyError("at least one key id is required to sign")
@@ -739,6 +754,7 @@ class KeyManager:
         handles = [self._handle(r) for r in records]
         envelope = sign_envelope(payload_type, payload, handles, ids)
         digest = envelope.digest()
+        stamps = self._request_timestamps(envelope, timestamp_url) if timestamp_url else []
         with self.store.transaction() as tx:
             tx.put_proof(ProofRecord(digest, envelope.to_json(), now))
             for key_id in ids:
@@ -748,6 +764,7 @@ class KeyManager:
                     key_id=key_id,
                     details={"proof": digest, "payloadType": payload_type},
                 )
+            self._store_timestamps(tx, digest, stamps)
         return digest
 
     def get_proof(self, digest: str) -> Envelope:
@@ -760,6 +777,103 @@ class KeyManager:
             raise NotFoundError(f"no proof {digest}")
         return proof
 
+    # --- proofs: trusted time (RFC 3161) --------------------------------------------------------
+
+    def timestamping(self) -> TimestampingConfig:
+        """The ``timestamping`` section of the settings (TSA roots, default TSA URL)."""
+        from stellakeys.timestamp import TimestampingConfig
+
+        if self.settings is None:
+            return TimestampingConfig()
+        return TimestampingConfig.from_document(self.settings.document, self.settings.home)
+
+    def _tsa_verifier(self) -> TimestampVerifier | None:
+        if self.timestamp_verifier is None:
+            self.timestamp_verifier = self.timestamping().verifier()
+        return self.timestamp_verifier
+
+    def proof_timestamps(self, digest: str) -> tuple[bytes, ...]:
+        """The DER tokens stored with a proof; empty when the proof is not stored."""
+        with self.store.read() as tx:
+            proof = tx.get_proof(digest)
+        return proof.timestamp_tokens if proof is not None else ()
+
+    def timestamp_proof(
+        self,
+        digest: str,
+        *,
+        tsa_url: str | None = None,
+        tokens: Sequence[bytes] = (),
+        verifier: TimestampVerifier | None = None,
+    ) -> list[AddedTimestamp]:
+        """Store RFC 3161 tokens with a proof: given ``tokens`` (DER TimeStampResp or bare
+        TimeStampToken) and/or one per signature from the TSA at ``tsa_url``.
+
+        Each token must cover one of the proof's signatures and, when TSA roots are
+        configured (or ``verifier`` is given), verify; otherwise TimestampError and nothing
+        is stored. Without roots the tokens are stored unverified, to be judged when verified.
+        """
+        from stellakeys.errors import TimestampError
+        from stellakeys.timestamp import AddedTimestamp, parse_token
+
+        if not tsa_url and not tokens:
+            raise TimestampError("nothing to add: give a TSA URL or a token")
+        envelope = self.get_proof(digest)
+        verifier = verifier or self._tsa_verifier()
+        added: list[AddedTimestamp] = []
+        for der in tokens:
+            token = parse_token(der)
+            covered = [i for i, s in enumerate(envelope.signatures) if token.covers(s.sig)]
+            if not covered:
+                raise TimestampError(
+                    f"the token ({token.describe()}) covers none of the signatures of {digest}"
+                )
+            if verifier is not None:
+                checked = verifier.verify(token, envelope.signatures[covered[0]].sig)
+                if not checked.ok:
+                    raise TimestampError(f"the token does not verify: {checked.failure}")
+            keyid = envelope.signatures[covered[0]].keyid
+            added.append(AddedTimestamp(covered[0], keyid, token, verifier is not None))
+        if tsa_url:
+            added.extend(self._request_timestamps(envelope, tsa_url, verifier))
+        with self.store.transaction() as tx:
+            self._store_timestamps(tx, digest, added)
+        return added
+
+    def _request_timestamps(
+        self, envelope: Envelope, url: str, verifier: TimestampVerifier | None = None
+    ) -> list[AddedTimestamp]:
+        """One token per signature from the TSA at ``url`` (network; outside transactions)."""
+        from stellakeys.timestamp import AddedTimestamp, request_timestamp
+
+        config = self.timestamping()
+        verifier = verifier or self._tsa_verifier()
+        out: list[AddedTimestamp] = []
+        for index, signature in enumerate(envelope.signatures):
+            token = request_timestamp(
+                url,
+                signature.sig,
+                hash_algorithm=config.hash_algorithm,
+                timeout=config.timeout,
+                verifier=verifier,
+            )
+            out.append(
+                AddedTimestamp(index, signature.keyid, token, verifier is not None, tsa_url=url)
+            )
+        return out
+
+    def _store_timestamps(
+        self, tx: Transaction, digest: str, added: Sequence[AddedTimestamp]
+    ) -> None:
+        for stamp in added:
+            tx.add_proof_timestamp(digest, stamp.token.der)
+            self._audit(
+                tx,
+                EventType.PROOF_TIMESTAMPED,
+                key_id=stamp.keyid,
+                details={"proof": digest, **stamp.to_dict()},
+            )
+
     def verify(
         self,
         proof: Envelope | str | bytes,
@@ -768,15 +882,22 @@ class KeyManager:
         at: datetime | None = None,
         trusted_time: SigningTime | None = None,
         policy: VerificationPolicy | None = None,
+        timestamps: Sequence[bytes] = (),
+        timestamp_verifier: TimestampVerifier | None = None,
     ) -> VerificationResult:
         """Verify a proof (an envelope, its JSON, or a stored ``sha256:`` digest).
 
         The time is ``trusted_time`` when given (a verified timestamp), else ``at`` (asserted),
         else now. The artifact is ``purl`` when given, else the first subject of an in-toto
         payload whose name is a PURL.
+
+        RFC 3161 tokens (the ones stored with the proof when it is given by its ``sha256:``
+        address, plus ``timestamps``) give the signatures they cover their own trusted time,
+        which wins over ``at`` and now; see docs/trusted-time.md. Malformed tokens raise
+        TimestampError; tokens that do not verify are reasons or notes in the result.
         """
         policy = policy or VerificationPolicy()
-        envelope = self._envelope_of(proof)
+        envelope, stored = self._envelope_and_tokens(proof)
         if trusted_time is not None and trusted_time.source is not TimeSource.TRUSTED:
             raise ValueError("trusted_time must come from a verified timestamp")
         if trusted_time is not None:
@@ -785,6 +906,9 @@ class KeyManager:
             time = SigningTime(at, TimeSource.ASSERTED)
         else:
             time = SigningTime(self._now(), TimeSource.NOW)
+        signature_times, issues = self._signature_times(
+            envelope, (*stored, *timestamps), timestamp_verifier
+        )
         predicate_type, subject_purls, notes = _payload_facts(envelope)
         reasons: list[str] = []
         if purl is None:
@@ -800,7 +924,9 @@ class KeyManager:
         digest = envelope.digest()
         if purl is None:
             if not policy.require_anchor:
-                return self._verify_key_only(envelope, digest, time, policy, notes)
+                return self._verify_key_only(
+                    envelope, digest, time, policy, notes, signature_times, issues
+                )
             reasons.append(
                 "no artifact PURL: give one, or sign an in-toto statement whose"
                 " subject name is a PURL"
@@ -817,6 +943,8 @@ class KeyManager:
             purl=purl,
             predicate_type=predicate_type,
             context_reasons=reasons,
+            signature_times=signature_times,
+            timestamp_issues=issues,
         )
         return attrs.evolve(result, notes=result.notes + tuple(notes)) if notes else result
 
@@ -827,6 +955,8 @@ class KeyManager:
         time: SigningTime,
         policy: VerificationPolicy,
         notes: list[str],
+        signature_times: dict[int, SigningTime] | None = None,
+        issues: Sequence[str] = (),
     ) -> VerificationResult:
         hints = {s.keyid for s in envelope.signatures if s.keyid}
         with self.store.read() as tx:
@@ -835,7 +965,14 @@ class KeyManager:
                 records = tx.list_keys()
             histories = {r.key_id: tx.history_of_key(r.key_id) for r in records}
         result = evaluate_key_only(
-            envelope, digest=digest, time=time, policy=policy, keys=records, histories=histories
+            envelope,
+            digest=digest,
+            time=time,
+            policy=policy,
+            keys=records,
+            histories=histories,
+            signature_times=signature_times,
+            timestamp_issues=issues,
         )
         return attrs.evolve(result, notes=result.notes + tuple(notes))
 
@@ -845,6 +982,30 @@ class KeyManager:
         if isinstance(proof, str) and proof.startswith("sha256:"):
             return self.get_proof(proof)
         return Envelope.from_json(proof)
+
+    def _envelope_and_tokens(
+        self, proof: Envelope | str | bytes
+    ) -> tuple[Envelope, tuple[bytes, ...]]:
+        """The envelope and, for a stored proof given by address, its stored tokens (read in
+        the same lookup). An envelope given as such is not looked up: that would cost the hot
+        path a database read per proof; callers pass its tokens (``proof_timestamps``)."""
+        if isinstance(proof, str) and proof.startswith("sha256:"):
+            record = self._proof_record(proof)
+            return Envelope.from_json(record.envelope_json), record.timestamp_tokens
+        return self._envelope_of(proof), ()
+
+    def _signature_times(
+        self,
+        envelope: Envelope,
+        tokens: Sequence[bytes],
+        verifier: TimestampVerifier | None,
+    ) -> tuple[dict[int, SigningTime], list[str]]:
+        if not tokens:
+            return {}, []
+        from stellakeys.timestamp import parse_token, signature_times
+
+        parsed = [parse_token(t) for t in dict.fromkeys(bytes(t) for t in tokens)]
+        return signature_times(envelope, parsed, verifier or self._tsa_verifier())
 
     # --- audit ----------------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from stellakeys.dsse import Envelope
 
 __all__ = [
+    "AddedTimestamp",
     "RFC3161Verifier",
     "TimestampToken",
     "TimestampVerification",
@@ -309,6 +310,29 @@ def _signer_certificate(response: Any) -> x509.Certificate | None:
         if cert.issuer == issuer and cert.serial_number == serial:
             return cert
     return None
+
+
+@attrs.frozen
+class AddedTimestamp:
+    """A token stored with a proof, and for which of its signatures."""
+
+    signature_index: int
+    #: The signature's keyid hint (unauthenticated; for people and the audit log).
+    keyid: str | None
+    token: TimestampToken
+    #: Whether it was verified against configured TSA roots before it was stored.
+    verified: bool
+    #: The TSA URL it was requested from, or None for a token given to us.
+    tsa_url: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "signatureIndex": self.signature_index,
+            "keyId": self.keyid,
+            **self.token.to_dict(),
+            "verified": self.verified,
+            "tsaUrl": self.tsa_url,
+        }
 
 
 # --- verification -----------------------------------------------------------------------------
