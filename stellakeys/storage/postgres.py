@@ -71,8 +71,10 @@ __all__ = [
     "PostgresTransaction",
     "load_postgres_migrations",
     "migrate",
+    "migrate_url",
     "redact_url",
     "schema_version",
+    "url_schema_version",
 ]
 
 #: ``pg_advisory_xact_lock`` key of the migrator ("stlkmigr" in ASCII). Only migrators take
@@ -247,6 +249,33 @@ def migrate(conn: Conn, migrations: Sequence[Migration] | None = None) -> Migrat
 
 
 _migrate = migrate  # PostgresStore's ``migrate`` flag shadows the name inside it
+
+
+def _direct_connection(url: str) -> Conn:
+    try:
+        return psycopg.Connection.connect(
+            url, autocommit=True, context=_ADAPTERS, fallback_application_name="stellakeys"
+        )
+    except psycopg.Error as exc:
+        raise StorageError(
+            f"cannot connect to PostgreSQL at {redact_url(url)}: {_one_line(exc)}"
+        ) from None
+
+
+def migrate_url(url: str) -> MigrationResult:
+    """``stellaops db migrate`` for a PostgreSQL URL: connect, :func:`migrate`, disconnect."""
+    with _direct_connection(url) as conn:
+        return migrate(conn)
+
+
+def url_schema_version(url: str) -> tuple[int | None, int]:
+    """(the database's schema version or None when it has none, the latest this code knows)."""
+    latest = load_postgres_migrations()[-1].version
+    with _direct_connection(url) as conn:
+        try:
+            return schema_version(conn), latest
+        except psycopg.Error as exc:
+            raise _storage_error(exc, "schema check") from exc
 
 
 # --- SQL ------------------------------------------------------------------------------------
@@ -879,17 +908,7 @@ class PostgresStore:
         conn.execute(self._session_sql)
 
     def _connect(self) -> Conn:
-        try:
-            conn: Conn = psycopg.Connection.connect(
-                self._url,
-                autocommit=True,
-                context=_ADAPTERS,
-                fallback_application_name="stellakeys",
-            )
-        except psycopg.Error as exc:
-            raise StorageError(
-                f"cannot connect to PostgreSQL at {self.display_url}: {_one_line(exc)}"
-            ) from None
+        conn = _direct_connection(self._url)
         try:
             self._configure(conn)
         except psycopg.Error as exc:
