@@ -13,7 +13,7 @@ from packageurl import PackageURL
 from stellakeys.crypto import get_algorithm
 from stellakeys.dsse import Envelope, sign_envelope, verify_envelope
 from stellakeys.errors import MalformedEnvelopeError
-from stellakeys.intoto import PAYLOAD_TYPE, STATEMENT_TYPE, Statement, Subject
+from stellakeys.intoto import PAYLOAD_TYPE, STATEMENT_TYPE, Statement, Subject, statement_facts
 
 SHA = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 PURL = "pkg:oci/scanner@sha256%3A" + SHA + "?repository_url=registry.example.com%2Fstellaops"
@@ -184,3 +184,22 @@ def test_statements_are_immutable_and_hashable() -> None:
     with pytest.raises(TypeError):
         statement.subjects[0].digest["sha256"] = "ff"  # type: ignore[index]
     assert hash(statement) == hash(Statement.from_json(statement.to_json()))
+
+
+@given(json_values)
+def test_statement_facts_agree_with_from_json(value: object) -> None:
+    blob = json.dumps(
+        {
+            "_type": STATEMENT_TYPE,
+            "subject": [{"name": "pkg:npm/a@1", "digest": {"sha256": "0"}}],
+            "predicateType": "t",
+            "predicate": value,
+        }
+    )
+    try:
+        statement = Statement.from_json(blob)
+    except MalformedEnvelopeError:
+        with pytest.raises(MalformedEnvelopeError):
+            statement_facts(blob)
+        return
+    assert statement_facts(blob) == (statement.predicate_type, ("pkg:npm/a@1",))
