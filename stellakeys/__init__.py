@@ -6,48 +6,58 @@
 ...     anchor = km.create_anchor("pkg:npm/*", ["key-2025-prod"], ["evidence.stella/v1"])
 ...     proof = km.sign(statement_bytes, "key-2025-prod")
 ...     km.verify(proof).ok
+
+Names are imported on first use (PEP 562), so ``import stellakeys`` -- which every pytest run
+pays in an environment with stellakeys installed, through the pytest plugin -- loads no crypto
+until something is used. Type checkers see the ordinary imports below.
 """
 
-from stellakeys.anchors import COMPROMISE, KeyHistoryEntry, TrustAnchor
-from stellakeys.audit import AuditEvent, AuditQuery, ChainVerification, EventType
-from stellakeys.clock import Clock, FrozenClock, SystemClock
-from stellakeys.crypto import (
-    Algorithm,
-    PrivateKey,
-    PublicKey,
-    algorithms,
-    get_algorithm,
-    load_private_key_pem,
-    load_public_key_pem,
-)
-from stellakeys.dsse import Envelope, EnvelopeVerification, sign_envelope, verify_envelope
-from stellakeys.errors import (
-    ConfigError,
-    ConflictError,
-    InvalidSignatureError,
-    KeyStoreError,
-    MalformedEnvelopeError,
-    MalformedKeyError,
-    MalformedPurlError,
-    MalformedTimeError,
-    NotFoundError,
-    PolicyError,
-    StellaKeysError,
-    StorageError,
-    UnknownAlgorithmError,
-    UnsupportedKeyError,
-)
-from stellakeys.intoto import Statement, Subject
-from stellakeys.keys import KeyRecord
-from stellakeys.manager import ALL_ANCHORS, AnchorStatus, KeyManager, KeyValidity
-from stellakeys.profiles import KeyProfile, RotationPolicy, SignerConfig
-from stellakeys.purl import PurlPattern, parse_purl
-from stellakeys.verification import (
-    SigningTime,
-    TimeSource,
-    VerificationPolicy,
-    VerificationResult,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from stellakeys.anchors import COMPROMISE, KeyHistoryEntry, TrustAnchor
+    from stellakeys.audit import AuditEvent, AuditQuery, ChainVerification, EventType
+    from stellakeys.clock import Clock, FrozenClock, SystemClock
+    from stellakeys.crypto import (
+        Algorithm,
+        PrivateKey,
+        PublicKey,
+        algorithms,
+        get_algorithm,
+        load_private_key_pem,
+        load_public_key_pem,
+    )
+    from stellakeys.dsse import Envelope, EnvelopeVerification, sign_envelope, verify_envelope
+    from stellakeys.errors import (
+        ConfigError,
+        ConflictError,
+        InvalidSignatureError,
+        KeyStoreError,
+        MalformedEnvelopeError,
+        MalformedKeyError,
+        MalformedPurlError,
+        MalformedTimeError,
+        NotFoundError,
+        PolicyError,
+        StellaKeysError,
+        StorageError,
+        UnknownAlgorithmError,
+        UnsupportedKeyError,
+    )
+    from stellakeys.intoto import Statement, Subject
+    from stellakeys.keys import KeyRecord
+    from stellakeys.manager import ALL_ANCHORS, AnchorStatus, KeyManager, KeyValidity
+    from stellakeys.profiles import KeyProfile, RotationPolicy, SignerConfig
+    from stellakeys.purl import PurlPattern, parse_purl
+    from stellakeys.verification import (
+        SigningTime,
+        TimeSource,
+        VerificationPolicy,
+        VerificationResult,
+    )
 
 __version__ = "0.1.0"
 
@@ -104,3 +114,71 @@ __all__ = [
     "sign_envelope",
     "verify_envelope",
 ]
+
+#: public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "ALL_ANCHORS": "stellakeys.manager",
+    "COMPROMISE": "stellakeys.anchors",
+    "Algorithm": "stellakeys.crypto",
+    "AnchorStatus": "stellakeys.manager",
+    "AuditEvent": "stellakeys.audit",
+    "AuditQuery": "stellakeys.audit",
+    "ChainVerification": "stellakeys.audit",
+    "Clock": "stellakeys.clock",
+    "ConfigError": "stellakeys.errors",
+    "ConflictError": "stellakeys.errors",
+    "Envelope": "stellakeys.dsse",
+    "EnvelopeVerification": "stellakeys.dsse",
+    "EventType": "stellakeys.audit",
+    "FrozenClock": "stellakeys.clock",
+    "InvalidSignatureError": "stellakeys.errors",
+    "KeyHistoryEntry": "stellakeys.anchors",
+    "KeyManager": "stellakeys.manager",
+    "KeyProfile": "stellakeys.profiles",
+    "KeyRecord": "stellakeys.keys",
+    "KeyStoreError": "stellakeys.errors",
+    "KeyValidity": "stellakeys.manager",
+    "MalformedEnvelopeError": "stellakeys.errors",
+    "MalformedKeyError": "stellakeys.errors",
+    "MalformedPurlError": "stellakeys.errors",
+    "MalformedTimeError": "stellakeys.errors",
+    "NotFoundError": "stellakeys.errors",
+    "PolicyError": "stellakeys.errors",
+    "PrivateKey": "stellakeys.crypto",
+    "PublicKey": "stellakeys.crypto",
+    "PurlPattern": "stellakeys.purl",
+    "RotationPolicy": "stellakeys.profiles",
+    "SignerConfig": "stellakeys.profiles",
+    "SigningTime": "stellakeys.verification",
+    "Statement": "stellakeys.intoto",
+    "StellaKeysError": "stellakeys.errors",
+    "StorageError": "stellakeys.errors",
+    "Subject": "stellakeys.intoto",
+    "SystemClock": "stellakeys.clock",
+    "TimeSource": "stellakeys.verification",
+    "TrustAnchor": "stellakeys.anchors",
+    "UnknownAlgorithmError": "stellakeys.errors",
+    "UnsupportedKeyError": "stellakeys.errors",
+    "VerificationPolicy": "stellakeys.verification",
+    "VerificationResult": "stellakeys.verification",
+    "algorithms": "stellakeys.crypto",
+    "get_algorithm": "stellakeys.crypto",
+    "load_private_key_pem": "stellakeys.crypto",
+    "load_public_key_pem": "stellakeys.crypto",
+    "parse_purl": "stellakeys.purl",
+    "sign_envelope": "stellakeys.dsse",
+    "verify_envelope": "stellakeys.dsse",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'stellakeys' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
