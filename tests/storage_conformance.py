@@ -833,3 +833,231 @@ class StoreConformance:
         with pytest.raises(StorageError), store.read():
             pass
         store.close()  # closing twice is fine
+
+
+# --- ceremonies (dual control, issue 5) ---------------------------------------------------------
+
+
+def ceremony(ceremony_id: str | None = None, **overrides: Any) -> Any:
+    """A Pending ceremony created at T0, expiring a day later."""
+    from stellakeys.ceremony.model import Ceremony, CeremonyState, new_ceremony_id
+
+    fields: dict[str, Any] = {
+        "ceremony_id": ceremony_id or new_ceremony_id(),
+        "type": "key-rotation",
+        "subject": "Root signing key Q1-2026 \u2014 \u00e9t\u00e9",
+        "state": CeremonyState.PENDING,
+        "threshold": 2,
+        "required_approvers": 3,
+        "payload_json": {"keyId": "root-2026-q1", "anchorIds": [], "n": 2**53 - 1},
+        "created_at": at(0, micros=7),
+        "expires_at": at(1),
+        "initiator": "admin@company.com",
+        "allowed_approvers": ("a@x", "b@x", "c@x"),
+    }
+    fields.update(overrides)
+    return Ceremony(**fields)
+
+
+def approval(ceremony_id: str, approver: str, *, when: datetime | None = None, **kw: Any) -> Any:
+    from stellakeys.ceremony.model import Approval, Decision, new_approval_id
+
+    return Approval(
+        approval_id=kw.pop("approval_id", None) or new_approval_id(),
+        ceremony_id=ceremony_id,
+        approver=approver,
+        decision=kw.pop("decision", Decision.APPROVE),
+        reason=kw.pop("reason", "Reviewed"),
+        approved_at=when or at(0, micros=100),
+        **kw,
+    )
+
+
+class CeremonyStorageConformance:
+    """The ceremony methods of the Transaction port. Subclass it beside StoreConformance with
+    the same ``store`` fixture (a fresh, empty store)."""
+
+    def test_round_trip_every_field(self, store: Store) -> None:
+        from stellakeys.ceremony.model import CeremonyState, Decision
+
+        c = ceremony(notifications_sent=("expiry-75",))
+        with store.transaction() as tx:
+            tx.insert_ceremony(c)
+            tx.insert_approval(
+                approval(
+                    c.ceremony_id,
+                    "b@x",
+                    decision=Decision.REJECT,
+                    signature_valid=True,
+                    signature_key_id="b-key",
+                    signature_algorithm="ed25519",
+                    signature_fingerprint="SHA256:" + "cd" * 32,
+                    envelope_json=b'{"payload":"e30=","payloadType":"x","signatures":[]}',
+                )
+            )
+        with store.read() as tx:
+            got = tx.get_ceremony(c.ceremony_id)
+            assert tx.get_ceremony("cer-0000000000000000") is None
+        assert got is not None
+        assert attrs.evolve(got, approvals=()) == c
+        assert got.digest == c.digest
+        assert got.created_at == at(0, micros=7) and got.created_at.tzinfo == UTC
+        [a] = got.approvals
+        assert a.decision is Decision.REJECT and a.signature_valid
+        assert (a.signature_key_id, a.signature_algorithm) == ("b-key", "ed25519")
+        assert a.envelope_json == b'{"payload":"e30=","payloadType":"x","signatures":[]}'
+        assert got.state is CeremonyState.PENDING
+
+    def test_duplicate_ceremony_conflicts_and_approvals_come_separately(self, store: Store) -> None:
+        c = ceremony()
+        with store.transaction() as tx:
+            tx.insert_ceremony(c)
+        with pytest.raises(ConflictError), store.transaction() as tx:
+            tx.insert_ceremony(c)
+        with pytest.raises(ValueError), store.transaction() as tx:
+            tx.insert_ceremony(ceremony(approvals=(approval(c.ceremony_id, "a@x"),)))
+
+    def test_update_changes_only_the_mutable_fields(self, store: Store) -> None:
+        from stellakeys.ceremony.model import CeremonyState
+
+        c = ceremony()
+        with store.transaction() as tx:
+            tx.insert_ceremony(c)
+        changed = attrs.evolve(
+            c,
+            state=CeremonyState.APPROVED,
+            subject="a different subject",
+            threshold=3,
+            payload_json={"keyId": "other"},
+            expires_at=at(5),
+            notifications_sent=("expiry-90", "expiry-75"),
+        )
+        with store.transaction() as tx:
+            tx.update_ceremony(changed)
+        with store.read() as tx:
+            got = tx.get_ceremony(c.ceremony_id)
+        assert got is not None
+        assert got.state is CeremonyState.APPROVED
+        assert got.notifications_sent == ("expiry-90", "expiry-75")
+        assert (got.subject, got.threshold, got.payload, got.expires_at) == (
+            c.subject,
+            c.threshold,
+            c.payload,
+            c.expires_at,
+        )
+        done = attrs.evolve(
+            got, state=CeremonyState.EXECUTED, executed_at=at(0.5), result_json={"keyId": "k"}
+        )
+        with store.transaction() as tx:
+            tx.update_ceremony(done)
+        with store.read() as tx:
+            final = tx.get_ceremony(c.ceremony_id)
+        assert final is not None and final.result == {"keyId": "k"}
+        assert final.executed_at == at(0.5)
+        # Terminal: never changes again.
+        with pytest.raises(ConflictError), store.transaction() as tx:
+            tx.update_ceremony(attrs.evolve(done, state=CeremonyState.CANCELLED))
+        with pytest.raises(NotFoundError), store.transaction() as tx:
+            tx.update_ceremony(ceremony())
+
+    def test_one_decision_per_approver(self, store: Store) -> None:
+        c = ceremony()
+        first = approval(c.ceremony_id, "a@x")
+        with store.transaction() as tx:
+            tx.insert_ceremony(c)
+            tx.insert_approval(first)
+        with pytest.raises(ConflictError), store.transaction() as tx:
+            tx.insert_approval(approval(c.ceremony_id, "a@x"))
+        with pytest.raises(ConflictError), store.transaction() as tx:
+            tx.insert_approval(approval(c.ceremony_id, "b@x", approval_id=first.approval_id))
+        with pytest.raises(NotFoundError), store.transaction() as tx:
+            tx.insert_approval(approval("cer-0000000000000000", "a@x"))
+        # The same approver on another ceremony is fine.
+        other = ceremony()
+        with store.transaction() as tx:
+            tx.insert_ceremony(other)
+            tx.insert_approval(approval(other.ceremony_id, "a@x"))
+
+    def test_approvals_ordered_by_time_then_id(self, store: Store) -> None:
+        c = ceremony()
+        with store.transaction() as tx:
+            tx.insert_ceremony(c)
+            tx.insert_approval(approval(c.ceremony_id, "c@x", when=at(0.3)))
+            tx.insert_approval(
+                approval(c.ceremony_id, "b@x", when=at(0.1), approval_id="apr-" + "2" * 16)
+            )
+            tx.insert_approval(
+                approval(c.ceremony_id, "a@x", when=at(0.1), approval_id="apr-" + "1" * 16)
+            )
+        with store.read() as tx:
+            got = tx.get_ceremony(c.ceremony_id)
+        assert got is not None
+        assert [a.approver for a in got.approvals] == ["a@x", "b@x", "c@x"]
+
+    def test_list_ordered_and_filtered_by_state(self, store: Store) -> None:
+        from stellakeys.ceremony.model import CeremonyState
+
+        late = ceremony(created_at=at(0.2), expires_at=at(2))
+        early = ceremony(created_at=at(0.1), expires_at=at(2), state=CeremonyState.APPROVED)
+        with store.transaction() as tx:
+            tx.insert_ceremony(late)
+            tx.insert_ceremony(early)
+            tx.insert_approval(approval(early.ceremony_id, "a@x"))
+        with store.read() as tx:
+            assert [c.ceremony_id for c in tx.list_ceremonies()] == [
+                early.ceremony_id,
+                late.ceremony_id,
+            ]
+            approved = tx.list_ceremonies([CeremonyState.APPROVED])
+            assert [c.ceremony_id for c in approved] == [early.ceremony_id]
+            assert len(approved[0].approvals) == 1
+            assert tx.list_ceremonies([CeremonyState.EXECUTED]) == []
+            assert tx.list_ceremonies([]) == []
+
+    def test_rollback_and_read_only(self, store: Store) -> None:
+        c = ceremony()
+        with pytest.raises(RuntimeError), store.transaction() as tx:
+            tx.insert_ceremony(c)
+            tx.insert_approval(approval(c.ceremony_id, "a@x"))
+            raise RuntimeError("boom")
+        with store.read() as tx:
+            assert tx.get_ceremony(c.ceremony_id) is None
+            with pytest.raises(StorageError):
+                tx.insert_ceremony(c)
+        with store.transaction() as tx:
+            tx.insert_ceremony(c)
+        with store.read() as tx:
+            with pytest.raises(StorageError):
+                tx.insert_approval(approval(c.ceremony_id, "a@x"))
+            with pytest.raises(StorageError):
+                tx.update_ceremony(c)
+
+    def test_concurrent_approvals_by_one_approver_keep_one(self, store: Store) -> None:
+        c = ceremony()
+        with store.transaction() as tx:
+            tx.insert_ceremony(c)
+        outcomes: list[str] = []
+        lock = threading.Lock()
+        barrier = threading.Barrier(8)
+
+        def approve(i: int) -> None:
+            who = "a@x" if i % 2 else f"p{i}@x"
+            barrier.wait()
+            try:
+                with store.transaction() as tx:
+                    tx.insert_approval(approval(c.ceremony_id, who))
+                result = "ok"
+            except ConflictError:
+                result = "conflict"
+            with lock:
+                outcomes.append(result)
+
+        threads = [threading.Thread(target=approve, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert sorted(outcomes) == ["conflict"] * 3 + ["ok"] * 5
+        with store.read() as tx:
+            got = tx.get_ceremony(c.ceremony_id)
+        assert got is not None and len(got.approvals) == 5

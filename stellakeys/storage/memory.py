@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +23,10 @@ import attrs
 
 from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
 from stellakeys.audit import AuditEvent, AuditQuery, AuditRecord, chain_event
+from stellakeys.ceremony.model import Approval, Ceremony, CeremonyState
 from stellakeys.errors import ConflictError, NotFoundError, StorageError
 from stellakeys.keys import KeyRecord
+from stellakeys.storage import _ceremony_codec as cc
 from stellakeys.storage import _codec as codec
 from stellakeys.storage.ports import ProofRecord
 
@@ -53,6 +55,11 @@ class _State:
     entry_ids: dict[str, None] = attrs.Factory(dict)
     #: digest -> (proof row, timestamp tokens in insertion order)
     proofs: dict[str, tuple[Row, tuple[bytes, ...]]] = attrs.Factory(dict)
+    #: ceremony id -> ceremony row (stellakeys.storage._ceremony_codec)
+    ceremonies: dict[str, Row] = attrs.Factory(dict)
+    #: ceremony id -> approval rows ordered by (approved_at, approval id)
+    approvals: dict[str, tuple[Row, ...]] = attrs.Factory(dict)
+    approval_ids: dict[str, None] = attrs.Factory(dict)
     #: how many events of the shared audit list are committed
     audit_len: int = 0
 
@@ -268,6 +275,65 @@ class MemoryTransaction:
         self._check()
         hits = sorted(self._s.proofs.values(), key=lambda h: (h[0][2], h[0][0]))
         return (codec.proof_from_row(*h) for h in hits)
+
+    # --- ceremonies -------------------------------------------------------------------------
+
+    def _ceremony(self, ceremony_id: str) -> Ceremony | None:
+        row = self._s.ceremonies.get(ceremony_id)
+        if row is None:
+            return None
+        approvals = [cc.approval_from_row(r) for r in self._s.approvals.get(ceremony_id, ())]
+        return cc.ceremony_from_row(row, approvals)
+
+    def get_ceremony(self, ceremony_id: str) -> Ceremony | None:
+        self._check()
+        return self._ceremony(ceremony_id)
+
+    def insert_ceremony(self, ceremony: Ceremony) -> None:
+        self._require_writable()
+        if ceremony.approvals:
+            raise ValueError("insert a ceremony without approvals; add them with insert_approval")
+        row = cc.ceremony_to_row(ceremony)
+        if ceremony.ceremony_id in self._s.ceremonies:
+            raise ConflictError(f"ceremony {ceremony.ceremony_id} already exists")
+        self._own("ceremonies")[ceremony.ceremony_id] = row
+
+    def update_ceremony(self, ceremony: Ceremony) -> None:
+        self._require_writable()
+        old = self._s.ceremonies.get(ceremony.ceremony_id)
+        if old is None:
+            raise NotFoundError(f"no ceremony {ceremony.ceremony_id}")
+        if CeremonyState(old[3]).terminal:
+            raise ConflictError(
+                f"ceremony {ceremony.ceremony_id} is {old[3]}: a terminal ceremony never changes"
+            )
+        new = cc.ceremony_to_row(ceremony)
+        # Only the mutable columns change (see the port); the terms stay as inserted.
+        self._own("ceremonies")[ceremony.ceremony_id] = (*old[:3], new[3], *old[4:11], *new[11:])
+
+    def insert_approval(self, approval: Approval) -> None:
+        self._require_writable()
+        row = cc.approval_to_row(approval)
+        cid = approval.ceremony_id
+        if cid not in self._s.ceremonies:
+            raise NotFoundError(f"no ceremony {cid}")
+        existing = self._s.approvals.get(cid, ())
+        if any(r[2] == approval.approver for r in existing):
+            raise ConflictError(f"{approval.approver} has already decided on ceremony {cid}")
+        if approval.approval_id in self._s.approval_ids:
+            raise ConflictError(f"approval {approval.approval_id} already exists")
+        self._own("approvals")[cid] = tuple(sorted((*existing, row), key=cc.approval_sort_key))
+        self._own("approval_ids")[approval.approval_id] = None
+
+    def list_ceremonies(self, states: Collection[CeremonyState] | None = None) -> list[Ceremony]:
+        self._check()
+        wanted = None if states is None else {s.value for s in states}
+        rows = sorted(
+            (r for r in self._s.ceremonies.values() if wanted is None or r[3] in wanted),
+            key=lambda r: (r[7], r[0]),
+        )
+        out = [self._ceremony(r[0]) for r in rows]
+        return [c for c in out if c is not None]
 
     # --- audit ------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ and come back as aware UTC; metadata and details must be JSON-compatible.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Protocol
@@ -24,6 +24,7 @@ import attrs
 
 from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
 from stellakeys.audit import AuditEvent, AuditQuery, AuditRecord
+from stellakeys.ceremony.model import Approval, Ceremony, CeremonyState
 from stellakeys.keys import KeyRecord
 
 __all__ = ["ProofRecord", "Store", "Transaction"]
@@ -106,6 +107,35 @@ class Transaction(Protocol):
 
     def iter_proofs(self) -> Iterator[ProofRecord]:
         """Every stored proof, oldest first (anchor status, forensics, feeds)."""
+        ...
+
+    # --- ceremonies -------------------------------------------------------------------------
+    def get_ceremony(self, ceremony_id: str) -> Ceremony | None:
+        """The ceremony with its approvals, ordered by approved_at then approval id."""
+        ...
+
+    def insert_ceremony(self, ceremony: Ceremony) -> None:
+        """Insert a new ceremony; its approvals are added with :meth:`insert_approval`, so
+        ``ceremony.approvals`` must be empty (ValueError otherwise). ConflictError if the id
+        exists."""
+        ...
+
+    def update_ceremony(self, ceremony: Ceremony) -> None:
+        """Store the state, executed_at, result, cancelled_at, cancel_reason and
+        notifications_sent of the ceremony with the same id. Its terms (type, subject,
+        payload, threshold, required approvers, times, initiator, allowed approvers) and its
+        approvals are not touched. NotFoundError if there is none; ConflictError if the stored
+        ceremony is already terminal (Executed, Expired, Cancelled): those never change."""
+        ...
+
+    def insert_approval(self, approval: Approval) -> None:
+        """Add one approver's decision. NotFoundError if the ceremony does not exist;
+        ConflictError if this approver has already decided on it or the approval id exists."""
+        ...
+
+    def list_ceremonies(self, states: Collection[CeremonyState] | None = None) -> list[Ceremony]:
+        """Ceremonies (with approvals) ordered by created_at then id; only those whose stored
+        state is in ``states`` when it is given."""
         ...
 
     # --- audit ------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from types import TracebackType
@@ -45,8 +45,10 @@ import attrs
 
 from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
 from stellakeys.audit import AuditEvent, AuditQuery, AuditRecord, chain_event
+from stellakeys.ceremony.model import Approval, Ceremony, CeremonyState
 from stellakeys.errors import ConflictError, NotFoundError, StorageError
 from stellakeys.keys import KeyRecord
+from stellakeys.storage import _ceremony_codec as cc
 from stellakeys.storage import _codec as codec
 from stellakeys.storage.ports import ProofRecord
 
@@ -254,6 +256,8 @@ _SELECT_KEY = f"SELECT {codec.KEY_COLUMNS} FROM keys"
 _SELECT_ANCHOR = f"SELECT {codec.ANCHOR_COLUMNS} FROM trust_anchors"
 _SELECT_HISTORY = f"SELECT {codec.HISTORY_COLUMNS} FROM key_history"
 _SELECT_AUDIT = f"SELECT {codec.AUDIT_COLUMNS} FROM key_audit_log"
+_SELECT_CEREMONY = f"SELECT {cc.CEREMONY_COLUMNS} FROM ceremonies"
+_SELECT_APPROVAL = f"SELECT {cc.APPROVAL_COLUMNS} FROM ceremony_approvals"
 _HISTORY_ORDER = " ORDER BY anchor_id, added_at, key_id"
 
 
@@ -546,6 +550,87 @@ class SqliteTransaction:
                 tokens.append(bytes(row[3]))
         if current is not None:
             yield codec.proof_from_row(current, tuple(tokens))
+
+    # --- ceremonies -------------------------------------------------------------------------
+
+    def _with_approvals(self, rows: list[Row]) -> list[Ceremony]:
+        """Attach approvals with one query per chunk of ceremonies (not one per ceremony)."""
+        if not rows:
+            return []
+        approvals: dict[str, list[Approval]] = {r[0]: [] for r in rows}
+        ids = list(approvals)
+        for chunk in _chunks(ids):
+            sql = (
+                f"{_SELECT_APPROVAL} WHERE ceremony_id IN ({_in_list(len(chunk))})"
+                " ORDER BY approved_at, id"
+            )
+            for a in self._all(sql, chunk):
+                approvals[a[1]].append(cc.approval_from_row(a))
+        return [cc.ceremony_from_row(r, approvals[r[0]]) for r in rows]
+
+    def get_ceremony(self, ceremony_id: str) -> Ceremony | None:
+        self._check()
+        row = self._one(_SELECT_CEREMONY + " WHERE id = ?", (ceremony_id,))
+        return None if row is None else self._with_approvals([row])[0]
+
+    def insert_ceremony(self, ceremony: Ceremony) -> None:
+        self._check_write()
+        if ceremony.approvals:
+            raise ValueError("insert a ceremony without approvals; add them with insert_approval")
+        self._exec(
+            f"INSERT INTO ceremonies ({cc.CEREMONY_COLUMNS})"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            cc.ceremony_to_row(ceremony),
+            conflict=lambda _: f"ceremony {ceremony.ceremony_id} already exists",
+        )
+
+    def update_ceremony(self, ceremony: Ceremony) -> None:
+        self._check_write()
+        current = self._one("SELECT state FROM ceremonies WHERE id = ?", (ceremony.ceremony_id,))
+        if current is None:
+            raise NotFoundError(f"no ceremony {ceremony.ceremony_id}")
+        if CeremonyState(current[0]).terminal:
+            # The schema's trigger would refuse it too; say it as the port does.
+            raise ConflictError(
+                f"ceremony {ceremony.ceremony_id} is {current[0]}: a terminal ceremony never"
+                " changes"
+            )
+        self._exec(
+            "UPDATE ceremonies SET state = ?, executed_at = ?, result = ?, cancelled_at = ?,"
+            " cancel_reason = ?, notifications_sent = ? WHERE id = ?",
+            (*cc.mutable_part(cc.ceremony_to_row(ceremony)), ceremony.ceremony_id),
+        )
+
+    def insert_approval(self, approval: Approval) -> None:
+        self._check_write()
+
+        def conflict(text: str) -> str:
+            if "ceremony_approvals.approver" in text:
+                return f"{approval.approver} has already decided on ceremony {approval.ceremony_id}"
+            return f"approval {approval.approval_id} already exists"
+
+        self._exec(
+            f"INSERT INTO ceremony_approvals ({cc.APPROVAL_COLUMNS})"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            cc.approval_to_row(approval),
+            conflict=conflict,
+            missing=f"no ceremony {approval.ceremony_id}",
+        )
+
+    def list_ceremonies(self, states: Collection[CeremonyState] | None = None) -> list[Ceremony]:
+        self._check()
+        if states is None:
+            rows = self._all(_SELECT_CEREMONY + " ORDER BY created_at, id")
+        else:
+            values = sorted({s.value for s in states})
+            if not values:
+                return []
+            rows = self._all(
+                f"{_SELECT_CEREMONY} WHERE state IN ({_in_list(len(values))})"
+                " ORDER BY created_at, id",
+                values,
+            )
+        return self._with_approvals(rows)
 
     # --- audit ------------------------------------------------------------------------------
 
