@@ -70,6 +70,7 @@ OperationGuard = Callable[[Transaction, str, dict[str, Any]], None]
 OP_HSM_KEY_GENERATION = "hsm-key-generation"
 OP_KEY_GENERATION = "key-generation"
 OP_KEY_REVOCATION = "key-revocation"
+OP_KEY_ROTATION = "key-rotation"
 OP_TRUST_ANCHOR_UPDATE = "trust-anchor-update"
 
 __all__ = ["ALL_ANCHORS", "AnchorKeyValidity", "AnchorStatus", "KeyManager", "KeyValidity"]
@@ -283,6 +284,12 @@ class KeyManager:
             keystore_context=KeyStoreContext(home=settings.home, prompt=prompt),
         )
         manager.settings = settings
+        if settings.document.get("ceremonies") is not None:
+            # Gate protected operations from the first call on: the ceremony service installs
+            # itself as this manager's operation_guard.
+            from stellakeys.ceremony.service import CeremonyService
+
+            CeremonyService.from_settings(manager, settings)
         return manager
 
     settings: Settings | None = None
@@ -424,6 +431,136 @@ class KeyManager:
                     "keyStore": handle.uri,
                 },
             )
+        with self._ks_lock:
+            self._handles[handle.uri] = handle
+        return record
+
+    def rotate_key(
+        self,
+        key_id: str,
+        *,
+        profile: str = "default",
+        algorithm: str | None = None,
+        anchor_ids: Sequence[uuid.UUID | str] = (),
+        replaces: str | None = None,
+        revoke_replaced_at: datetime | None = None,
+        revoke_reason: str = "rotation",
+    ) -> KeyRecord:
+        """The key rotation runbook's steps 1, 2 and (scheduled) 4 as one atomic change.
+
+        Generates ``key_id`` in the profile's key store, adds it to ``anchor_ids`` (or, when
+        none are given and ``replaces`` is, to every active anchor where the replaced key is
+        still valid) and, if ``revoke_replaced_at`` is given, revokes the replaced key there
+        from that time (usually the end of the transition period). Everything after key
+        generation commits in one transaction, which is what lets a dual-control ceremony
+        execute a rotation exactly once (guard operation ``key-rotation``).
+        """
+        _check_key_id(key_id)
+        if revoke_replaced_at is not None and replaces is None:
+            raise PolicyError("revoke_replaced_at needs the key being replaced")
+        if revoke_replaced_at is not None and not revoke_reason.strip():
+            raise PolicyError("a revocation needs a reason")
+        prof = self.config.profile(profile)
+        alg = get_algorithm(algorithm or prof.algorithm)
+        if alg.id != prof.algorithm:
+            raise PolicyError(
+                f"profile {profile!r} uses {prof.algorithm}; --algorithm {algorithm} differs"
+            )
+        requested = [str(_anchor_uuid(a)) for a in dict.fromkeys(anchor_ids)]
+        guard_details: dict[str, Any] = {
+            "keyId": key_id,
+            "profile": prof.name,
+            "keyStore": prof.key_store,
+            "algorithm": alg.id,
+            "anchorIds": requested,
+            "replacesKeyId": replaces,
+            "revokeReplacedAt": format_time(revoke_replaced_at) if revoke_replaced_at else None,
+        }
+        self._preflight(OP_KEY_ROTATION, guard_details)
+        with self.store.read() as tx:
+            if tx.get_key(key_id) is not None:
+                raise ConflictError(f"key {key_id!r} already exists")
+            if replaces is not None:
+                self._require_key(tx, replaces)
+        # As in generate_key: key store first, database second.
+        handle = self._key_store(prof.key_store).generate(alg, key_id)
+        public = handle.public_key()
+        now = self._now()
+        record = KeyRecord(
+            key_id=key_id,
+            algorithm=alg.id,
+            public_key_pem=public.to_pem(),
+            fingerprint=public.fingerprint,
+            created_at=now,
+            profile=prof.name,
+            key_store_uri=handle.uri,
+            origin=KeyOrigin.GENERATED,
+        )
+        with self.store.transaction() as tx:
+            if requested:
+                targets = [self._targets(tx, a, for_add=True)[0] for a in requested]
+            elif replaces is not None:
+                targets = [
+                    a
+                    for a in tx.list_anchors(active_only=True)
+                    if (e := a.entry(replaces)) is not None and e.valid_at(now)
+                ]
+            else:
+                targets = []
+            self._guard(
+                tx,
+                OP_KEY_ROTATION,
+                {
+                    **guard_details,
+                    "anchors": [str(a.anchor_id) for a in targets],
+                    "publicKey": record.public_key_pem,
+                    "fingerprint": record.fingerprint,
+                    "activatedAt": format_time(now),
+                },
+            )
+            tx.insert_key(record)
+            self._audit(
+                tx,
+                EventType.KEY_GENERATED,
+                key_id=key_id,
+                details={
+                    "profile": prof.name,
+                    "algorithm": alg.id,
+                    "fingerprint": record.fingerprint,
+                    "keyStore": handle.uri,
+                    "replaces": replaces,
+                },
+            )
+            for anchor in targets:
+                tx.insert_history(_entry(anchor.anchor_id, record, now))
+                self._audit(
+                    tx,
+                    EventType.KEY_ADDED,
+                    key_id=key_id,
+                    anchor_id=anchor.anchor_id,
+                    details={"addedAt": format_time(now), "replaces": replaces},
+                )
+                old = anchor.entry(replaces) if replaces is not None else None
+                if revoke_replaced_at is None or old is None:
+                    continue
+                if old.revoked_at is not None and old.revoked_at <= revoke_replaced_at:
+                    continue  # already revoked at or before that time: never postpone
+                tx.update_history(old.revoke(revoke_replaced_at, revoke_reason))
+                self._audit(
+                    tx,
+                    EventType.KEY_REVOKED,
+                    key_id=old.key_id,
+                    anchor_id=anchor.anchor_id,
+                    details={
+                        "reason": revoke_reason,
+                        "effectiveAt": format_time(revoke_replaced_at),
+                        "scheduled": revoke_replaced_at > now,
+                        "replacedBy": key_id,
+                        "previousRevokedAt": format_time(old.revoked_at)
+                        if old.revoked_at
+                        else None,
+                    },
+                )
         with self._ks_lock:
             self._handles[handle.uri] = handle
         return record

@@ -78,6 +78,8 @@ CEREMONY_TYPES: tuple[str, ...] = (
 )
 
 MAX_SUBJECT = 500
+#: The runbook's execution result fields, shown first and in this order.
+_RESULT_ORDER = ("keyId", "publicKey", "fingerprint", "activatedAt")
 MAX_REASON = 2000
 _CEREMONY_ID = re.compile(r"cer-[0-9a-f]{16}")
 _APPROVAL_ID = re.compile(r"apr-[0-9a-f]{16}")
@@ -277,10 +279,12 @@ class Ceremony:
 
     @property
     def result(self) -> dict[str, Any] | None:
+        """The execution result, with the runbook's fields first in the runbook's order."""
         if self.result_json is None:
             return None
         value: dict[str, Any] = json.loads(self.result_json)
-        return value
+        first = {k: value.pop(k) for k in _RESULT_ORDER if k in value}
+        return {**first, **value}
 
     @property
     def digest(self) -> str:
