@@ -1,0 +1,301 @@
+"""``stella ceremony ...``: the dual-control runbook's commands.
+
+create, approve, reject, execute, cancel and status print the runbook's JSON responses; list
+prints a table (``--json`` for JSON). The acting identity is ``--actor`` (or
+``STELLAKEYS_ACTOR``), with the scopes approvers.yaml gives it; an approval with ``--sign`` is
+signed by one of this home's keys whose public key approvers.yaml registers for that identity.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from stellakeys_cli.context import emit_json, json_option, manager, split_list, table
+
+if TYPE_CHECKING:
+    from stellakeys.ceremony.actor import Actor
+    from stellakeys.ceremony.model import Decision
+    from stellakeys.ceremony.service import CeremonyService
+    from stellakeys.dsse import Envelope
+
+_TYPES = (
+    "key-rotation",
+    "trust-anchor-update",
+    "key-revocation",
+    "hsm-key-generation",
+    "recovery-key-activation",
+)
+
+
+def service() -> CeremonyService:
+    from stellakeys.ceremony.service import CeremonyService
+
+    m = manager()
+    assert m.settings is not None
+    return CeremonyService.from_settings(m, m.settings)
+
+
+def actor(svc: CeremonyService) -> Actor:
+    return svc.actor(svc.manager.actor)
+
+
+def _payload(text: str) -> dict[str, Any]:
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {text[1:]}: {exc.strerror}") from None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--payload") from None
+    if not isinstance(value, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--payload")
+    return value
+
+
+@click.group()
+def ceremony() -> None:
+    """Dual-control (M-of-N) ceremonies for protected key operations."""
+
+
+@ceremony.command("create")
+@click.option("--type", "ceremony_type", required=True, type=click.Choice(_TYPES))
+@click.option("--subject", required=True, help="What the ceremony is for, for approvers.")
+@click.option("--threshold", type=click.IntRange(min=1), help="Approvals needed (M).")
+@click.option(
+    "--required-approvers", type=click.IntRange(min=1), help="Eligible approvers needed (N)."
+)
+@click.option("--expires-in", help="Timeout, e.g. 24h (default: ceremonies.defaultTimeout).")
+@click.option("--expires-at", help="Expiry as ISO 8601 (instead of --expires-in).")
+@click.option("--payload", "payload_text", required=True, help="JSON object, or @file with one.")
+@json_option
+def create(
+    ceremony_type: str,
+    subject: str,
+    threshold: int | None,
+    required_approvers: int | None,
+    expires_in: str | None,
+    expires_at: str | None,
+    payload_text: str,
+    as_json: bool,
+) -> None:
+    """Start a ceremony; eligible approvers are notified."""
+    from stellakeys.times import parse_duration, parse_time
+
+    svc = service()
+    created = svc.create(
+        actor(svc),
+        ceremony_type,
+        subject,
+        _payload(payload_text),
+        threshold=threshold,
+        required_approvers=required_approvers,
+        expires_in=parse_duration(expires_in) if expires_in else None,
+        expires_at=parse_time(expires_at) if expires_at else None,
+    )
+    emit_json(created.create_response())
+
+
+def _local_signing_key(svc: CeremonyService, identity: str, key_id: str | None) -> str:
+    """The id of a key in this home that can sign for ``identity``."""
+    registered = {k.fingerprint: k for k in svc.approvers.keys_of(identity)}
+    m = svc.manager
+    if key_id is not None:
+        record = m.get_key(key_id)
+        if record.fingerprint not in registered:
+            # Still submitted (and audited as rejected) by the service; say why up front too.
+            click.echo(
+                f"warning: key {key_id} is not registered for {identity} in approvers.yaml",
+                err=True,
+            )
+        return key_id
+    for record in m.list_keys():
+        if record.key_store_uri is not None and record.fingerprint in registered:
+            return record.key_id
+    raise click.UsageError(
+        f"this home holds no signing key registered for {identity}: pass --key-id, or"
+        " register a key (stella auth keys list shows the registered ones)"
+    )
+
+
+def _decide(
+    decision: Decision,
+    ceremony_id: str,
+    reason: str,
+    sign: bool,
+    key_id: str | None,
+    envelope_file: Path | None,
+) -> None:
+    from stellakeys.ceremony.statement import PAYLOAD_TYPE
+    from stellakeys.dsse import Envelope
+
+    svc = service()
+    who = actor(svc)
+    envelope: Envelope | None = None
+    if envelope_file is not None:
+        envelope = Envelope.from_json(envelope_file.read_bytes())
+    elif sign or key_id is not None:
+        signing_key = _local_signing_key(svc, who.identity, key_id)
+        statement = svc.statement(ceremony_id, who.identity, decision, reason)
+        m = svc.manager
+        digest = m.sign(statement.to_json(), [signing_key], payload_type=PAYLOAD_TYPE)
+        envelope = m.get_proof(digest)
+    if decision.value == "approve":
+        updated, approval = svc.approve(who, ceremony_id, envelope, reason=reason)
+    else:
+        updated, approval = svc.reject(who, ceremony_id, envelope, reason=reason)
+    emit_json(updated.approval_response(approval))
+
+
+_sign_options = [
+    click.option("--ceremony-id", required=True),
+    click.option("--reason", required=True, help="Why: recorded, signed and audited."),
+    click.option("--sign", is_flag=True, help="Sign the approval statement (DSSE) with your key."),
+    click.option("--key-id", help="This home's key to sign with (default: your registered one)."),
+    click.option(
+        "--envelope",
+        "envelope_file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="A statement signed elsewhere (see 'ceremony statement').",
+    ),
+]
+
+
+def _with_sign_options(f: Any) -> Any:
+    for option in reversed(_sign_options):
+        f = option(f)
+    return f
+
+
+@ceremony.command("approve")
+@_with_sign_options
+@json_option
+def approve(
+    ceremony_id: str,
+    reason: str,
+    sign: bool,
+    key_id: str | None,
+    envelope_file: Path | None,
+    as_json: bool,
+) -> None:
+    """Approve a ceremony (--sign: a DSSE-signed approval statement)."""
+    from stellakeys.ceremony.model import Decision
+
+    _decide(Decision.APPROVE, ceremony_id, reason, sign, key_id, envelope_file)
+
+
+@ceremony.command("reject")
+@_with_sign_options
+@json_option
+def reject(
+    ceremony_id: str,
+    reason: str,
+    sign: bool,
+    key_id: str | None,
+    envelope_file: Path | None,
+    as_json: bool,
+) -> None:
+    """Refuse to approve (recorded as your one decision; changes no state)."""
+    from stellakeys.ceremony.model import Decision
+
+    _decide(Decision.REJECT, ceremony_id, reason, sign, key_id, envelope_file)
+
+
+@ceremony.command("statement")
+@click.option("--ceremony-id", required=True)
+@click.option("--decision", type=click.Choice(["approve", "reject"]), default="approve")
+@click.option("--reason", required=True)
+def statement(ceremony_id: str, decision: str, reason: str) -> None:
+    """Print the approval statement to sign with another tool (payloadType
+    application/vnd.stellakeys.ceremony-approval+json), for --envelope."""
+    from stellakeys.ceremony.model import Decision
+
+    svc = service()
+    st = svc.statement(ceremony_id, actor(svc).identity, Decision.parse(decision), reason)
+    click.echo(st.to_json().decode("utf-8"))
+
+
+@ceremony.command("execute")
+@click.option("--ceremony-id", required=True)
+@json_option
+def execute(ceremony_id: str, as_json: bool) -> None:
+    """Run an Approved ceremony's operation (exactly once)."""
+    svc = service()
+    done = svc.execute(actor(svc), ceremony_id)
+    emit_json(done.execution_response())
+
+
+@ceremony.command("list")
+@click.option("--state", "states", help="Comma-separated, e.g. pending,partially-approved.")
+@json_option
+def list_(states: str | None, as_json: bool) -> None:
+    """List ceremonies (expired ones are marked so as they are read)."""
+    from stellakeys.ceremony.model import states_of
+    from stellakeys.times import format_time
+
+    wanted = states_of(split_list(states)) if states else None
+    found = service().list(wanted)
+    if as_json:
+        emit_json([c.to_dict() for c in found])
+        return
+    table(
+        ["Ceremony ID", "Type", "State", "Approvals", "Expires", "Initiator", "Subject"],
+        [
+            [
+                c.ceremony_id,
+                c.type,
+                c.state.value,
+                f"{c.current_approvals}/{c.threshold}",
+                format_time(c.expires_at),
+                c.initiator,
+                c.subject,
+            ]
+            for c in found
+        ],
+    )
+
+
+@ceremony.command("status")
+@click.option("--ceremony-id", required=True)
+@json_option
+def status(ceremony_id: str, as_json: bool) -> None:
+    """One ceremony: state, payload, approvals, result."""
+    emit_json(service().get(ceremony_id).to_dict())
+
+
+@ceremony.command("cancel")
+@click.option("--ceremony-id", required=True)
+@click.option("--reason", required=True)
+@json_option
+def cancel(ceremony_id: str, reason: str, as_json: bool) -> None:
+    """Cancel before execution (initiator, or the ceremony:cancel scope)."""
+    from stellakeys.times import format_time
+
+    svc = service()
+    done = svc.cancel(actor(svc), ceremony_id, reason)
+    emit_json(
+        {
+            "ceremonyId": done.ceremony_id,
+            "state": done.state.value,
+            "cancelledAt": format_time(done.cancelled_at) if done.cancelled_at else None,
+            "cancelReason": done.cancel_reason,
+        }
+    )
+
+
+@ceremony.command("sweep")
+@json_option
+def sweep(as_json: bool) -> None:
+    """Expire overdue ceremonies and send the 75%/90% reminders (run it from cron)."""
+    report = service().sweep()
+    emit_json(
+        {
+            "expired": list(report.expired),
+            "reminders": [{"ceremonyId": c, "reminder": m} for c, m in report.reminders],
+        }
+    )
