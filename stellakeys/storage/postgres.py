@@ -40,7 +40,7 @@ import json
 import os
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
@@ -55,6 +55,7 @@ from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
 from stellakeys.audit import AuditEvent, AuditQuery, AuditRecord, chain_event
+from stellakeys.ceremony.model import Approval, Ceremony, CeremonyState, Decision
 from stellakeys.errors import ConflictError, NotFoundError, StorageError
 from stellakeys.keys import KeyRecord
 from stellakeys.storage import _codec as codec
@@ -156,6 +157,10 @@ def _check_aware(value: datetime) -> datetime:
 
 def _opt_aware(value: datetime | None) -> datetime | None:
     return None if value is None else _check_aware(value)
+
+
+def _opt_json_text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("utf-8")
 
 
 # --- migrations -----------------------------------------------------------------------------
@@ -313,6 +318,24 @@ _ANCHOR_BY_ID = f"{_ANCHORS_JOIN} WHERE a.id = %s{_ANCHORS_ORDER}"
 # keys, so it is prepared once per connection.
 _ANCHORS_BY_INDEX = f"{_ANCHORS_JOIN} WHERE a.index_key = ANY(%s) AND a.active{_ANCHORS_ORDER}"
 
+# Ceremonies with their approvals, one round trip (as anchors with their history).
+_CEREMONY_SELECT = (
+    "c.id, c.type, c.subject, c.state, c.threshold, c.required_approvers, c.payload::text,"
+    " c.created_at, c.expires_at, c.initiator, c.allowed_approvers, c.executed_at,"
+    " c.result::text, c.cancelled_at, c.cancel_reason, c.notifications_sent"
+)
+_APPROVAL_COLS = (
+    "id, ceremony_id, approver, decision, reason, approved_at, signature_valid,"
+    " signature_key_id, signature_algorithm, signature_fingerprint, envelope"
+)
+_CEREMONIES_JOIN = (
+    f"SELECT {_CEREMONY_SELECT}, a.id, a.ceremony_id, a.approver, a.decision, a.reason,"
+    " a.approved_at, a.signature_valid, a.signature_key_id, a.signature_algorithm,"
+    " a.signature_fingerprint, a.envelope FROM signer.ceremonies AS c"
+    " LEFT JOIN signer.ceremony_approvals AS a ON a.ceremony_id = c.id"
+)
+_CEREMONIES_ORDER = " ORDER BY c.created_at, c.id, a.approved_at, a.id"
+
 _BEGIN_READ = b"BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 # One round trip: BEGIN and the write lock, sent as one simple query.
 _BEGIN_WRITE = (
@@ -345,6 +368,61 @@ def _group_anchors(rows: Iterable[Row]) -> list[TrustAnchor]:
 
 def _anchor(row: Row, history: list[KeyHistoryEntry]) -> TrustAnchor:
     return TrustAnchor(row[0], row[1], tuple(row[2]), row[3], row[4], tuple(history), row[5])
+
+
+def _group_ceremonies(rows: Iterable[Row]) -> list[Ceremony]:
+    """Rows of _CEREMONIES_JOIN (ceremony columns 0-15, approval 16-26) -> ceremonies."""
+    out: list[Ceremony] = []
+    current: Row | None = None
+    approvals: list[Approval] = []
+    for row in rows:
+        if current is None or row[0] != current[0]:
+            if current is not None:
+                out.append(_ceremony(current, approvals))
+            current, approvals = row, []
+        if row[16] is not None:
+            approvals.append(_approval(row[16:27]))
+    if current is not None:
+        out.append(_ceremony(current, approvals))
+    return out
+
+
+def _ceremony(row: Row, approvals: list[Approval]) -> Ceremony:
+    return Ceremony(
+        ceremony_id=row[0],
+        type=row[1],
+        subject=row[2],
+        state=CeremonyState(row[3]),
+        threshold=row[4],
+        required_approvers=row[5],
+        payload_json=row[6].encode("utf-8"),
+        created_at=row[7],
+        expires_at=row[8],
+        initiator=row[9],
+        allowed_approvers=tuple(row[10]),
+        approvals=tuple(approvals),
+        executed_at=row[11],
+        result_json=row[12].encode("utf-8") if row[12] is not None else None,
+        cancelled_at=row[13],
+        cancel_reason=row[14],
+        notifications_sent=tuple(row[15]),
+    )
+
+
+def _approval(row: Sequence[Any]) -> Approval:
+    return Approval(
+        approval_id=row[0],
+        ceremony_id=row[1],
+        approver=row[2],
+        decision=Decision(row[3]),
+        reason=row[4],
+        approved_at=row[5],
+        signature_valid=row[6],
+        signature_key_id=row[7],
+        signature_algorithm=row[8],
+        signature_fingerprint=row[9],
+        envelope_json=row[10],
+    )
 
 
 def _like_pattern(pattern: str) -> str:
@@ -678,6 +756,126 @@ class PostgresTransaction:
                 tokens.append(row[3])
         if current is not None:
             yield ProofRecord(current[0], current[1], current[2], tuple(tokens))
+
+    # --- ceremonies -------------------------------------------------------------------------
+
+    def get_ceremony(self, ceremony_id: str) -> Ceremony | None:
+        self._check()
+        rows = self._all(f"{_CEREMONIES_JOIN} WHERE c.id = %s{_CEREMONIES_ORDER}", (ceremony_id,))
+        found = _group_ceremonies(rows)
+        return found[0] if found else None
+
+    def insert_ceremony(self, ceremony: Ceremony) -> None:
+        self._check_write()
+        if ceremony.approvals:
+            raise ValueError("insert a ceremony without approvals; add them with insert_approval")
+        row = self._one(
+            "INSERT INTO signer.ceremonies (id, type, subject, state, threshold,"
+            " required_approvers, payload, created_at, expires_at, initiator, allowed_approvers,"
+            " executed_at, result, cancelled_at, cancel_reason, notifications_sent)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s::json, %s, %s, %s, %s, %s, %s::json, %s, %s, %s)"
+            " ON CONFLICT DO NOTHING RETURNING 1",
+            (
+                ceremony.ceremony_id,
+                ceremony.type,
+                ceremony.subject,
+                ceremony.state.value,
+                ceremony.threshold,
+                ceremony.required_approvers,
+                ceremony.payload_json.decode("utf-8"),
+                _check_aware(ceremony.created_at),
+                _check_aware(ceremony.expires_at),
+                ceremony.initiator,
+                list(ceremony.allowed_approvers),
+                _opt_aware(ceremony.executed_at),
+                _opt_json_text(ceremony.result_json),
+                _opt_aware(ceremony.cancelled_at),
+                ceremony.cancel_reason,
+                list(ceremony.notifications_sent),
+            ),
+        )
+        if row is None:
+            raise ConflictError(f"ceremony {ceremony.ceremony_id} already exists")
+
+    def update_ceremony(self, ceremony: Ceremony) -> None:
+        self._check_write()
+        # Read under the store lock (held since BEGIN), so the state cannot move between this
+        # check and the update: this is what makes "execute exactly once" hold across
+        # processes. FOR UPDATE also keeps a writer that bypassed the lock out.
+        current = self._one(
+            "SELECT state FROM signer.ceremonies WHERE id = %s FOR UPDATE",
+            (ceremony.ceremony_id,),
+        )
+        if current is None:
+            raise NotFoundError(f"no ceremony {ceremony.ceremony_id}")
+        if CeremonyState(current[0]).terminal:
+            # The schema's trigger would refuse it too, but aborting the transaction.
+            raise ConflictError(
+                f"ceremony {ceremony.ceremony_id} is {current[0]}: a terminal ceremony never"
+                " changes"
+            )
+        self._exec(
+            "UPDATE signer.ceremonies SET state = %s, executed_at = %s, result = %s::json,"
+            " cancelled_at = %s, cancel_reason = %s, notifications_sent = %s WHERE id = %s",
+            (
+                ceremony.state.value,
+                _opt_aware(ceremony.executed_at),
+                _opt_json_text(ceremony.result_json),
+                _opt_aware(ceremony.cancelled_at),
+                ceremony.cancel_reason,
+                list(ceremony.notifications_sent),
+                ceremony.ceremony_id,
+            ),
+        )
+
+    def insert_approval(self, approval: Approval) -> None:
+        self._check_write()
+        # Checked first: a foreign key violation would abort the transaction. Ceremonies are
+        # never deleted and writers hold the store lock, so the answer cannot go stale.
+        if self._one("SELECT 1 FROM signer.ceremonies WHERE id = %s", (approval.ceremony_id,)):
+            row = self._one(
+                f"INSERT INTO signer.ceremony_approvals ({_APPROVAL_COLS})"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT DO NOTHING RETURNING 1",
+                (
+                    approval.approval_id,
+                    approval.ceremony_id,
+                    approval.approver,
+                    approval.decision.value,
+                    approval.reason,
+                    _check_aware(approval.approved_at),
+                    approval.signature_valid,
+                    approval.signature_key_id,
+                    approval.signature_algorithm,
+                    approval.signature_fingerprint,
+                    None if approval.envelope_json is None else bytes(approval.envelope_json),
+                ),
+            )
+        else:
+            raise NotFoundError(f"no ceremony {approval.ceremony_id}")
+        if row is not None:
+            return
+        if self._one(
+            "SELECT 1 FROM signer.ceremony_approvals WHERE ceremony_id = %s AND approver = %s",
+            (approval.ceremony_id, approval.approver),
+        ):
+            raise ConflictError(
+                f"{approval.approver} has already decided on ceremony {approval.ceremony_id}"
+            )
+        raise ConflictError(f"approval {approval.approval_id} already exists")
+
+    def list_ceremonies(self, states: Collection[CeremonyState] | None = None) -> list[Ceremony]:
+        self._check()
+        if states is None:
+            rows = self._all(_CEREMONIES_JOIN + _CEREMONIES_ORDER)
+        else:
+            values = sorted({s.value for s in states})
+            if not values:
+                return []
+            rows = self._all(
+                f"{_CEREMONIES_JOIN} WHERE c.state = ANY(%s){_CEREMONIES_ORDER}", (values,)
+            )
+        return _group_ceremonies(rows)
 
     # --- audit ------------------------------------------------------------------------------
 

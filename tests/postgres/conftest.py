@@ -15,8 +15,8 @@ _names = itertools.count()
 
 # Data tables in an order TRUNCATE accepts. signer.store_state keeps its row (and counter).
 _TABLES = (
-    "signer.proof_timestamps, signer.proofs, signer.key_audit_log, signer.key_history,"
-    " signer.trust_anchors, signer.keys"
+    "signer.ceremony_approvals, signer.ceremonies, signer.proof_timestamps, signer.proofs,"
+    " signer.key_audit_log, signer.key_history, signer.trust_anchors, signer.keys"
 )
 
 

@@ -70,6 +70,8 @@ def test_migrate_from_empty_creates_the_runbook_schema(fresh_url: str) -> None:
         "proof_timestamps",
         "store_state",
         "schema_migrations",
+        "ceremonies",
+        "ceremony_approvals",
     } <= tables
     indexes = dict(
         sql(fresh_url, "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'signer'")
