@@ -60,6 +60,12 @@ class KeyHistoryEntry:
     def revoke(self, at: datetime, reason: str) -> KeyHistoryEntry:
         return attrs.evolve(self, revoked_at=at, revoke_reason=reason)
 
+    def _repr_html_(self) -> str:
+        # Jupyter display; the renderer lives in stellakeys.forensics (escapes every value).
+        from stellakeys.forensics import history_entry_html
+
+        return history_entry_html(self)
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "keyid": self.key_id,
@@ -109,6 +115,12 @@ class TrustAnchor:
     def allows_predicate(self, predicate_type: str) -> bool:
         # Empty means none allowed, not all (DESIGN.md): an anchor must name what it vouches for.
         return predicate_type in self.allowed_predicate_types
+
+    def _repr_html_(self) -> str:
+        # Jupyter display with the key history; rendered by stellakeys.forensics.
+        from stellakeys.forensics import anchor_html
+
+        return anchor_html(self)
 
     def to_dict(self, at: datetime) -> dict[str, Any]:
         return {

@@ -128,6 +128,12 @@ class VerificationResult:
             "notes": list(self.notes),
         }
 
+    def _repr_html_(self) -> str:
+        # Jupyter display; the renderer lives in stellakeys.forensics (escapes every value).
+        from stellakeys.forensics import result_html
+
+        return result_html(self)
+
     def _key_dict(self, key: VerifiedKey) -> dict[str, Any]:
         out: dict[str, Any] = {
             "keyId": key.key_id,
