@@ -23,6 +23,7 @@ from stellakeys.storage.postgres import PostgresStore
 
 ROOT = Path(__file__).resolve().parents[2]
 TESTS = ROOT / "tests"
+CEREMONY_TESTS = TESTS / "ceremony"
 
 
 def sql(url: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:
@@ -65,7 +66,9 @@ class Children:
         self.procs: list[subprocess.Popen[str]] = []
 
     def spawn(self, code: str, *args: str) -> subprocess.Popen[str]:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS)]))
+        env = dict(
+            os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS), str(CEREMONY_TESTS)])
+        )
         prelude = textwrap.dedent(
             """
             import os, sys, time
@@ -106,10 +109,14 @@ class Children:
             assert proc.stdout.readline().strip() == "ready", proc.stderr
         self.go.touch()
 
-    def wait(self) -> None:
+    def wait(self) -> list[str]:
+        """Every child's stdout (after "ready"); each must exit 0."""
+        outs = []
         for proc in self.procs:
-            _, err = proc.communicate(timeout=120)
+            out, err = proc.communicate(timeout=180)
             assert proc.returncode == 0, err
+            outs.append(out)
+        return outs
 
 
 def test_sixteen_processes_append_one_chain(clean_url: str, tmp_path: Path) -> None:
@@ -282,3 +289,132 @@ def run_in_thread(fn: Any) -> Any:
     if kind == "error":
         raise value
     return value
+
+
+CEREMONY_WORKER = """
+import json
+from stellakeys.ceremony.errors import CeremonyStateError
+from stellakeys.ceremony.model import CeremonyState, Decision
+from stellakeys.ceremony.service import CeremonyService
+from stellakeys.crypto import load_private_key_pem
+from stellakeys.errors import StellaKeysError
+from stellakeys.manager import KeyManager
+
+go, home, who, role, key_file = sys.argv[1:6]
+manager = KeyManager.open(home, actor=who)  # PostgreSQL via STELLAKEYS_DATABASE_URL
+service = CeremonyService.from_settings(manager, manager.settings)
+[ceremony] = service.list()
+cid = ceremony.ceremony_id
+if role == "approve":
+    key = load_private_key_pem(open(key_file, "rb").read(), b"pg-worker")
+    envelope = service.statement(cid, who, Decision.APPROVE, f"ok from {who}").sign(key)
+wait_for_go(go)
+if role == "approve":
+    try:
+        service.approve(service.actor(who), cid, envelope)
+        outcome = "ok"
+    except StellaKeysError as exc:
+        outcome = type(exc).__name__ + ": " + str(exc)
+else:
+    # Keep trying until somebody has executed it: executors race the approvals too.
+    outcome = "timeout"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            service.execute(service.actor(who), cid)
+            outcome = "ok"
+            break
+        except CeremonyStateError:
+            if service.get(cid).state is CeremonyState.EXECUTED:
+                outcome = "already-executed"
+                break
+            time.sleep(0.01)
+print("RESULT " + json.dumps([role, who, outcome]), flush=True)
+manager.close()
+"""
+
+
+def test_sixteen_processes_on_one_ceremony(
+    clean_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sixteen separate processes on one PostgreSQL ceremony, released together: eight
+    approvals (the five custodians, three of them twice) and eight executors that retry until
+    it is executed. The threshold (3) is reached once, exactly three approvals count, the
+    operation runs exactly once and the audit chain is one valid line."""
+    import json
+
+    import yaml
+
+    monkeypatch.syspath_prepend(str(CEREMONY_TESTS))  # the ceremony tests' helpers
+    from ceremony_support import CUSTODIANS, INITIATOR, approvers_document
+
+    from stellakeys.audit import AuditQuery, EventType
+    from stellakeys.ceremony.model import CeremonyState
+    from stellakeys.ceremony.service import CeremonyService
+    from stellakeys.crypto import get_algorithm
+    from stellakeys.manager import KeyManager
+
+    monkeypatch.setenv("STELLAKEYS_DATABASE_URL", clean_url)
+    monkeypatch.setenv("STELLAKEYS_PASSPHRASE", "pg-ceremony-passphrase")
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    monkeypatch.setenv("STELLAKEYS_HOME", str(home))
+    keys = {who: get_algorithm("ed25519").generate() for who in CUSTODIANS}
+    key_files = {}
+    for who, k in keys.items():
+        key_files[who] = tmp_path / f"{who}.pem"
+        key_files[who].write_bytes(k.to_encrypted_pem(b"pg-worker"))
+    (home / "signer.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "signer": {
+                    "profiles": {
+                        "default": {"algorithm": "ed25519", "keyStore": "software://default"}
+                    }
+                },
+                "ceremonies": {"enabled": True},
+                **approvers_document({w: k.public_key() for w, k in keys.items()}),
+            }
+        )
+    )
+    with KeyManager.open(home, actor=INITIATOR) as manager:
+        assert isinstance(manager.store, PostgresStore)
+        assert manager.settings is not None
+        service = CeremonyService.from_settings(manager, manager.settings)
+        c = service.create(INITIATOR, "key-rotation", "Root key", {"keyId": "root-pg"}, threshold=3)
+
+    children = Children(tmp_path)
+    approvers = [*CUSTODIANS, *CUSTODIANS[:3]]
+    for who in approvers:
+        children.spawn(CEREMONY_WORKER, str(home), who, "approve", str(key_files[who]))
+    for i in range(8):
+        children.spawn(CEREMONY_WORKER, str(home), f"operator-{i}@company.com", "execute", "-")
+    children.release()
+    results = [
+        json.loads(line.removeprefix("RESULT "))
+        for out in children.wait()
+        for line in out.splitlines()
+        if line.startswith("RESULT ")
+    ]
+    assert len(results) == 16
+    approved = [r for r in results if r[0] == "approve" and r[2] == "ok"]
+    executed = [r for r in results if r[0] == "execute" and r[2] == "ok"]
+    assert len(approved) == 3, results
+    assert len({r[1] for r in approved}) == 3
+    assert len(executed) == 1, results
+    assert all(r[2] == "already-executed" for r in results if r[0] == "execute" and r[2] != "ok")
+
+    with KeyManager.open(home, actor=INITIATOR) as manager:
+        service = CeremonyService.from_settings(manager, manager.settings)  # type: ignore[arg-type]
+        final = service.get(c.ceremony_id)
+        assert final.state is CeremonyState.EXECUTED and final.current_approvals == 3
+        kinds = [e.event_type for e in manager.audit_events(AuditQuery(ceremony_id=c.ceremony_id))]
+        assert kinds.count(EventType.CEREMONY_THRESHOLD_REACHED) == 1
+        assert kinds.count(EventType.CEREMONY_EXECUTED) == 1
+        assert kinds.count(EventType.CEREMONY_APPROVED) == 3
+        assert [k.key_id for k in manager.list_keys()] == ["root-pg"]
+        assert len(manager.audit_events(AuditQuery(event_type="KEY_GENERATED"))) == 1
+        check = manager.verify_audit()
+        assert check.ok
+        events = manager.audit_events()
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
