@@ -18,6 +18,11 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "sign": ("stellakeys_cli.proofs", "sign", "Sign a payload into a DSSE proof."),
     "verify": ("stellakeys_cli.proofs", "verify", "Verify a proof against trust anchors."),
     "audit": ("stellakeys_cli.audit", "audit", "Query and verify the audit log."),
+    "timestamp": (
+        "stellakeys_cli.timestamp",
+        "timestamp",
+        "RFC 3161 timestamps (trusted time) for stored proofs.",
+    ),
     "db": ("stellakeys_cli.db", "db", "Store schema: migrate, status."),
     "metrics": ("stellakeys_cli.metrics", "metrics", "Prometheus metrics: serve or show."),
     "ceremony": (

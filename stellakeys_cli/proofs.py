@@ -80,6 +80,19 @@ def _guess_payload_type(payload: bytes) -> str:
 @click.option("--predicate-type", help="predicateType of the statement built with --subject.")
 @click.option("--predicate", help="Statement predicate: JSON, or @FILE.")
 @click.option("--output", type=click.Path(dir_okay=False), help="Also write the envelope here.")
+@click.option(
+    "--timestamp",
+    "timestamp_url",
+    metavar="URL",
+    help="Get an RFC 3161 token per signature from this TSA; stored with the proof.",
+)
+@click.option(
+    "--tsa-root",
+    "tsa_roots",
+    multiple=True,
+    type=click.Path(dir_okay=False, exists=True),
+    help="PEM file of a TSA root to verify --timestamp tokens (default: timestamping.tsaRoots).",
+)
 @json_option
 def sign(
     key_ids: tuple[str, ...],
@@ -89,6 +102,8 @@ def sign(
     predicate_type: str | None,
     predicate: str | None,
     output: str | None,
+    timestamp_url: str | None,
+    tsa_roots: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Sign a payload; prints the proof's sha256: address."""
@@ -100,7 +115,11 @@ def sign(
     else:
         payload, ptype = data, payload_type or _guess_payload_type(data)
     m = manager()
-    digest = m.sign(payload, list(key_ids), ptype)
+    if tsa_roots:
+        from stellakeys_cli.timestamp import verifier_from
+
+        m.timestamp_verifier = verifier_from(tsa_roots)
+    digest = m.sign(payload, list(key_ids), ptype, timestamp_url=timestamp_url)
     envelope = m.get_proof(digest)
     if output:
         from stellakeys._fileio import write_atomic
@@ -133,7 +152,23 @@ def _load_proof(proof_bundle: str | None, envelope_path: str | None) -> Any:
 @click.option("--envelope", "envelope_path", help="DSSE envelope JSON file ('-' for stdin).")
 @click.option("--purl", help="Artifact PURL (default: the statement's PURL subject).")
 @click.option("--at-time", help="Asserted signing time, ISO 8601 (forensics).")
-@click.option("--require-trusted-time", is_flag=True, help="Demand an RFC 3161 timestamp.")
+@click.option(
+    "--require-trusted-time", is_flag=True, help="Demand an RFC 3161 timestamp for every key."
+)
+@click.option(
+    "--timestamp",
+    "token_paths",
+    multiple=True,
+    type=click.Path(dir_okay=False, exists=True),
+    help="DER timestamp token for a signature, besides the stored ones (repeatable).",
+)
+@click.option(
+    "--tsa-root",
+    "tsa_roots",
+    multiple=True,
+    type=click.Path(dir_okay=False, exists=True),
+    help="PEM file of a TSA root to trust (repeatable; default: timestamping.tsaRoots).",
+)
 @click.option("--require-anchor", is_flag=True, help="Fail instead of a key-only check.")
 @click.option("--threshold", default=1, show_default=True, type=click.IntRange(min=1))
 @json_option
@@ -143,6 +178,8 @@ def verify(
     purl: str | None,
     at_time: str | None,
     require_trusted_time: bool,
+    token_paths: tuple[str, ...],
+    tsa_roots: tuple[str, ...],
     require_anchor: bool,
     threshold: int,
     as_json: bool,
@@ -156,7 +193,23 @@ def verify(
         require_trusted_time=require_trusted_time,
         require_anchor=require_anchor,
     )
-    result = manager().verify(proof, purl=purl, at=parse_time_option(at_time), policy=policy)
+    from stellakeys.dsse import Envelope
+    from stellakeys_cli.timestamp import verifier_from
+
+    m = manager()
+    # Stored tokens come with a proof given by address; an envelope given as JSON brings the
+    # tokens stored for it (if it is stored) and any given with --timestamp.
+    tokens = [Path(p).read_bytes() for p in token_paths]
+    if isinstance(proof, Envelope):
+        tokens = [*m.proof_timestamps(proof.digest()), *tokens]
+    result = m.verify(
+        proof,
+        purl=purl,
+        at=parse_time_option(at_time),
+        policy=policy,
+        timestamps=tokens,
+        timestamp_verifier=verifier_from(tsa_roots),
+    )
     if as_json:
         emit_json(result.to_dict())
     else:
@@ -176,9 +229,15 @@ def _print_result(result: Any) -> None:
         click.echo(
             f"  Anchor:    {result.anchor_id} ({result.anchor_pattern}, {result.policy_version})"
         )
+    key_times = {kt.key_id: kt.time for kt in result.key_times}
     for k in result.verified_keys:
         click.echo(f"  Key:       {k.key_id} ({k.algorithm}) {k.fingerprint}")
+        if k.key_id in key_times:
+            t = key_times[k.key_id]
+            click.echo(f"    signed:  {format_time(t.at)} ({t.source.value}) {t.detail or ''}")
     click.echo(f"  Time:      {format_time(result.time)} ({result.time_source.value})")
+    if result.time_detail:
+        click.echo(f"  TSA:       {result.time_detail}")
     for note in result.notes:
         click.echo(f"  Note:      {note}")
     for reason in result.reasons:
