@@ -428,8 +428,11 @@ class RFC3161Verifier:
             builder = builder.nonce(nonce)
         try:
             builder.build().verify(token.response, token.imprint)
-        except Exception as exc:  # VerificationError, ValueError, x509 parse errors:
-            # whatever the library raises on this untrusted input means "does not verify".
+        except (KeyboardInterrupt, SystemExit, GeneratorExit):
+            raise
+        except BaseException as exc:  # VerificationError, ValueError, x509 errors, a Rust
+            # panic (see _guard_native): whatever the library raises on this untrusted input
+            # means "does not verify".
             return fail(_explain_library_failure(str(exc), subject))
         detail = f"{subject} serial {token.serial}"
         if token.accuracy:
