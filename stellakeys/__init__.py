@@ -44,6 +44,7 @@ if TYPE_CHECKING:
         PolicyError,
         StellaKeysError,
         StorageError,
+        TimestampError,
         UnknownAlgorithmError,
         UnsupportedKeyError,
     )
@@ -98,6 +99,7 @@ __all__ = [
     "Statement",
     "StellaKeysError",
     "StorageError",
+    "TimestampError",
     "Subject",
     "SystemClock",
     "TimeSource",
@@ -153,6 +155,7 @@ _EXPORTS: dict[str, str] = {
     "Statement": "stellakeys.intoto",
     "StellaKeysError": "stellakeys.errors",
     "StorageError": "stellakeys.errors",
+    "TimestampError": "stellakeys.errors",
     "Subject": "stellakeys.intoto",
     "SystemClock": "stellakeys.clock",
     "TimeSource": "stellakeys.verification",

@@ -514,7 +514,8 @@ def test_cli_sign_timestamp_and_verify(  # type: ignore[no-untyped-def]
     token_file = tmp_path / "token.tsr"
     token_file.write_bytes(tsa.reply(sig))
     # The roots from the config file this time.
-    (run.home / "signer.yaml").write_text(f"timestamping:\n  tsaRoots: [{tsa.root_pem}]\n")  # type: ignore[attr-defined]
+    home: Path = run.home
+    (home / "signer.yaml").write_text(f"timestamping:\n  tsaRoots: [{tsa.root_pem}]\n")
     run("timestamp", "add", "--proof-bundle", other["proof"], "--token", str(token_file))
     for proof in (plain["proof"], other["proof"]):
         result = json.loads(

@@ -164,7 +164,7 @@ class TestTsa:
             self._count += 1
             path = self.dir / f"data-{self._count}.bin"
         path.write_bytes(data)
-        args = ["ts", "-query", "-data", path, f"-{digest}", "-cert"]
+        args: list[str | Path] = ["ts", "-query", "-data", path, f"-{digest}", "-cert"]
         return self.openssl(*args, *([] if nonce else ["-no_nonce"]))
 
     def reply(
@@ -187,7 +187,7 @@ class TestTsa:
             q, r = self.dir / f"q-{n}.tsq", self.dir / f"r-{n}.tsr"
             q.write_bytes(query)
             chain = "rogue-chain.pem" if signer == "rogue" else "tsa-chain.pem"
-            args = [
+            args: list[str | Path] = [
                 "ts",
                 "-reply",
                 "-config",
