@@ -6,6 +6,7 @@ caches that the store's change token keeps honest.
 
 from __future__ import annotations
 
+import functools
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -37,7 +38,7 @@ from stellakeys.errors import (
     PolicyError,
 )
 from stellakeys.intoto import PAYLOAD_TYPE as INTOTO_PAYLOAD_TYPE
-from stellakeys.intoto import Statement
+from stellakeys.intoto import statement_facts
 from stellakeys.keys import KeyOrigin, KeyRecord
 from stellakeys.keystores.ports import KeyHandle, KeyStore, KeyStoreContext
 from stellakeys.profiles import SignerConfig
@@ -190,7 +191,7 @@ def _most_specific(
 ) -> tuple[TrustAnchor | None, str | None]:
     best: list[tuple[Specificity, TrustAnchor]] = []
     for anchor in candidates:
-        pattern = PurlPattern.parse(anchor.purl_pattern)
+        pattern = _pattern(anchor.purl_pattern)
         if anchor.active and pattern.matches(purl):
             best.append((pattern.specificity, anchor))
     if not best:
@@ -202,16 +203,19 @@ def _most_specific(
     return best[0][1], None
 
 
+#: Patterns are immutable and anchors few compared with lookups: parse each pattern text once.
+_pattern = functools.lru_cache(maxsize=65536)(PurlPattern.parse)
+
+
 def _payload_facts(envelope: Envelope) -> tuple[str | None, list[str], list[str]]:
     """(predicateType, PURL subject names, notes) of an in-toto payload; nothing otherwise."""
     if envelope.payload_type != INTOTO_PAYLOAD_TYPE:
         return None, [], []
     try:
-        statement = Statement.from_json(envelope.payload)
+        predicate_type, names = statement_facts(envelope.payload)
     except MalformedEnvelopeError as exc:
         return None, [], [f"payload claims in-toto but is not a statement: {exc}"]
-    purls = [s.name for s in statement.subjects if s.name.startswith("pkg:")]
-    return statement.predicate_type, purls, []
+    return predicate_type, [n for n in names if n.startswith("pkg:")], []
 
 
 class KeyManager:
@@ -250,6 +254,9 @@ class KeyManager:
         #: or records the ceremony's execution in the same transaction, so an operation and
         #: "ceremony executed" commit together or not at all.
         self.operation_guard: OperationGuard | None = None
+        #: Called once per verification (a temporal key lookup): stellakeys.metrics counts
+        #: them, since verification is the one activity that leaves no record in the store.
+        self.on_key_lookup: Callable[[], None] | None = None
 
     @classmethod
     def open(
@@ -349,7 +356,7 @@ class KeyManager:
         with self._ks_lock:
             handle = self._handles.get(record.key_store_uri)
         if handle is None:
-            handle = self._key_store(record.key_store_uri).open(record.key_store_uri)
+            handle = self._open_pinned(record, record.key_store_uri)
             if handle.public_key().fingerprint != record.fingerprint:
                 raise KeyStoreError(
                     f"key store returned a different key for {record.key_id} than was recorded"
@@ -357,6 +364,17 @@ class KeyManager:
             with self._ks_lock:
                 self._handles[record.key_store_uri] = handle
         return handle
+
+    def _open_pinned(self, record: KeyRecord, pinned: str) -> KeyHandle:
+        """Open a pinned key through its profile's store object when it lives there, so one
+        store (one passphrase or PIN prompt, one HSM login) serves every key of a profile."""
+        profile = self.config.profiles.get(record.profile) if record.profile else None
+        if profile is not None and _store_family(profile.key_store) == _store_family(pinned):
+            try:
+                return self._key_store(profile.key_store).open(pinned)
+            except KeyStoreError:
+                pass  # the profile now points elsewhere; the pinned URI still names the key
+        return self._key_store(pinned).open(pinned)
 
     # --- keys -----------------------------------------------------------------------------
 
@@ -647,8 +665,13 @@ class KeyManager:
                     "policyVersion": policy_version,
                 },
             )
-            for other in tx.list_anchors(active_only=True):
-                other_pattern = PurlPattern.parse(other.purl_pattern)
+            # Only anchors on the new pattern's key chain or nested under its index key can
+            # match the same artifacts (decision 0003); the store finds them by index.
+            related = tx.anchors_by_index_keys(pattern.key_chain)
+            if not pattern.is_universal:
+                related += tx.anchors_below_index_key(pattern.index_key)
+            for other in related:
+                other_pattern = _pattern(other.purl_pattern)
                 if other_pattern.text == pattern.text or overlaps_ambiguously(
                     pattern, other_pattern
                 ):
@@ -1035,6 +1058,8 @@ class KeyManager:
         """
         policy = policy or VerificationPolicy()
         envelope, stored = self._envelope_and_tokens(proof)
+        if self.on_key_lookup is not None:
+            self.on_key_lookup()
         if trusted_time is not None and trusted_time.source is not TimeSource.TRUSTED:
             raise ValueError("trusted_time must come from a verified timestamp")
         if trusted_time is not None:
@@ -1058,7 +1083,8 @@ class KeyManager:
                 break
         else:
             parse_purl(purl)  # malformed input raises
-        digest = envelope.digest()
+        # A stored proof's address is known; otherwise the digest is computed only if asked for.
+        digest = proof if isinstance(proof, str) and proof.startswith("sha256:") else None
         if purl is None:
             if not policy.require_anchor:
                 return self._verify_key_only(
@@ -1088,7 +1114,7 @@ class KeyManager:
     def _verify_key_only(
         self,
         envelope: Envelope,
-        digest: str,
+        digest: str | None,
         time: SigningTime,
         policy: VerificationPolicy,
         notes: list[str],
@@ -1187,6 +1213,11 @@ def _check_signable(record: KeyRecord, history: list[KeyHistoryEntry], now: date
         raise PolicyError(f"key {record.key_id} was revoked for compromise; it cannot sign")
     if history and all(e.is_revoked_at(now) for e in history):
         raise PolicyError(f"key {record.key_id} is revoked in every anchor; it cannot sign")
+
+
+def _store_family(uri: str) -> str:
+    scheme = uri.split(":", 1)[0].lower()
+    return "pkcs11" if scheme == "hsm" else scheme
 
 
 def _is_hsm(key_store_uri: str) -> bool:

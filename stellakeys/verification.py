@@ -84,7 +84,9 @@ class VerificationResult:
     ok: bool
     time: datetime
     time_source: TimeSource
-    envelope_digest: str
+    #: The envelope that was verified (its digest is computed on demand: hashing the canonical
+    #: JSON costs as much as the rest of a verification's bookkeeping).
+    envelope: Envelope = attrs.field(repr=False)
     payload_type: str
     purl: str | None = None
     predicate_type: str | None = None
@@ -99,6 +101,13 @@ class VerificationResult:
     time_detail: str | None = None
     #: Per counted key, when signatures had different times (some had trusted time).
     key_times: tuple[KeyTime, ...] = ()
+    #: The ``sha256:`` address when the caller already knew it (a stored proof).
+    known_digest: str | None = attrs.field(default=None, eq=False, repr=False)
+
+    @property
+    def envelope_digest(self) -> str:
+        """``sha256:<hex>``: the proof's content address."""
+        return self.known_digest or self.envelope.digest()
 
     @property
     def key_id(self) -> str | None:
@@ -187,7 +196,7 @@ _Rejection = tuple[str, bool]
 def evaluate(
     envelope: Envelope,
     *,
-    digest: str,
+    digest: str | None,
     time: SigningTime,
     policy: VerificationPolicy,
     anchor: TrustAnchor | None,
@@ -261,7 +270,8 @@ def evaluate(
         time=reported.at,
         time_source=reported.source,
         time_detail=reported.detail,
-        envelope_digest=digest,
+        envelope=envelope,
+        known_digest=digest,
         payload_type=envelope.payload_type,
         purl=purl,
         predicate_type=predicate_type,
@@ -409,7 +419,7 @@ def _key_rejection(
 def evaluate_key_only(
     envelope: Envelope,
     *,
-    digest: str,
+    digest: str | None,
     time: SigningTime,
     policy: VerificationPolicy,
     keys: Sequence[KeyRecord],
@@ -468,7 +478,8 @@ def evaluate_key_only(
         time=reported.at,
         time_source=reported.source,
         time_detail=reported.detail,
-        envelope_digest=digest,
+        envelope=envelope,
+        known_digest=digest,
         payload_type=envelope.payload_type,
         verified_keys=outcome.verified if outcome is not None else (),
         reasons=tuple(reasons),

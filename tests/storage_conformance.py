@@ -432,6 +432,29 @@ class StoreConformance:
         with store.read() as tx:
             assert tx.anchors_by_index_keys(["npm"]) == [attrs.evolve(inactive, active=True)]
 
+    def test_anchors_below_index_key(self, store: Store) -> None:
+        npm = anchor("pkg:npm/*", created=at(0), keys=("k1",))
+        acme = anchor("pkg:npm/%40acme/*", created=at(1), keys=("k2",))
+        deep = anchor("pkg:npm/%40acme/x/*", created=at(2))
+        versioned = anchor("pkg:npm/a@1", created=at(3))
+        sibling = anchor("pkg:npmx/*", created=at(4))  # shares the prefix, not the segment
+        retired = anchor("pkg:npm/%40old/*", created=at(5), active=False)
+        with store.transaction() as tx:
+            for a, key in (
+                (npm, "pkg:npm"),
+                (acme, "pkg:npm/%40acme"),
+                (deep, "pkg:npm/%40acme/x"),
+                (versioned, "pkg:npm/a@1"),
+                (sibling, "pkg:npmx"),
+                (retired, "pkg:npm/%40old"),
+            ):
+                tx.insert_anchor(a, key)
+        with store.read() as tx:
+            assert tx.anchors_below_index_key("pkg:npm") == [acme, deep, versioned]
+            assert tx.anchors_below_index_key("pkg:npm/%40acme") == [deep]
+            assert tx.anchors_below_index_key("pkg:npm/%40acme/x") == []
+            assert tx.anchors_below_index_key("pkg:maven") == []
+
     def test_anchors_by_many_index_keys(self, store: Store) -> None:
         anchors = [anchor(f"pkg:npm/p{i}", created=at(0, micros=i)) for i in range(30)]
         with store.transaction() as tx:

@@ -215,6 +215,10 @@ class MemoryTransaction:
         pairs.sort(key=self._anchor_order)
         return [codec.anchor_from_row(row, self._history(row[0])) for row, _ in pairs]
 
+    def anchors_below_index_key(self, index_key: str) -> list[TrustAnchor]:
+        prefix = index_key + "/"
+        return self.anchors_by_index_keys([k for k in self._s.by_index if k.startswith(prefix)])
+
     def insert_history(self, entry: KeyHistoryEntry) -> None:
         self._require_writable()
         row = codec.history_to_row(entry)

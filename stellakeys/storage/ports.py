@@ -78,6 +78,13 @@ class Transaction(Protocol):
         then id, each with its history."""
         ...
 
+    def anchors_below_index_key(self, index_key: str) -> list[TrustAnchor]:
+        """Active anchors whose index key continues ``index_key`` with ``/`` (patterns nested
+        under it), same order as :meth:`anchors_by_index_keys`. With that method over a
+        pattern's key chain, this gives every anchor a new pattern could tie with, without
+        reading all anchors."""
+        ...
+
     def insert_history(self, entry: KeyHistoryEntry) -> None:
         """ConflictError if (anchor_id, key_id) exists: a key joins an anchor once.
         NotFoundError if the anchor does not exist."""

@@ -457,6 +457,17 @@ class SqliteTransaction:
             rows.sort(key=lambda r: (r[4], r[0]))
         return self._with_history(rows)
 
+    def anchors_below_index_key(self, index_key: str) -> list[TrustAnchor]:
+        self._check()
+        # A range on idx_trust_anchors_index_key: '0' is the character after '/' in BINARY
+        # collation, so [key + '/', key + '0') is exactly the keys continuing with '/'.
+        rows = self._all(
+            f"{_SELECT_ANCHOR} WHERE index_key >= ? AND index_key < ? AND active = 1"
+            " ORDER BY created_at, id",
+            (index_key + "/", index_key + "0"),
+        )
+        return self._with_history(rows)
+
     def _insert_history(self, entry: KeyHistoryEntry) -> None:
         def conflict(text: str) -> str:
             if "key_history.id" in text:
