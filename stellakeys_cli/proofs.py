@@ -171,6 +171,16 @@ def _load_proof(proof_bundle: str | None, envelope_path: str | None) -> Any:
 )
 @click.option("--require-anchor", is_flag=True, help="Fail instead of a key-only check.")
 @click.option("--threshold", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--batch",
+    "batch_path",
+    type=click.Path(exists=True),
+    help="Verify every proof of a JSON Lines file or a directory (docs/batch.md).",
+)
+@click.option(
+    "--workers", default=1, show_default=True, type=click.IntRange(min=1), help="--batch processes."
+)
+@click.option("--dask-scheduler", metavar="ADDRESS", help="Run --batch on a Dask cluster.")
 @json_option
 def verify(
     proof_bundle: str | None,
@@ -182,11 +192,34 @@ def verify(
     tsa_roots: tuple[str, ...],
     require_anchor: bool,
     threshold: int,
+    batch_path: str | None,
+    workers: int,
+    dask_scheduler: str | None,
     as_json: bool,
 ) -> None:
     """Verify a proof; exit status 0 only if it verifies."""
     from stellakeys.verification import VerificationPolicy
 
+    if batch_path:
+        from stellakeys_cli.batch import run_batch
+
+        if proof_bundle or envelope_path or token_paths:
+            raise click.UsageError("--batch takes its proofs from the file or directory")
+        run_batch(
+            batch_path,
+            workers=workers,
+            dask_scheduler=dask_scheduler,
+            at_time=at_time,
+            purl=purl,
+            policy=VerificationPolicy(
+                threshold=threshold,
+                require_trusted_time=require_trusted_time,
+                require_anchor=require_anchor,
+            ),
+            as_json=as_json,
+            tsa_roots=tsa_roots,
+        )
+        return
     proof = _load_proof(proof_bundle, envelope_path)
     policy = VerificationPolicy(
         threshold=threshold,

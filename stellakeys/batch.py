@@ -1,0 +1,417 @@
+"""Verify many proofs on any :class:`concurrent.futures.Executor`.
+
+>>> from concurrent.futures import ProcessPoolExecutor
+>>> from stellakeys.batch import BatchItem, ManagerSpec, verify_many
+>>> items = [BatchItem(path.read_bytes(), label=str(path)) for path in paths]  # doctest: +SKIP
+>>> with ProcessPoolExecutor(4) as pool:                                        # doctest: +SKIP
+...     outcomes = verify_many(items, pool, manager_factory=ManagerSpec(home="/srv/keys"))
+
+Dask is the same call with ``client.get_executor()`` (``dask`` extra), which is how one
+verifies more proofs than a machine can: the workers need the package and read access to the
+store (the same SQLite file on a shared disk, or the PostgreSQL database).
+
+Why the work travels as it does: a :class:`~stellakeys.manager.KeyManager` holds database
+connections and key store sessions and is not picklable. So what is shipped to a worker is a
+picklable *recipe* for a manager (``manager_factory``, by default a :class:`ManagerSpec` of
+the caller's settings) plus chunks of items (envelope bytes or stored addresses, and
+options). Each worker process opens its manager once and keeps it in a module-level cache,
+so the cost of opening the store and warming the anchor cache is paid once per process, not
+per chunk.
+
+Semantics, the same as one ``KeyManager.verify`` call per item:
+
+* results come back in input order, one :class:`BatchOutcome` per item;
+* malformed input (not an envelope, a bad PURL, a malformed token) is an outcome with an
+  ``error``, not an exception that would sink the whole batch;
+* items without an asserted time are verified at one "now" for the whole batch, taken when
+  the batch starts, so a batch is judged at one instant wherever and whenever its chunks run;
+* RFC 3161 tokens stored with a proof are used, whether the proof is given by its
+  ``sha256:`` address or as the envelope itself (as ``stellaops verify`` does).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Executor, Future, as_completed
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from stellakeys.clock import FrozenClock
+from stellakeys.errors import StellaKeysError
+from stellakeys.verification import VerificationPolicy, VerificationResult
+
+if TYPE_CHECKING:
+    from stellakeys.config import Settings
+    from stellakeys.manager import KeyManager
+
+__all__ = [
+    "BatchItem",
+    "BatchOutcome",
+    "ManagerSpec",
+    "reason_category",
+    "summarize",
+    "verify_many",
+]
+
+#: Items per task. Large enough that pickling and scheduling are small next to the
+#: verifications (tens of microseconds to milliseconds each), small enough to balance load
+#: and to move a progress bar.
+DEFAULT_CHUNK_SIZE = 64
+
+
+@attrs.frozen
+class BatchItem:
+    """One proof to verify: envelope JSON (bytes or str) or a stored ``sha256:`` address."""
+
+    proof: bytes | str
+    purl: str | None = None
+    #: Asserted signing time (``--at-time``); None means the batch's "now".
+    at: datetime | None = None
+    #: DER RFC 3161 tokens given with the proof, besides any stored with it.
+    timestamps: tuple[bytes, ...] = ()
+    #: Where the item came from (``file.jsonl:12``), carried into the outcome for reports.
+    label: str | None = None
+
+
+@attrs.frozen
+class BatchOutcome:
+    index: int
+    label: str | None
+    result: VerificationResult | None = None
+    #: Malformed input: why the item could not be verified at all.
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.result is not None and self.result.ok
+
+    @property
+    def category(self) -> str | None:
+        """The primary reason of a failure, as a short category (None when ok)."""
+        if self.ok:
+            return None
+        if self.result is None:
+            return "malformed input"
+        return reason_category(self.result.reasons[0]) if self.result.reasons else "other"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"input": self.label, "index": self.index}
+        if self.result is not None:
+            out.update(self.result.to_dict())
+        else:
+            out.update({"ok": False, "error": self.error})
+        return out
+
+
+@attrs.frozen
+class ManagerSpec:
+    """A picklable recipe for a KeyManager: what ``KeyManager.open`` takes, or the resolved
+    :class:`~stellakeys.config.Settings` of an existing manager. Worker processes call it."""
+
+    home: str | None = None
+    config_path: str | None = None
+    database_url: str | None = None
+    actor: str | None = None
+    settings: Settings | None = None
+    #: PEM files of TSA roots to trust, besides the configuration's timestamping.tsaRoots.
+    tsa_roots: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, manager: KeyManager) -> ManagerSpec:
+        if manager.settings is None:
+            raise ValueError(
+                "this KeyManager was built directly on a store (no settings); worker processes "
+                "cannot reopen it: pass manager_factory=, e.g. ManagerSpec(home=...)"
+            )
+        return cls(settings=manager.settings)
+
+    def __call__(self) -> KeyManager:
+        from stellakeys.manager import KeyManager
+
+        if self.settings is not None:
+            manager = KeyManager.from_settings(self.settings)
+        else:
+            manager = KeyManager.open(
+                self.home,
+                config_path=self.config_path,
+                database_url=self.database_url,
+                actor=self.actor,
+            )
+        if self.tsa_roots:
+            from stellakeys.timestamp import RFC3161Verifier
+
+            manager.timestamp_verifier = RFC3161Verifier.from_pem_files(list(self.tsa_roots))
+        return manager
+
+
+# --- the worker side ---------------------------------------------------------------------------
+
+#: Per thread: pickled factory -> (pid that opened it, manager). Per thread because each
+#: chunk sets its batch's "now" on the manager's clock, so two threads (a thread pool, a Dask
+#: worker with several threads) must not share one. A forked child inherits the forking
+#: thread's entries and must not use them (their connections belong to the parent): the pid
+#: tells.
+_LOCAL = threading.local()
+
+
+def _worker_manager(factory: Callable[[], KeyManager]) -> KeyManager:
+    cache: dict[bytes, tuple[int, KeyManager]] | None = getattr(_LOCAL, "managers", None)
+    if cache is None:
+        cache = _LOCAL.managers = {}
+    key = pickle.dumps(factory)
+    pid = os.getpid()
+    cached = cache.get(key)
+    if cached is not None and cached[0] == pid:
+        return cached[1]
+    manager = factory()
+    cache[key] = (pid, manager)
+    return manager
+
+
+def _verify_one(
+    manager: KeyManager, index: int, item: BatchItem, policy: VerificationPolicy
+) -> BatchOutcome:
+    from stellakeys.dsse import Envelope
+
+    try:
+        proof: Envelope | str
+        tokens = list(item.timestamps)
+        if isinstance(item.proof, str) and item.proof.startswith("sha256:"):
+            proof = item.proof  # stored: verify() reads its tokens with it
+        else:
+            proof = Envelope.from_json(item.proof)
+            tokens = [*manager.proof_timestamps(proof.digest()), *tokens]
+        result = manager.verify(proof, purl=item.purl, at=item.at, policy=policy, timestamps=tokens)
+    except (StellaKeysError, ValueError) as exc:
+        return BatchOutcome(index, item.label, error=f"{type(exc).__name__}: {exc}")
+    return BatchOutcome(index, item.label, result=result)
+
+
+def _verify_chunk(
+    factory: Callable[[], KeyManager] | None,
+    now: datetime,
+    policy: VerificationPolicy,
+    chunk: Sequence[tuple[int, BatchItem]],
+    manager: KeyManager | None = None,
+) -> list[BatchOutcome]:
+    """Runs in the worker. ``manager`` is given only for in-process execution."""
+    if manager is None:
+        assert factory is not None
+        manager = _worker_manager(factory)
+        # The batch's one "now": this process's manager is ours alone between chunks.
+        manager.clock = FrozenClock(now)
+    return [_verify_one(manager, index, item, policy) for index, item in chunk]
+
+
+# --- the caller side ---------------------------------------------------------------------------
+
+
+def _as_item(item: BatchItem | bytes | str) -> BatchItem:
+    return item if isinstance(item, BatchItem) else BatchItem(item)
+
+
+def verify_many(
+    items: Iterable[BatchItem | bytes | str],
+    executor: Executor | None = None,
+    *,
+    manager: KeyManager | None = None,
+    manager_factory: Callable[[], KeyManager] | None = None,
+    policy: VerificationPolicy | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    now: datetime | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[BatchOutcome]:
+    """Verify every item; outcomes in input order.
+
+    Without ``executor`` the items are verified here, with ``manager`` (or one made by
+    ``manager_factory``). With one, chunks of ``chunk_size`` items are submitted to it and
+    each worker uses a manager made by ``manager_factory`` -- which must be picklable; the
+    default is :meth:`ManagerSpec.of` ``manager``. ``progress`` is called with the number of
+    items finished each time a chunk completes. ``now`` (default: the manager's clock, else
+    the system clock) is the time of items without an asserted time.
+    """
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be at least 1")
+    policy = policy or VerificationPolicy()
+    batch = [(i, _as_item(item)) for i, item in enumerate(items)]
+    if now is None:
+        if manager is not None:
+            now = manager.clock.now()
+        else:
+            from stellakeys.clock import SystemClock
+
+            now = SystemClock().now()
+    chunks = [batch[i : i + chunk_size] for i in range(0, len(batch), chunk_size)]
+
+    if executor is None:
+        local = manager
+        owned = False
+        if local is None:
+            if manager_factory is None:
+                raise ValueError("give a manager or a manager_factory")
+            local, owned = manager_factory(), True
+        clock = local.clock
+        local.clock = FrozenClock(now)
+        try:
+            out: list[BatchOutcome] = []
+            for chunk in chunks:
+                out.extend(_verify_chunk(None, now, policy, chunk, manager=local))
+                if progress is not None:
+                    progress(len(chunk))
+            return out
+        finally:
+            local.clock = clock
+            if owned:
+                local.close()
+
+    if manager_factory is None:
+        if manager is None:
+            raise ValueError("give a manager_factory (picklable) or a manager opened from settings")
+        manager_factory = ManagerSpec.of(manager)
+    futures: list[Future[list[BatchOutcome]]] = [
+        executor.submit(_verify_chunk, manager_factory, now, policy, chunk) for chunk in chunks
+    ]
+    try:
+        if progress is not None:
+            sizes = {id(f): len(c) for f, c in zip(futures, chunks, strict=True)}
+            for done in as_completed(futures):
+                progress(sizes[id(done)])
+        results: list[BatchOutcome] = []
+        for future in futures:  # input order, whatever order the chunks finished in
+            results.extend(future.result())
+        return results
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise
+
+
+# --- reporting ---------------------------------------------------------------------------------
+
+# The failure reasons of stellakeys.verification and the timestamp module, by their fixed
+# wording, most specific first.
+_CATEGORIES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern), name)
+    for pattern, name in (
+        (r"revoked for compromise", "compromised key without trusted time"),
+        (r"^key .* was revoked at .*\(compromise\)", "compromised key"),
+        (r"^key .* was revoked at", "key revoked"),
+        (r"^key .* was added at", "key not yet valid"),
+        (r"^key .* expired at", "key expired"),
+        (r"policy requires trusted time|needs trusted time|no trusted time", "no trusted time"),
+        (r"timestamp|TSA|token", "timestamp problem"),
+        (r"^no active trust anchor matches", "no trust anchor"),
+        (r"^ambiguous", "ambiguous trust anchors"),
+        (r"^no artifact PURL", "no artifact"),
+        (r"predicateType .* is not allowed", "predicate type not allowed"),
+        (r"not an in-toto statement", "not an in-toto statement"),
+        (r"required (anchor )?keys signed", "threshold not met"),
+        (r"^no signature verifies", "no valid signature"),
+    )
+)
+
+
+def reason_category(reason: str) -> str:
+    """A short, countable category for a failure reason (``other`` when unrecognised)."""
+    for pattern, name in _CATEGORIES:
+        if pattern.search(reason):
+            return name
+    return "other"
+
+
+@attrs.frozen
+class BatchSummary:
+    total: int
+    ok: int
+    failed: int
+    #: category -> number of failed items whose primary reason is in it, most common first
+    by_reason: tuple[tuple[str, int], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "ok": self.ok,
+            "failed": self.failed,
+            "byReason": dict(self.by_reason),
+        }
+
+
+def summarize(outcomes: Iterable[BatchOutcome]) -> BatchSummary:
+    counts: dict[str, int] = {}
+    total = ok = 0
+    for outcome in outcomes:
+        total += 1
+        if outcome.ok:
+            ok += 1
+            continue
+        category = outcome.category or "other"
+        counts[category] = counts.get(category, 0) + 1
+    ordered = tuple(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    return BatchSummary(total, ok, total - ok, ordered)
+
+
+# --- input files -------------------------------------------------------------------------------
+
+
+def read_items(path: Path) -> list[BatchItem]:
+    """Items from a JSON Lines file or a directory (see docs/batch.md for the formats).
+
+    A line is a DSSE envelope object, or ``{"envelope": {...} | "proof": "sha256:...",
+    "purl": ..., "atTime": ...}``. A directory contributes every ``*.json`` and ``*.dsse``
+    file below it, sorted by path, each holding one envelope.
+    """
+    import json
+
+    from stellakeys.dsse import Envelope
+    from stellakeys.errors import MalformedEnvelopeError
+    from stellakeys.times import parse_time
+
+    if path.is_dir():
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file() and p.suffix in (".json", ".dsse") and not p.name.startswith(".")
+        )
+        return [BatchItem(p.read_bytes(), label=str(p)) for p in files]
+    items: list[BatchItem] = []
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            line = raw.strip()
+            if not line:
+                continue
+            label = f"{path}:{number}"
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                raise MalformedEnvelopeError(f"{label}: not JSON") from None
+            if not isinstance(obj, dict):
+                raise MalformedEnvelopeError(f"{label}: expected a JSON object")
+            if "payloadType" in obj:
+                items.append(BatchItem(line, label=label))
+                continue
+            proof: bytes | str
+            if isinstance(obj.get("proof"), str):
+                proof = obj["proof"]
+            elif isinstance(obj.get("envelope"), dict):
+                proof = Envelope.from_dict(obj["envelope"]).to_json()
+            else:
+                raise MalformedEnvelopeError(
+                    f"{label}: expected an envelope, or an object with 'envelope' or 'proof'"
+                )
+            at = obj.get("atTime")
+            items.append(
+                BatchItem(
+                    proof,
+                    purl=obj.get("purl"),
+                    at=parse_time(at) if isinstance(at, str) else None,
+                    label=label,
+                )
+            )
+    return items
