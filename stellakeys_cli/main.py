@@ -25,6 +25,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "db": ("stellakeys_cli.db", "db", "Store schema: migrate, status."),
     "metrics": ("stellakeys_cli.metrics", "metrics", "Prometheus metrics: serve or show."),
+    "feed": ("stellakeys_cli.feed", "feed", "Publish and consume the signed key-material feed."),
     "ceremony": (
         "stellakeys_cli.ceremony",
         "ceremony",

@@ -181,6 +181,18 @@ def _load_proof(proof_bundle: str | None, envelope_path: str | None) -> Any:
     "--workers", default=1, show_default=True, type=click.IntRange(min=1), help="--batch processes."
 )
 @click.option("--dask-scheduler", metavar="ADDRESS", help="Run --batch on a Dask cluster.")
+@click.option(
+    "--feed",
+    "feed_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Verify offline from this key-material feed alone, not the store (repeatable).",
+)
+@click.option(
+    "--feed-state",
+    type=click.Path(file_okay=False),
+    help="Trusted feed state directory: refuses rollback, skipped versions (docs/feed.md).",
+)
 @json_option
 def verify(
     proof_bundle: str | None,
@@ -195,11 +207,20 @@ def verify(
     batch_path: str | None,
     workers: int,
     dask_scheduler: str | None,
+    feed_files: tuple[str, ...],
+    feed_state: str | None,
     as_json: bool,
 ) -> None:
     """Verify a proof; exit status 0 only if it verifies."""
     from stellakeys.verification import VerificationPolicy
 
+    feed_factory = None
+    if feed_files:
+        from stellakeys_cli.feed import use_feeds
+
+        feed_factory = use_feeds(feed_files, feed_state)  # manager() is now the feed's
+    elif feed_state:
+        raise click.UsageError("--feed-state goes with --feed")
     if batch_path:
         from stellakeys_cli.batch import run_batch
 
@@ -218,6 +239,7 @@ def verify(
             ),
             as_json=as_json,
             tsa_roots=tsa_roots,
+            factory=feed_factory,
         )
         return
     proof = _load_proof(proof_bundle, envelope_path)

@@ -1,0 +1,138 @@
+"""``stellaops feed publish|trust|update|show`` and the ``verify --feed`` plumbing."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from stellakeys_cli.context import emit_json, json_option, manager, state
+
+if TYPE_CHECKING:
+    from stellakeys.feed import FeedManagerSpec, ParsedFeed
+
+
+def _read(path: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _describe(feed: ParsedFeed) -> list[str]:
+    from stellakeys.times import format_time
+
+    doc = feed.document
+    keys = "included" if doc.includes_keys else "NOT included"
+    lines = [
+        f"Feed version {doc.version}{' (urgent)' if doc.urgent else ''}: sha256:{feed.digest}",
+        f"  Issued:   {format_time(doc.issued_at)}",
+        f"  Expires:  {format_time(doc.expires_at)}",
+        f"  Anchors:  {len(doc.anchors)}; keys {keys}",
+        f"  Feed keys ({doc.threshold} of {len(doc.feed_keys)} required):",
+    ]
+    lines += [f"    {k.key_id} {k.algorithm} {k.fingerprint}" for k in doc.feed_keys]
+    return lines
+
+
+@click.group()
+def feed() -> None:
+    """Publish and consume the signed key-material feed."""
+
+
+@feed.command("publish")
+@click.option("--include-keys", is_flag=True, help="Include every key's public PEM.")
+@click.option(
+    "--urgent", is_flag=True, help="After an incident: short expiry (feed.urgentExpiresIn)."
+)
+@click.option("--output", type=click.Path(dir_okay=False), help="Write here instead of stdout.")
+def publish(include_keys: bool, urgent: bool, output: str | None) -> None:
+    """Sign and store the next feed version; print (or write) its envelope."""
+    from stellakeys._fileio import write_atomic
+    from stellakeys.feed import publish_feed
+
+    published = publish_feed(manager(), include_keys=include_keys, urgent=urgent)
+    body = published.feed.envelope.to_json() + b"\n"
+    if output:
+        write_atomic(Path(output), body, mode=0o644)
+    else:
+        sys.stdout.buffer.write(body)
+        sys.stdout.flush()
+    for line in _describe(published.feed):
+        click.echo(line, err=True)
+
+
+@feed.command("trust")
+@click.argument("feed_file")
+@click.option("--feed-state", required=True, type=click.Path(file_okay=False))
+def trust(feed_file: str, feed_state: str) -> None:
+    """Pin a first feed in a state directory (check its feed keys out of band first)."""
+    from stellakeys.clock import SystemClock
+    from stellakeys.feed import FeedConsumer
+
+    pinned = FeedConsumer(feed_state).pin(_read(feed_file), SystemClock().now())
+    for line in _describe(pinned):
+        click.echo(line)
+
+
+@feed.command("update")
+@click.argument("feed_files", nargs=-1, required=True)
+@click.option("--feed-state", required=True, type=click.Path(file_okay=False))
+def update(feed_files: tuple[str, ...], feed_state: str) -> None:
+    """Move a state directory to newer feed versions (chain rules: no rollback, no gaps)."""
+    from stellakeys.clock import SystemClock
+    from stellakeys.feed import FeedConsumer
+
+    newest = FeedConsumer(feed_state).update([_read(f) for f in feed_files], SystemClock().now())
+    for line in _describe(newest):
+        click.echo(line)
+
+
+@feed.command("show")
+@click.argument("feed_file")
+@json_option
+def show(feed_file: str, as_json: bool) -> None:
+    """Print a feed's document (not verified: use update or verify --feed for that)."""
+    from stellakeys.feed import parse_feed
+
+    parsed = parse_feed(_read(feed_file))
+    if as_json:
+        emit_json(parsed.document.to_dict())
+        return
+    for line in _describe(parsed):
+        click.echo(line)
+
+
+def use_feeds(feed_files: tuple[str, ...], feed_state: str | None) -> FeedManagerSpec:
+    """Make this invocation verify from the feed alone: check the feed chain (against the
+    state directory when given), then put an in-memory manager built from the newest trusted
+    feed in place of the store. Returns the recipe batch workers rebuild it from."""
+    from stellakeys.clock import SystemClock
+    from stellakeys.feed import (
+        FeedConsumer,
+        FeedManagerSpec,
+        manager_from_feed,
+        parse_feed,
+        walk_chain,
+    )
+
+    now = SystemClock().now()
+    data = [_read(f) for f in feed_files]
+    if feed_state:
+        newest = FeedConsumer(feed_state).update(data, now)
+    else:
+        newest = walk_chain(None, [parse_feed(d) for d in data], now)
+        click.echo(
+            f"note: feed version {newest.document.version} checked against its own keys only;"
+            " pin it with 'stellaops feed trust' and pass --feed-state to detect rollback",
+            err=True,
+        )
+    cli = state()
+    cli.close()
+    # The CLI's manager is now the feed's: no store, no key store, nothing but the feed.
+    cli._manager = manager_from_feed(newest.document)
+    return FeedManagerSpec(newest.envelope.to_json())
