@@ -449,3 +449,19 @@ def test_store_works_in_a_forked_child(store: PostgresStore) -> None:
     with store.read() as tx:  # the parent's pooled connection still works
         assert {k.key_id for k in tx.list_keys()} == {"parent", "child"}
     store.change_token()
+
+
+def test_hot_statements_keep_their_generic_plan(clean_url: str) -> None:
+    """The anchor lookup is prepared once and never re-planned (plan_cache_mode)."""
+    with PostgresStore.connect(clean_url, max_size=1) as s:
+        with s.transaction() as tx:
+            tx.insert_anchor(anchor(keys=("k1",)), "npm")
+        for _ in range(10):
+            with s.read() as tx:
+                assert len(tx.anchors_by_index_keys(["npm", "npm/x"])) == 1
+        with s.read() as tx:
+            plans = tx._conn.execute(  # type: ignore[attr-defined]
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+                " WHERE statement LIKE '%%index_key = ANY%%'"
+            ).fetchall()
+    assert len(plans) == 1 and plans[0][0] >= 5 and plans[0][1] == 0, plans
