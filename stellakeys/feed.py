@@ -720,6 +720,13 @@ class FeedManagerSpec:
     feed was checked by the caller; workers only rebuild the store from it."""
 
     envelope_json: bytes
+    #: PEM files of TSA roots to trust for stored-less timestamp tokens (``--tsa-root``).
+    tsa_roots: tuple[str, ...] = ()
 
     def __call__(self) -> KeyManager:
-        return manager_from_feed(parse_feed(self.envelope_json).document)
+        manager = manager_from_feed(parse_feed(self.envelope_json).document)
+        if self.tsa_roots:
+            from stellakeys.timestamp import RFC3161Verifier
+
+            manager.timestamp_verifier = RFC3161Verifier.from_pem_files(list(self.tsa_roots))
+        return manager

@@ -73,6 +73,12 @@ def run_batch(
         from stellakeys.timestamp import RFC3161Verifier
 
         m.timestamp_verifier = RFC3161Verifier.from_pem_files(list(tsa_roots))
+    roots = tuple(str(Path(r).resolve()) for r in tsa_roots)
+    if factory is not None and roots:
+        from stellakeys.feed import FeedManagerSpec
+
+        if isinstance(factory, FeedManagerSpec):
+            factory = attrs.evolve(factory, tsa_roots=roots)
     if factory is None:
         # Workers reopen the store from the same options this command was given.
         cli = state()
@@ -81,7 +87,7 @@ def run_batch(
             config_path=cli.config_path,
             database_url=cli.database_url,
             actor=cli.actor,
-            tsa_roots=tuple(str(Path(r).resolve()) for r in tsa_roots),
+            tsa_roots=roots,
         )
     err = Console(stderr=True)
     with ExitStack() as stack:
