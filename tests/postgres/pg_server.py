@@ -86,6 +86,13 @@ class PostgresServer:
         self.data = self.base / "data"
         self.port = _free_port()
         self._prefix: list[str] = []
+        try:
+            self._start(durable, settings or {})
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, durable: bool, settings: dict[str, str]) -> None:
         if os.geteuid() == 0:
             user = _service_user()
             shutil.chown(self.base, user)
@@ -112,7 +119,7 @@ class PostgresServer:
             # A throwaway cluster: crash safety of the OS is not what the tests exercise (a
             # killed backend or client is, and that does not need fsync).
             options |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
-        options |= settings or {}
+        options |= settings
         with open(self.data / "postgresql.auto.conf", "a", encoding="utf-8") as conf:
             for k, v in options.items():
                 conf.write(f"{k} = {v}\n")
@@ -142,12 +149,6 @@ class PostgresServer:
 
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql://postgres@/{dbname}?host={self.base}&port={self.port}"
-
-    def admin(self) -> object:
-        """An autocommit psycopg connection to the ``postgres`` database."""
-        import psycopg
-
-        return psycopg.connect(self.url(), autocommit=True)
 
     def create_database(self, name: str) -> str:
         import psycopg
