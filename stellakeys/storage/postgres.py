@@ -317,8 +317,10 @@ _ANCHOR_BY_ID = f"{_ANCHORS_JOIN} WHERE a.id = %s{_ANCHORS_ORDER}"
 # idx_key_history_validity (anchor_id, ...) for each hit. One statement for any number of
 # keys, so it is prepared once per connection.
 _ANCHORS_BY_INDEX = f"{_ANCHORS_JOIN} WHERE a.index_key = ANY(%s) AND a.active{_ANCHORS_ORDER}"
+# Index keys below K are those in ["K/", "K0"): '0' follows '/' in byte order, which is the
+# column's order (COLLATE "C"), so this is a range scan of idx_trust_anchors_index_key.
 _ANCHORS_BELOW_INDEX = (
-    f"{_ANCHORS_JOIN} WHERE starts_with(a.index_key, %s) AND a.active{_ANCHORS_ORDER}"
+    f"{_ANCHORS_JOIN} WHERE a.index_key >= %s AND a.index_key < %s AND a.active{_ANCHORS_ORDER}"
 )
 
 # Ceremonies with their approvals, one round trip (as anchors with their history).
@@ -615,9 +617,7 @@ class PostgresTransaction:
 
     def anchors_below_index_key(self, index_key: str) -> list[TrustAnchor]:
         self._check()
-        # starts_with() does not use the btree index under a non-C collation; this runs only
-        # when an anchor is created, where a scan of one text column is acceptable.
-        return _group_anchors(self._all(_ANCHORS_BELOW_INDEX, (index_key + "/",)))
+        return _group_anchors(self._all(_ANCHORS_BELOW_INDEX, (index_key + "/", index_key + "0")))
 
     def keys_valid_at(self, anchor_id: uuid.UUID, at: datetime) -> list[KeyHistoryEntry]:
         """The entries of one anchor valid at ``at`` (``added_at <= at < min(revoked_at,

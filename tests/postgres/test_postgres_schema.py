@@ -313,6 +313,8 @@ def test_query_plans_use_the_indexes(store: PostgresStore, clean_url: str) -> No
         conn.execute("SET enable_seqscan = off")  # small tables: make the planner show its index
         lookup = plan(conn, postgres._ANCHORS_BY_INDEX, (["npm/p1", "npm/p2"],))
         assert "idx_trust_anchors_index_key" in lookup
+        below = plan(conn, postgres._ANCHORS_BELOW_INDEX, ("npm/p1/", "npm/p10"))
+        assert "idx_trust_anchors_index_key" in below, below
         # The runbook's temporal lookup: a range scan of idx_key_history_validity.
         temporal = plan(
             conn,
