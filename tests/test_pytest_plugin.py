@@ -13,9 +13,7 @@ pytest_plugins = ["pytester"]
 
 
 def test_registered_under_pytest11() -> None:
-    entry = [
-        e for e in importlib.metadata.entry_points(group="pytest11") if e.name == "stellakeys"
-    ]
+    entry = [e for e in importlib.metadata.entry_points(group="pytest11") if e.name == "stellakeys"]
     assert [e.value for e in entry] == ["stellakeys.pytest_plugin"]
 
 
