@@ -27,7 +27,7 @@ from stellakeys.audit import (
 )
 from stellakeys.clock import Clock, SystemClock
 from stellakeys.config import Settings, load_settings
-from stellakeys.crypto import get_algorithm, load_public_key_pem
+from stellakeys.crypto import Algorithm, get_algorithm, load_public_key_pem
 from stellakeys.dsse import Envelope, sign_envelope
 from stellakeys.errors import (
     ConflictError,
@@ -41,7 +41,7 @@ from stellakeys.intoto import PAYLOAD_TYPE as INTOTO_PAYLOAD_TYPE
 from stellakeys.intoto import statement_facts
 from stellakeys.keys import KeyOrigin, KeyRecord
 from stellakeys.keystores.ports import KeyHandle, KeyStore, KeyStoreContext
-from stellakeys.profiles import SignerConfig
+from stellakeys.profiles import KeyProfile, SignerConfig
 from stellakeys.purl import (
     PurlPattern,
     Specificity,
@@ -389,31 +389,23 @@ class KeyManager:
         with self.store.read() as tx:
             return tx.list_keys()
 
-    def generate_key(
-        self, key_id: str, profile: str = "default", algorithm: str | None = None
-    ) -> KeyRecord:
-        """A new key in the profile's key store, recorded with its pinned URI and public key."""
-        _check_key_id(key_id)
+    def _profile_algorithm(
+        self, profile: str, algorithm: str | None
+    ) -> tuple[KeyProfile, Algorithm]:
         prof = self.config.profile(profile)
         alg = get_algorithm(algorithm or prof.algorithm)
         if alg.id != prof.algorithm:
             raise PolicyError(
                 f"profile {profile!r} uses {prof.algorithm}; --algorithm {algorithm} differs"
             )
-        operation = OP_HSM_KEY_GENERATION if _is_hsm(prof.key_store) else OP_KEY_GENERATION
-        guard_details: dict[str, Any] = {
-            "keyId": key_id,
-            "profile": prof.name,
-            "keyStore": prof.key_store,
-            "algorithm": alg.id,
-        }
-        self._preflight(operation, guard_details)
-        with self.store.read() as tx:
-            if tx.get_key(key_id) is not None:
-                raise ConflictError(f"key {key_id!r} already exists")
-        # The key store is a different system than the database: generate first, record second.
-        # If recording fails, the key store holds an unused key, which is harmless; the reverse
-        # order could record a key that does not exist.
+        return prof, alg
+
+    def _generate_in_store(
+        self, prof: KeyProfile, alg: Algorithm, key_id: str
+    ) -> tuple[KeyHandle, KeyRecord]:
+        # The key store is a different system than the database: callers generate first and
+        # record second. If recording fails, the key store holds an unused key, which is
+        # harmless; the reverse order could record a key that does not exist.
         handle = self._key_store(prof.key_store).generate(alg, key_id)
         public = handle.public_key()
         record = KeyRecord(
@@ -426,6 +418,41 @@ class KeyManager:
             key_store_uri=handle.uri,
             origin=KeyOrigin.GENERATED,
         )
+        return handle, record
+
+    def _insert_generated(self, tx: Transaction, record: KeyRecord, **details: Any) -> None:
+        tx.insert_key(record)
+        self._audit(
+            tx,
+            EventType.KEY_GENERATED,
+            key_id=record.key_id,
+            details={
+                "profile": record.profile,
+                "algorithm": record.algorithm,
+                "fingerprint": record.fingerprint,
+                "keyStore": record.key_store_uri,
+                **details,
+            },
+        )
+
+    def generate_key(
+        self, key_id: str, profile: str = "default", algorithm: str | None = None
+    ) -> KeyRecord:
+        """A new key in the profile's key store, recorded with its pinned URI and public key."""
+        _check_key_id(key_id)
+        prof, alg = self._profile_algorithm(profile, algorithm)
+        operation = OP_HSM_KEY_GENERATION if _is_hsm(prof.key_store) else OP_KEY_GENERATION
+        guard_details: dict[str, Any] = {
+            "keyId": key_id,
+            "profile": prof.name,
+            "keyStore": prof.key_store,
+            "algorithm": alg.id,
+        }
+        self._preflight(operation, guard_details)
+        with self.store.read() as tx:
+            if tx.get_key(key_id) is not None:
+                raise ConflictError(f"key {key_id!r} already exists")
+        handle, record = self._generate_in_store(prof, alg, key_id)
         with self.store.transaction() as tx:
             self._guard(
                 tx,
@@ -437,18 +464,7 @@ class KeyManager:
                     "activatedAt": format_time(record.created_at),
                 },
             )
-            tx.insert_key(record)
-            self._audit(
-                tx,
-                EventType.KEY_GENERATED,
-                key_id=key_id,
-                details={
-                    "profile": prof.name,
-                    "algorithm": alg.id,
-                    "fingerprint": record.fingerprint,
-                    "keyStore": handle.uri,
-                },
-            )
+            self._insert_generated(tx, record)
         with self._ks_lock:
             self._handles[handle.uri] = handle
         return record
@@ -478,12 +494,7 @@ class KeyManager:
             raise PolicyError("revoke_replaced_at needs the key being replaced")
         if revoke_replaced_at is not None and not revoke_reason.strip():
             raise PolicyError("a revocation needs a reason")
-        prof = self.config.profile(profile)
-        alg = get_algorithm(algorithm or prof.algorithm)
-        if alg.id != prof.algorithm:
-            raise PolicyError(
-                f"profile {profile!r} uses {prof.algorithm}; --algorithm {algorithm} differs"
-            )
+        prof, alg = self._profile_algorithm(profile, algorithm)
         requested = [str(_anchor_uuid(a)) for a in dict.fromkeys(anchor_ids)]
         guard_details: dict[str, Any] = {
             "keyId": key_id,
@@ -500,20 +511,8 @@ class KeyManager:
                 raise ConflictError(f"key {key_id!r} already exists")
             if replaces is not None:
                 self._require_key(tx, replaces)
-        # As in generate_key: key store first, database second.
-        handle = self._key_store(prof.key_store).generate(alg, key_id)
-        public = handle.public_key()
-        now = self._now()
-        record = KeyRecord(
-            key_id=key_id,
-            algorithm=alg.id,
-            public_key_pem=public.to_pem(),
-            fingerprint=public.fingerprint,
-            created_at=now,
-            profile=prof.name,
-            key_store_uri=handle.uri,
-            origin=KeyOrigin.GENERATED,
-        )
+        handle, record = self._generate_in_store(prof, alg, key_id)
+        now = record.created_at
         with self.store.transaction() as tx:
             if requested:
                 targets = [self._targets(tx, a, for_add=True)[0] for a in requested]
@@ -536,19 +535,7 @@ class KeyManager:
                     "activatedAt": format_time(now),
                 },
             )
-            tx.insert_key(record)
-            self._audit(
-                tx,
-                EventType.KEY_GENERATED,
-                key_id=key_id,
-                details={
-                    "profile": prof.name,
-                    "algorithm": alg.id,
-                    "fingerprint": record.fingerprint,
-                    "keyStore": handle.uri,
-                    "replaces": replaces,
-                },
-            )
+            self._insert_generated(tx, record, replaces=replaces)
             for anchor in targets:
                 tx.insert_history(_entry(anchor.anchor_id, record, now))
                 self._audit(
