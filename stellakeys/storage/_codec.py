@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -228,6 +228,25 @@ def check_history_belongs(anchor: TrustAnchor) -> None:
 
 def proof_to_row(p: ProofRecord) -> Row:
     return (p.digest, bytes(p.envelope_json), to_micros(p.created_at))
+
+
+def group_proofs(
+    rows: Iterable[Sequence[Any]],
+    make: Callable[[Sequence[Any], tuple[bytes, ...]], ProofRecord],
+) -> Iterator[ProofRecord]:
+    """Proofs from ``(digest, envelope, created_at, token)`` rows of a proofs LEFT JOIN
+    timestamps, ordered by proof: one record per proof with all of its tokens."""
+    current: Sequence[Any] | None = None
+    tokens: list[bytes] = []
+    for row in rows:
+        if current is None or row[0] != current[0]:
+            if current is not None:
+                yield make(current, tuple(tokens))
+            current, tokens = row, []
+        if row[3] is not None:
+            tokens.append(bytes(row[3]))
+    if current is not None:
+        yield make(current, tuple(tokens))
 
 
 def proof_from_row(row: Sequence[Any], tokens: tuple[bytes, ...]) -> ProofRecord:

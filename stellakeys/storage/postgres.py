@@ -98,6 +98,11 @@ _INHERITED: list[object] = []
 # --- adaptation -----------------------------------------------------------------------------
 
 
+def _proof_from_pg_row(row: Sequence[Any], tokens: tuple[bytes, ...]) -> ProofRecord:
+    # psycopg returns aware datetimes and bytes already: no conversion, unlike SQLite's rows.
+    return ProofRecord(row[0], bytes(row[1]), row[2], tokens)
+
+
 class _JsonbLoader(Loader):
     """jsonb -> Python. Most metadata is ``{}``; skipping the parser for it is measurable on
     the verification path (as in the SQLite codec). Each call returns a fresh dict, so a
@@ -735,7 +740,7 @@ class PostgresTransaction:
             " WHERE p.digest = %s ORDER BY t.id",
             (digest,),
         )
-        proofs = list(self._group_proofs(rows))
+        proofs = list(codec.group_proofs(rows, _proof_from_pg_row))
         return proofs[0] if proofs else None
 
     def add_proof_timestamp(self, digest: str, token: bytes) -> None:
@@ -750,21 +755,7 @@ class PostgresTransaction:
             " LEFT JOIN signer.proof_timestamps AS t ON t.digest = p.digest"
             " ORDER BY p.created_at, p.digest, t.id"
         )
-        return self._group_proofs(rows)
-
-    @staticmethod
-    def _group_proofs(rows: Iterable[Row]) -> Iterator[ProofRecord]:
-        current: Row | None = None
-        tokens: list[bytes] = []
-        for row in rows:
-            if current is None or row[0] != current[0]:
-                if current is not None:
-                    yield ProofRecord(current[0], current[1], current[2], tuple(tokens))
-                current, tokens = row, []
-            if row[3] is not None:
-                tokens.append(row[3])
-        if current is not None:
-            yield ProofRecord(current[0], current[1], current[2], tuple(tokens))
+        return codec.group_proofs(rows, _proof_from_pg_row)
 
     # --- ceremonies -------------------------------------------------------------------------
 

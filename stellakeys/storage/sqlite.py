@@ -35,7 +35,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from types import TracebackType
@@ -546,21 +546,7 @@ class SqliteTransaction:
             " LEFT JOIN proof_timestamps AS t ON t.digest = p.digest"
             " ORDER BY p.created_at, p.digest, t.id"
         )
-        return self._group_proofs(rows)
-
-    @staticmethod
-    def _group_proofs(rows: Iterable[Row]) -> Iterator[ProofRecord]:
-        current: Row | None = None
-        tokens: list[bytes] = []
-        for row in rows:
-            if current is None or row[0] != current[0]:
-                if current is not None:
-                    yield codec.proof_from_row(current, tuple(tokens))
-                current, tokens = row, []
-            if row[3] is not None:
-                tokens.append(bytes(row[3]))
-        if current is not None:
-            yield codec.proof_from_row(current, tuple(tokens))
+        return codec.group_proofs(rows, codec.proof_from_row)
 
     # --- ceremonies -------------------------------------------------------------------------
 
