@@ -13,12 +13,14 @@ import json
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
 from stellakeys.audit import AuditEvent, AuditQuery
 from stellakeys.keys import KeyRecord
 from stellakeys.storage.ports import ProofRecord
+
+_T = TypeVar("_T")
 
 __all__ = [
     "ANCHOR_COLUMNS",
@@ -230,23 +232,37 @@ def proof_to_row(p: ProofRecord) -> Row:
     return (p.digest, bytes(p.envelope_json), to_micros(p.created_at))
 
 
+def group_left_join(
+    rows: Iterable[Sequence[Any]],
+    parent_width: int,
+    child_key: int,
+    make: Callable[[Sequence[Any], list[Sequence[Any]]], _T],
+) -> Iterator[_T]:
+    """Parents with their children from the rows of ``parent LEFT JOIN child`` ordered by
+    parent: columns ``[:parent_width]`` are the parent (its id first), the rest a child. Column
+    ``child_key`` (a non-null column of the child table) is NULL when the parent has no
+    children; other child columns may be COALESCEd. One query instead of one per parent."""
+    current: Sequence[Any] | None = None
+    children: list[Sequence[Any]] = []
+    for row in rows:
+        if current is None or row[0] != current[0]:
+            if current is not None:
+                yield make(current, children)
+            current, children = row, []
+        if row[child_key] is not None:
+            children.append(row[parent_width:])
+    if current is not None:
+        yield make(current, children)
+
+
 def group_proofs(
     rows: Iterable[Sequence[Any]],
     make: Callable[[Sequence[Any], tuple[bytes, ...]], ProofRecord],
 ) -> Iterator[ProofRecord]:
-    """Proofs from ``(digest, envelope, created_at, token)`` rows of a proofs LEFT JOIN
-    timestamps, ordered by proof: one record per proof with all of its tokens."""
-    current: Sequence[Any] | None = None
-    tokens: list[bytes] = []
-    for row in rows:
-        if current is None or row[0] != current[0]:
-            if current is not None:
-                yield make(current, tuple(tokens))
-            current, tokens = row, []
-        if row[3] is not None:
-            tokens.append(bytes(row[3]))
-    if current is not None:
-        yield make(current, tuple(tokens))
+    """Proofs from ``(digest, envelope, created_at, token)`` rows of proofs LEFT JOIN tokens."""
+    return group_left_join(
+        rows, 3, 3, lambda p, tokens: make(p, tuple(bytes(t[0]) for t in tokens))
+    )
 
 
 def proof_from_row(row: Sequence[Any], tokens: tuple[bytes, ...]) -> ProofRecord:

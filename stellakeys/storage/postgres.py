@@ -361,43 +361,27 @@ def _history_entry(row: Sequence[Any]) -> KeyHistoryEntry:
 
 def _group_anchors(rows: Iterable[Row]) -> list[TrustAnchor]:
     """Rows of _ANCHORS_JOIN (anchor columns 0-5, history 6-16) -> anchors with history."""
-    out: list[TrustAnchor] = []
-    current: Row | None = None
-    history: list[KeyHistoryEntry] = []
-    for row in rows:
-        if current is None or row[0] != current[0]:
-            if current is not None:
-                out.append(_anchor(current, history))
-            current, history = row, []
-        if row[16] is not None:  # LEFT JOIN: an anchor without history has NULL columns
-            history.append(KeyHistoryEntry(*row[6:17]))
-    if current is not None:
-        out.append(_anchor(current, history))
-    return out
+    return list(
+        codec.group_left_join(
+            rows, 6, 16, lambda a, history: _anchor(a, [KeyHistoryEntry(*h) for h in history])
+        )
+    )
 
 
-def _anchor(row: Row, history: list[KeyHistoryEntry]) -> TrustAnchor:
+def _anchor(row: Sequence[Any], history: list[KeyHistoryEntry]) -> TrustAnchor:
     return TrustAnchor(row[0], row[1], tuple(row[2]), row[3], row[4], tuple(history), row[5])
 
 
 def _group_ceremonies(rows: Iterable[Row]) -> list[Ceremony]:
     """Rows of _CEREMONIES_JOIN (ceremony columns 0-15, approval 16-26) -> ceremonies."""
-    out: list[Ceremony] = []
-    current: Row | None = None
-    approvals: list[Approval] = []
-    for row in rows:
-        if current is None or row[0] != current[0]:
-            if current is not None:
-                out.append(_ceremony(current, approvals))
-            current, approvals = row, []
-        if row[16] is not None:
-            approvals.append(_approval(row[16:27]))
-    if current is not None:
-        out.append(_ceremony(current, approvals))
-    return out
+    return list(
+        codec.group_left_join(
+            rows, 16, 16, lambda c, approvals: _ceremony(c, list(map(_approval, approvals)))
+        )
+    )
 
 
-def _ceremony(row: Row, approvals: list[Approval]) -> Ceremony:
+def _ceremony(row: Sequence[Any], approvals: list[Approval]) -> Ceremony:
     return Ceremony(
         ceremony_id=row[0],
         type=row[1],
