@@ -9,15 +9,11 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from pg_server import MISSING, PostgresServer, find_bin_dir
+from pg_server import MISSING, PostgresServer, find_bin_dir, truncate
 
 _names = itertools.count()
 
 # Data tables in an order TRUNCATE accepts. signer.store_state keeps its row (and counter).
-_TABLES = (
-    "signer.ceremony_approvals, signer.ceremonies, signer.proof_timestamps, signer.proofs,"
-    " signer.key_audit_log, signer.key_history, signer.trust_anchors, signer.keys"
-)
 
 
 @pytest.fixture(scope="session")
@@ -50,17 +46,6 @@ def migrated_url(pg_server: PostgresServer) -> str:
     url = pg_server.create_database(f"module_{os.getpid()}_{next(_names)}")
     PostgresStore.connect(url, migrate=True).close()
     return url
-
-
-def truncate(url: str) -> None:
-    """Empty every data table. The schema's triggers refuse TRUNCATE of the audit log, keys,
-    anchors and history (they are append-only), so this runs as a replication session, where
-    ordinary triggers do not fire (superuser only: a test-only escape hatch)."""
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
-        conn.execute("SET LOCAL session_replication_role = replica")
-        conn.execute(f"TRUNCATE {_TABLES} RESTART IDENTITY")
 
 
 @pytest.fixture

@@ -174,3 +174,20 @@ class PostgresServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+_TABLES = (
+    "signer.ceremony_approvals, signer.ceremonies, signer.proof_timestamps, signer.proofs,"
+    " signer.key_audit_log, signer.key_history, signer.trust_anchors, signer.keys"
+)
+
+
+def truncate(url: str) -> None:
+    """Empty every data table. The schema's triggers refuse TRUNCATE of the audit log, keys,
+    anchors and history (they are append-only), so this runs as a replication session, where
+    ordinary triggers do not fire (superuser only: a test-only escape hatch)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
+        conn.execute("SET LOCAL session_replication_role = replica")
+        conn.execute(f"TRUNCATE {_TABLES} RESTART IDENTITY")

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 from click.testing import CliRunner
-from conftest import truncate
+from pg_server import truncate
 from storage_conformance import anchor, at, audit_record, entry, key, proof
 
 from stellakeys.audit import verify_chain
