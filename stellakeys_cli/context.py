@@ -3,14 +3,45 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import click
 
 if TYPE_CHECKING:
+    from stellakeys.clock import Clock
     from stellakeys.manager import KeyManager
+
+#: Test-only: an ISO 8601 instant at which every command's clock is frozen. The CLI is the one
+#: place where tests cannot hand a ``Clock`` in (subprocesses, ``CliRunner``), and a test that
+#: mixes the wall clock with a fixed date breaks as the calendar moves (issue 13). Never set it
+#: in production: each command warns on stderr while it is set.
+TEST_NOW_ENV = "STELLAKEYS_TEST_NOW"
+
+
+def cli_clock() -> Clock:
+    """This invocation's clock: the system clock, or frozen under ``STELLAKEYS_TEST_NOW``."""
+    from stellakeys.clock import FrozenClock, SystemClock
+
+    text = os.environ.get(TEST_NOW_ENV)
+    if not text:
+        return SystemClock()
+    from stellakeys.errors import MalformedTimeError
+    from stellakeys.times import format_time, parse_time
+
+    try:
+        at = parse_time(text)
+    except MalformedTimeError as exc:
+        raise click.UsageError(f"{TEST_NOW_ENV}: {exc}") from None
+    click.echo(
+        f"warning: {TEST_NOW_ENV} is set: the clock is frozen at {format_time(at)} "
+        "(test-only; unset it for real use)",
+        err=True,
+    )
+    return FrozenClock(at)
 
 
 class CliState:
@@ -26,6 +57,14 @@ class CliState:
         self.database_url = database_url
         self.actor = actor
         self._manager: KeyManager | None = None
+        self._clock: Clock | None = None
+
+    @property
+    def clock(self) -> Clock:
+        """Read once per invocation, so a frozen test clock warns once."""
+        if self._clock is None:
+            self._clock = cli_clock()
+        return self._clock
 
     def manager(self) -> KeyManager:
         if self._manager is None:
@@ -37,6 +76,7 @@ class CliState:
                 config_path=self.config_path,
                 database_url=self.database_url,
                 actor=self.actor,
+                clock=self.clock,
                 prompt=prompt,
             )
         return self._manager
@@ -60,6 +100,11 @@ def state() -> CliState:
 
 def manager() -> KeyManager:
     return state().manager()
+
+
+def now() -> datetime:
+    """The current time of this invocation (frozen under ``STELLAKEYS_TEST_NOW``)."""
+    return state().clock.now()
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from stellakeys_cli.context import emit_json, json_option, manager, state
+from stellakeys_cli.context import emit_json, json_option, manager, now, state
 
 if TYPE_CHECKING:
     from stellakeys.feed import FeedManagerSpec, ParsedFeed
@@ -71,10 +71,9 @@ def publish(include_keys: bool, urgent: bool, output: str | None) -> None:
 @click.option("--feed-state", required=True, type=click.Path(file_okay=False))
 def trust(feed_file: str, feed_state: str) -> None:
     """Pin a first feed in a state directory (check its feed keys out of band first)."""
-    from stellakeys.clock import SystemClock
     from stellakeys.feed import FeedConsumer
 
-    pinned = FeedConsumer(feed_state).pin(_read(feed_file), SystemClock().now())
+    pinned = FeedConsumer(feed_state).pin(_read(feed_file), now())
     for line in _describe(pinned):
         click.echo(line)
 
@@ -84,10 +83,9 @@ def trust(feed_file: str, feed_state: str) -> None:
 @click.option("--feed-state", required=True, type=click.Path(file_okay=False))
 def update(feed_files: tuple[str, ...], feed_state: str) -> None:
     """Move a state directory to newer feed versions (chain rules: no rollback, no gaps)."""
-    from stellakeys.clock import SystemClock
     from stellakeys.feed import FeedConsumer
 
-    newest = FeedConsumer(feed_state).update([_read(f) for f in feed_files], SystemClock().now())
+    newest = FeedConsumer(feed_state).update([_read(f) for f in feed_files], now())
     for line in _describe(newest):
         click.echo(line)
 
@@ -111,7 +109,6 @@ def use_feeds(feed_files: tuple[str, ...], feed_state: str | None) -> FeedManage
     """Make this invocation verify from the feed alone: check the feed chain (against the
     state directory when given), then put an in-memory manager built from the newest trusted
     feed in place of the store. Returns the recipe batch workers rebuild it from."""
-    from stellakeys.clock import SystemClock
     from stellakeys.feed import (
         FeedConsumer,
         FeedManagerSpec,
@@ -120,12 +117,12 @@ def use_feeds(feed_files: tuple[str, ...], feed_state: str | None) -> FeedManage
         walk_chain,
     )
 
-    now = SystemClock().now()
+    at = now()
     data = [_read(f) for f in feed_files]
     if feed_state:
-        newest = FeedConsumer(feed_state).update(data, now)
+        newest = FeedConsumer(feed_state).update(data, at)
     else:
-        newest = walk_chain(None, [parse_feed(d) for d in data], now)
+        newest = walk_chain(None, [parse_feed(d) for d in data], at)
         click.echo(
             f"note: feed version {newest.document.version} checked against its own keys only;"
             " pin it with 'stellaops feed trust' and pass --feed-state to detect rollback",
@@ -134,5 +131,5 @@ def use_feeds(feed_files: tuple[str, ...], feed_state: str | None) -> FeedManage
     cli = state()
     cli.close()
     # The CLI's manager is now the feed's: no store, no key store, nothing but the feed.
-    cli._manager = manager_from_feed(newest.document)
+    cli._manager = manager_from_feed(newest.document, clock=cli.clock)
     return FeedManagerSpec(newest.envelope.to_json())

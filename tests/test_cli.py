@@ -159,7 +159,10 @@ def test_runbook_rotation_through_the_cli(run, home: Path) -> None:  # type: ign
     assert "key-2025-prod" in warnings[1] and "✓ OK" in warnings[1]
 
 
-def test_rotation_warnings_table_uses_profile_policy(run, home: Path) -> None:  # type: ignore[no-untyped-def]
+def test_rotation_warnings_table_uses_profile_policy(run, env, home: Path) -> None:  # type: ignore[no-untyped-def]
+    # Both times are explicit: the keys are made on 2026-11-30 (frozen CLI clock) and judged
+    # on 2027-09-30, so the ages are 10 and 10 months whatever the calendar says.
+    env["STELLAKEYS_TEST_NOW"] = "2026-11-30T00:00:00Z"
     (home / "signer.yaml").write_text(
         "signer:\n"
         "  profiles:\n"
@@ -175,7 +178,7 @@ def test_rotation_warnings_table_uses_profile_policy(run, home: Path) -> None:  
     run("key", "generate", "--profile", "default", "--key-id", "key-a")
     run("key", "generate", "--profile", "pqc", "--key-id", "key-b")
     rows = json.loads(
-        run("key", "rotation-warnings", "--at-time", "2027-09-30T00:00:00Z", "--json").output
+        run("key", "rotation-warnings", "--at-time", "2027-09-30T00:00:00Z", "--json").stdout
     )
     by_id = {r["keyId"]: r for r in rows}
     assert by_id["key-a"]["ageMonths"] == 10 and by_id["key-a"]["status"] == "due-soon"
@@ -277,3 +280,22 @@ def test_help_does_not_import_the_library() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
     assert out.stdout.strip() == b"[]"
+
+
+def test_test_now_freezes_the_cli_clock_and_warns(env: dict[str, str]) -> None:
+    """STELLAKEYS_TEST_NOW (test-only) is the CLI's injectable "now": keys, audit events and
+    NOW all take that instant, in a real subprocess, and every command says so on stderr."""
+    frozen = {**env, "STELLAKEYS_TEST_NOW": "2031-02-03T04:05:06Z"}
+    made = sh(frozen, "key", "generate", "--profile", "default", "--key-id", "k-frozen")
+    assert made.returncode == 0, made.stderr
+    assert b"STELLAKEYS_TEST_NOW is set: the clock is frozen at 2031-02-03T04:05:06Z" in (
+        made.stderr
+    )
+    events = sh(frozen, "audit", "query", "--type", "KEY_GENERATED", "--json")
+    assert events.returncode == 0, events.stderr
+    (event,) = json.loads(events.stdout)
+    assert event["timestamp"].startswith("2031-02-03T04:05:06")
+
+    bad = sh({**env, "STELLAKEYS_TEST_NOW": "tomorrow"}, "key", "list")
+    assert bad.returncode == 2 and b"STELLAKEYS_TEST_NOW" in bad.stderr
+    assert b"Traceback" not in bad.stderr
