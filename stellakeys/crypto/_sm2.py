@@ -26,7 +26,12 @@ from __future__ import annotations
 from stellakeys.crypto import _libcrypto as native
 from stellakeys.crypto._base import Algorithm, PrivateKey, PublicKey
 from stellakeys.crypto._ecsig import parse_strict_der
-from stellakeys.errors import InvalidSignatureError, MalformedKeyError, UnsupportedKeyError
+from stellakeys.errors import (
+    InvalidSignatureError,
+    MalformedKeyError,
+    UnsupportedKeyError,
+    WeakKeyError,
+)
 
 DEFAULT_DISTINGUISHING_ID = b"1234567812345678"
 
@@ -92,11 +97,11 @@ class Sm2(Algorithm):
         if not key.is_a("SM2"):
             raise UnsupportedKeyError("public key is not an SM2 key")
         if not native.check_public(key):
-            raise MalformedKeyError("SM2 public key is not a valid point of the SM2 curve")
+            raise WeakKeyError("SM2 public key is not a valid point of the SM2 curve")
         spki = native.spki_der(key)
         # One key, one fingerprint: the same point sent compressed would hash differently.
         if len(spki) != _SPKI_LENGTH or spki[_SPKI_POINT_TAG_OFFSET] != 0x04:
-            raise MalformedKeyError("SM2 public key must be an uncompressed point")
+            raise WeakKeyError("SM2 public key must be an uncompressed point")
         return Sm2PublicKey(self, key, spki)
 
     def wrap_private(self, key: native.Pkey) -> Sm2PrivateKey:
