@@ -1,10 +1,10 @@
-"""SEC 1 point checks for the NIST curves, before OpenSSL sees the key.
+"""SEC 1 point checks for the NIST curves and SM2's, before OpenSSL sees the key.
 
 OpenSSL already refuses the point at infinity, coordinates >= p and points off the curve when
 it decodes a key, but "OpenSSL refuses it" is not a rule a verifier can document, and its
 errors are one vague "Invalid key". These checks state the rules (docs/decisions/0014) and
-name what is wrong. P-256 and P-384 have cofactor 1, so every point on the curve other than
-infinity generates the whole prime-order group: there is no small subgroup to check.
+name what is wrong. P-256, P-384 and the SM2 curve have cofactor 1, so every point on the
+curve other than infinity generates the whole prime-order group: no small subgroup to check.
 
 Public data only, so nothing here needs to run in constant time.
 """
@@ -47,6 +47,15 @@ P384_CURVE = ShortWeierstrass(
         "D3EC2AEF",
         16,
     ),
+)
+
+
+#: GB/T 32918.5 recommended curve (the point checks are the same as for the NIST curves).
+SM2_CURVE = ShortWeierstrass(
+    "SM2",
+    0xFFFFFFFEFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF00000000FFFFFFFFFFFFFFFF,
+    0xFFFFFFFEFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF00000000FFFFFFFFFFFFFFFC,
+    0x28E9FA9E9D9F5E344D5A9E4BCF6509A7F39789F515AB8F92DDBCBD414D940E93,
 )
 
 

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 from stellakeys.crypto import _libcrypto as native
 from stellakeys.crypto._base import Algorithm, PrivateKey, PublicKey
+from stellakeys.crypto._ecpoint import SM2_CURVE, check_sec1_point
 from stellakeys.crypto._ecsig import parse_strict_der
+from stellakeys.crypto._spki import read_spki_algorithm, read_spki_key_bits
 from stellakeys.errors import (
     InvalidSignatureError,
     MalformedKeyError,
@@ -82,6 +84,11 @@ class Sm2(Algorithm):
         return self.wrap_private(native.generate_by_name("SM2"))
 
     def load_public_der(self, spki_der: bytes) -> PublicKey:
+        # Our own point rules first (infinity, hybrid form, coordinates >= p, off-curve), so
+        # the error says what is wrong rather than OpenSSL's "cannot parse".
+        if read_spki_algorithm(spki_der) != (self.spki_oid, self.spki_parameter_oid):
+            raise UnsupportedKeyError("public key is not an SM2 key")
+        check_sec1_point(read_spki_key_bits(spki_der), SM2_CURVE)
         key = native.load_spki(spki_der)
         if key is None:
             raise MalformedKeyError("cannot parse SM2 public key")
