@@ -152,7 +152,9 @@ def non_canonical_encodings() -> list[tuple[str, bytes]]:
     return cases
 
 
-@pytest.mark.parametrize(("name", "raw"), non_canonical_encodings())
+@pytest.mark.parametrize(
+    ("name", "raw"), non_canonical_encodings(), ids=[n for n, _ in non_canonical_encodings()]
+)
 def test_ed25519_non_canonical_encodings_are_refused(name: str, raw: bytes) -> None:
     with pytest.raises(weak_key_error(), match="not canonical"):
         load_public_key_der(ed25519_spki(raw))
