@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from stellakeys.errors import (
         ConfigError,
         ConflictError,
+        DuplicateConfigKeyError,
+        DuplicateEnvelopeMemberError,
+        DuplicateMemberError,
         InvalidSignatureError,
         KeyStoreError,
         MalformedEnvelopeError,
@@ -47,6 +50,7 @@ if TYPE_CHECKING:
         TimestampError,
         UnknownAlgorithmError,
         UnsupportedKeyError,
+        WeakKeyError,
     )
     from stellakeys.intoto import Statement, Subject
     from stellakeys.keys import KeyRecord
@@ -73,6 +77,9 @@ __all__ = [
     "Clock",
     "ConfigError",
     "ConflictError",
+    "DuplicateConfigKeyError",
+    "DuplicateEnvelopeMemberError",
+    "DuplicateMemberError",
     "Envelope",
     "EnvelopeVerification",
     "EventType",
@@ -108,6 +115,7 @@ __all__ = [
     "UnsupportedKeyError",
     "VerificationPolicy",
     "VerificationResult",
+    "WeakKeyError",
     "algorithms",
     "get_algorithm",
     "load_private_key_pem",
@@ -129,6 +137,9 @@ _EXPORTS: dict[str, str] = {
     "Clock": "stellakeys.clock",
     "ConfigError": "stellakeys.errors",
     "ConflictError": "stellakeys.errors",
+    "DuplicateConfigKeyError": "stellakeys.errors",
+    "DuplicateEnvelopeMemberError": "stellakeys.errors",
+    "DuplicateMemberError": "stellakeys.errors",
     "Envelope": "stellakeys.dsse",
     "EnvelopeVerification": "stellakeys.dsse",
     "EventType": "stellakeys.audit",
@@ -162,6 +173,7 @@ _EXPORTS: dict[str, str] = {
     "TrustAnchor": "stellakeys.anchors",
     "UnknownAlgorithmError": "stellakeys.errors",
     "UnsupportedKeyError": "stellakeys.errors",
+    "WeakKeyError": "stellakeys.errors",
     "VerificationPolicy": "stellakeys.verification",
     "VerificationResult": "stellakeys.verification",
     "algorithms": "stellakeys.crypto",

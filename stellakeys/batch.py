@@ -367,10 +367,13 @@ def read_items(path: Path) -> list[BatchItem]:
     "purl": ..., "atTime": ...}``. A directory contributes every ``*.json`` and ``*.dsse``
     file below it, sorted by path, each holding one envelope.
     """
-    import json
-
+    from stellakeys import strict_json
     from stellakeys.dsse import Envelope
-    from stellakeys.errors import MalformedEnvelopeError
+    from stellakeys.errors import (
+        DuplicateEnvelopeMemberError,
+        DuplicateMemberError,
+        MalformedEnvelopeError,
+    )
     from stellakeys.times import parse_time
 
     if path.is_dir():
@@ -388,7 +391,11 @@ def read_items(path: Path) -> list[BatchItem]:
                 continue
             label = f"{path}:{number}"
             try:
-                obj = json.loads(line)
+                # Strict (docs/decisions/0014): a duplicated "envelope" or "purl" would be
+                # read one way here and another way by a peer.
+                obj = strict_json.loads(line, document=label, error=DuplicateEnvelopeMemberError)
+            except DuplicateMemberError:
+                raise
             except ValueError:
                 raise MalformedEnvelopeError(f"{label}: not JSON") from None
             if not isinstance(obj, dict):

@@ -12,6 +12,7 @@ file in the home > built-in default.
 
 from __future__ import annotations
 
+import functools
 import getpass
 import os
 import socket
@@ -21,7 +22,7 @@ from typing import Any
 
 import attrs
 
-from stellakeys.errors import ConfigError
+from stellakeys.errors import ConfigError, DuplicateConfigKeyError
 from stellakeys.profiles import SignerConfig
 
 __all__ = ["Settings", "load_settings", "load_yaml", "resolve_home"]
@@ -43,16 +44,64 @@ def resolve_home(home: str | Path | None = None) -> Path:
     return Path(platformdirs.user_data_dir("stellakeys", appauthor=False))
 
 
+@functools.cache
+def _strict_yaml_loader() -> Any:
+    """PyYAML's SafeLoader, except that a mapping with a duplicate key is an error.
+
+    PyYAML silently keeps the last of two equal keys (``threshold: 3`` then ``threshold: 1``
+    later in a long file), and the YAML spec says keys MUST be unique; a config reviewer who
+    reads the first copy approves something else than what runs. Merge keys (``<<``) keep
+    their meaning: an explicit key may override a merged one, which is what merging is for.
+    Built on first use so that importing stellakeys does not import yaml.
+    """
+    import yaml
+
+    class StrictSafeLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            if isinstance(node, yaml.MappingNode):
+                seen: dict[Any, Any] = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    try:
+                        first = seen.setdefault(key, key_node)
+                    except TypeError:
+                        continue  # unhashable: the base class reports it
+                    if first is not key_node:
+                        raise _DuplicateYamlKey(key, first, key_node)
+            return super().construct_mapping(node, deep=deep)
+
+    class _DuplicateYamlKey(yaml.YAMLError):
+        def __init__(self, key: Any, first: Any, second: Any) -> None:
+            super().__init__(f"duplicate key {key!r}")
+            self.key = key
+            self.first_line = first.start_mark.line + 1
+            self.problem_mark = second.start_mark
+
+    return StrictSafeLoader, _DuplicateYamlKey
+
+
 def load_yaml(path: Path) -> Any:
-    """A YAML document (safe loader only), or ConfigError naming the file and the problem."""
+    """A YAML document (safe loader only), or ConfigError naming the file and the problem.
+
+    Duplicate keys are refused with :class:`DuplicateConfigKeyError` (a ConfigError); JSON
+    config files are read by this loader too (YAML is a superset), so the rule covers them.
+    """
     import yaml
 
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    loader, duplicate = _strict_yaml_loader()
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=loader)  # noqa: S506 - a SafeLoader subclass
+    except duplicate as exc:
+        line = exc.problem_mark.line + 1
+        raise DuplicateConfigKeyError(
+            str(exc.key), f"{path} line {line} (first at line {exc.first_line})"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

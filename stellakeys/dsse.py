@@ -16,8 +16,13 @@ from typing import Any, Protocol
 
 import attrs
 
+from stellakeys import strict_json
 from stellakeys.crypto import PublicKey
-from stellakeys.errors import MalformedEnvelopeError
+from stellakeys.errors import (
+    DuplicateEnvelopeMemberError,
+    DuplicateMemberError,
+    MalformedEnvelopeError,
+)
 
 __all__ = [
     "Envelope",
@@ -122,9 +127,12 @@ class Envelope:
     @classmethod
     def from_json(cls, data: str | bytes) -> Envelope:
         try:
-            # RFC 8259 8.1: JSON exchanged between systems is UTF-8. Decoding here (strictly)
-            # also spares json.loads its encoding detection on the verify hot path.
-            obj = json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
+            # Strict JSON (docs/decisions/0014): UTF-8 only (RFC 8259 8.1), no duplicate
+            # member (a peer might take the other "payload"), no lone surrogate (payloadType
+            # must encode to UTF-8 for PAE).
+            obj = strict_json.loads(data, document="envelope", error=DuplicateEnvelopeMemberError)
+        except DuplicateMemberError:
+            raise
         except (ValueError, UnicodeDecodeError) as exc:
             raise MalformedEnvelopeError(f"envelope is not valid JSON: {exc}") from None
         except RecursionError:

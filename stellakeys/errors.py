@@ -28,12 +28,40 @@ class MalformedKeyError(StellaKeysError, ValueError):
     """A PEM or DER key that cannot be parsed."""
 
 
+class WeakKeyError(MalformedKeyError):
+    """A public key that parses but must never be trusted: a small-order, non-canonical or
+    off-curve point, the point at infinity, a point outside the prime-order subgroup, or a
+    key of the wrong length. Refused on every import path (docs/decisions/0014)."""
+
+
 class InvalidSignatureError(StellaKeysError):
     """A signature that does not verify. The message says why, never how close it came."""
 
 
 class MalformedEnvelopeError(StellaKeysError, ValueError):
     """A DSSE envelope that is not valid JSON, base64 or shape."""
+
+
+class DuplicateMemberError(StellaKeysError, ValueError):
+    """A JSON object (or YAML mapping) that names the same member twice.
+
+    Parsers disagree on which copy wins (Python's json keeps the last, others the first or
+    refuse), so a document with a duplicate can mean one thing to us and another to a peer.
+    """
+
+    noun = "member"
+
+    def __init__(self, member: str, document: str = "JSON document") -> None:
+        self.member = member
+        self.document = document
+        super().__init__(
+            f"{document}: duplicate {self.noun} {member!r} (parsers disagree on which copy"
+            " wins; remove one)"
+        )
+
+
+class DuplicateEnvelopeMemberError(DuplicateMemberError, MalformedEnvelopeError):
+    """A duplicate member in a DSSE envelope or a statement it carries (in-toto, approval)."""
 
 
 class MalformedPurlError(StellaKeysError, ValueError):
@@ -50,6 +78,12 @@ class MalformedTimeError(StellaKeysError, ValueError):
 
 class ConfigError(StellaKeysError, ValueError):
     """A configuration file (signer.yaml, approvers.yaml, ...) with a missing or bad field."""
+
+
+class DuplicateConfigKeyError(DuplicateMemberError, ConfigError):
+    """A duplicate key in a configuration file (YAML or JSON)."""
+
+    noun = "key"
 
 
 class NotFoundError(StellaKeysError, LookupError):

@@ -34,9 +34,15 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from stellakeys import strict_json
 from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
 from stellakeys.dsse import Envelope, verify_envelope
-from stellakeys.errors import ConfigError, MalformedTimeError, StellaKeysError
+from stellakeys.errors import (
+    ConfigError,
+    DuplicateMemberError,
+    MalformedTimeError,
+    StellaKeysError,
+)
 from stellakeys.keys import KeyOrigin, KeyRecord, public_key_of_pem
 from stellakeys.times import format_time, parse_duration, parse_time
 
@@ -48,6 +54,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FEED_TYPE",
     "PAYLOAD_TYPE",
+    "DuplicateFeedMemberError",
     "FeedConfig",
     "FeedConsumer",
     "FeedDocument",
@@ -80,6 +87,10 @@ _STORED_MARKER = b'"payloadType":"' + PAYLOAD_TYPE.encode() + b'"'
 
 class FeedError(StellaKeysError):
     """A feed that is malformed, badly signed, expired, or out of order for this consumer."""
+
+
+class DuplicateFeedMemberError(DuplicateMemberError, FeedError):
+    """A feed document that names a JSON member twice (docs/decisions/0014)."""
 
 
 # --- configuration -----------------------------------------------------------------------------
@@ -276,8 +287,10 @@ def _fingerprint_checked(pem: str, fingerprint: str, where: str) -> str:
 
 def _parse_document(payload: bytes) -> FeedDocument:
     try:
-        obj = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+        obj = strict_json.loads(payload, document="feed", error=DuplicateFeedMemberError)
+    except DuplicateMemberError:
+        raise
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise FeedError("feed: payload is not JSON") from None
     if not isinstance(obj, dict) or obj.get("_type") != FEED_TYPE:
         raise FeedError(f"feed: payload is not a {FEED_TYPE} document")

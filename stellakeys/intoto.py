@@ -9,7 +9,12 @@ from typing import Any
 
 import attrs
 
-from stellakeys.errors import MalformedEnvelopeError
+from stellakeys import strict_json
+from stellakeys.errors import (
+    DuplicateEnvelopeMemberError,
+    DuplicateMemberError,
+    MalformedEnvelopeError,
+)
 
 __all__ = ["PAYLOAD_TYPE", "STATEMENT_TYPE", "Statement", "Subject", "statement_facts"]
 
@@ -75,7 +80,11 @@ def statement_facts(data: bytes | str) -> tuple[str, tuple[str, ...]]:
 def _checked(data: bytes | str) -> tuple[list[dict[str, Any]], str, dict[str, Any]]:
     """The subjects, predicateType and predicate of a well-formed statement, else raise."""
     try:
-        obj = json.loads(data)
+        obj = strict_json.loads(
+            data, document="in-toto statement", error=DuplicateEnvelopeMemberError
+        )
+    except DuplicateMemberError:
+        raise
     except RecursionError:
         raise MalformedEnvelopeError("statement JSON is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:

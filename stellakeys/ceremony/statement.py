@@ -25,18 +25,20 @@ payload, threshold, requiredApprovers and expiresAt) stops replay onto a changed
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from datetime import datetime
 
 import attrs
 
+from stellakeys import strict_json
 from stellakeys.ceremony._canonical import canonical_json
 from stellakeys.ceremony.model import MAX_REASON, Ceremony, Decision, is_ceremony_id
 from stellakeys.crypto import PublicKey
 from stellakeys.dsse import Envelope, Signer, VerifiedKey, sign_envelope, verify_envelope
 from stellakeys.errors import (
+    DuplicateEnvelopeMemberError,
+    DuplicateMemberError,
     InvalidSignatureError,
     MalformedEnvelopeError,
     MalformedTimeError,
@@ -105,7 +107,11 @@ class ApprovalStatement:
         if len(payload) > _MAX_PAYLOAD:
             raise MalformedEnvelopeError("approval statement is too large")
         try:
-            obj = json.loads(payload.decode("utf-8"))
+            obj = strict_json.loads(
+                payload, document="approval statement", error=DuplicateEnvelopeMemberError
+            )
+        except DuplicateMemberError:
+            raise
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise MalformedEnvelopeError("approval statement is not UTF-8 JSON") from None
         if not isinstance(obj, Mapping):

@@ -30,7 +30,12 @@ from __future__ import annotations
 from stellakeys.crypto import _libcrypto as native
 from stellakeys.crypto._base import Algorithm, PrivateKey, PublicKey
 from stellakeys.crypto._ecsig import check_scalars
-from stellakeys.errors import InvalidSignatureError, MalformedKeyError, UnsupportedKeyError
+from stellakeys.errors import (
+    InvalidSignatureError,
+    MalformedKeyError,
+    UnsupportedKeyError,
+    WeakKeyError,
+)
 
 #: The engine's paramset names, by key size.
 PARAMSETS: dict[int, tuple[str, ...]] = {
@@ -94,7 +99,7 @@ class Gost(Algorithm):
         # The engine checks the point is on the curve while decoding; EC_KEY_check_key adds
         # "not infinity" and "in the subgroup of order q" (two of the curves have cofactor 4).
         if not native.ec_check_key(key):
-            raise MalformedKeyError(f"{self.id} public key is not a valid curve point")
+            raise WeakKeyError(f"{self.id} public key is not a valid curve point")
         order, curve = native.ec_order_and_curve(key)
         if order.bit_length() > self.bits:
             raise UnsupportedKeyError(f"curve order does not fit {self.id}")

@@ -9,11 +9,20 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa
 
 from stellakeys.crypto._base import Algorithm, PrivateKey, PublicKey
+from stellakeys.crypto._ecpoint import P256_CURVE, P384_CURVE, ShortWeierstrass, check_sec1_point
 from stellakeys.crypto._ecsig import parse_strict_der
-from stellakeys.errors import InvalidSignatureError, MalformedKeyError, UnsupportedKeyError
+from stellakeys.crypto._edwards import check_public_key as check_ed25519_point
+from stellakeys.crypto._spki import read_spki_algorithm, read_spki_key_bits
+from stellakeys.errors import (
+    InvalidSignatureError,
+    MalformedKeyError,
+    UnsupportedKeyError,
+    WeakKeyError,
+)
 
 _PEM = serialization.Encoding.PEM
 _DER = serialization.Encoding.DER
+_RAW = serialization.Encoding.Raw
 _SPKI = serialization.PublicFormat.SubjectPublicKeyInfo
 _PKCS8 = serialization.PrivateFormat.PKCS8
 
@@ -135,7 +144,11 @@ class Ed25519(Algorithm):
         return self._wrap(ed25519.Ed25519PrivateKey.from_private_bytes(seed))
 
     def load_public_der(self, spki_der: bytes) -> PublicKey:
-        return _Ed25519PublicKey(self, _load_public(spki_der, ed25519.Ed25519PublicKey))
+        key = _load_public(spki_der, ed25519.Ed25519PublicKey)
+        # OpenSSL takes any 32 bytes; refuse the points that make forgery trivial or give one
+        # key two encodings (stellakeys/crypto/_edwards.py). Every import path ends here.
+        check_ed25519_point(key.public_bytes(_RAW, serialization.PublicFormat.Raw))
+        return _Ed25519PublicKey(self, key)
 
     def load_private_pem(self, pem: bytes, passphrase: bytes | None) -> PrivateKey:
         return self._wrap(_load_private(pem, passphrase, ed25519.Ed25519PrivateKey))
@@ -179,8 +192,10 @@ class Ecdsa(Algorithm):
         hash_algorithm: hashes.HashAlgorithm,
         order: int,
         display_name: str,
+        point_curve: ShortWeierstrass,
     ) -> None:
         self.id = id
+        self.point_curve = point_curve
         self.aliases = aliases
         self.curve = curve
         self.spki_parameter_oid = curve_oid
@@ -199,6 +214,13 @@ class Ecdsa(Algorithm):
             raise UnsupportedKeyError(f"{self.id} needs a {self.curve.name} key")
 
     def load_public_der(self, spki_der: bytes) -> PublicKey:
+        # Infinity, hybrid form, coordinates >= p and off-curve points are refused by our
+        # own rules (stellakeys/crypto/_ecpoint.py) before OpenSSL parses the key. Compressed
+        # points are accepted: the SPKI is re-encoded uncompressed, so the fingerprint is the
+        # same whichever form came in.
+        if read_spki_algorithm(spki_der).parameter_oid != self.spki_parameter_oid:
+            raise UnsupportedKeyError(f"{self.id} needs a {self.curve.name} key")
+        check_sec1_point(read_spki_key_bits(spki_der), self.point_curve)
         key = _load_public(spki_der, ec.EllipticCurvePublicKey)
         self._check_curve(key)
         return _EcdsaPublicKey(self, key)
@@ -217,6 +239,7 @@ P256 = Ecdsa(
     hashes.SHA256(),
     0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551,
     "ECDSA P-256 with SHA-256",
+    P256_CURVE,
 )
 P384 = Ecdsa(
     "ecdsa-p384-sha384",
@@ -229,6 +252,7 @@ P384 = Ecdsa(
         16,
     ),
     "ECDSA P-384 with SHA-384",
+    P384_CURVE,
 )
 
 
@@ -268,8 +292,10 @@ class MlDsa(Algorithm):
         private_cls: Any,
         public_cls: Any,
         signature_size: int,
+        public_key_size: int,
     ) -> None:
         self.id = f"ml-dsa-{level}"
+        self.public_key_size = public_key_size
         self.aliases = (f"ML-DSA-{level}", f"MLDSA{level}", f"mldsa{level}")
         self.spki_oid = oid
         self.display_name = f"ML-DSA-{level} (FIPS 204)"
@@ -288,6 +314,13 @@ class MlDsa(Algorithm):
         return self._wrap(self._private_cls.from_seed_bytes(seed))
 
     def load_public_der(self, spki_der: bytes) -> PublicKey:
+        # Any pk of the right length is a well-formed (rho, t1); the length is the one rule,
+        # checked here by name rather than left to the backend's "invalid key".
+        size = len(read_spki_key_bits(spki_der))
+        if size != self.public_key_size:
+            raise WeakKeyError(
+                f"{self.id} public key must be {self.public_key_size} bytes, not {size}"
+            )
         return _MlDsaPublicKey(self, _load_public(spki_der, self._public_cls))
 
     def load_private_pem(self, pem: bytes, passphrase: bytes | None) -> PrivateKey:
@@ -295,13 +328,13 @@ class MlDsa(Algorithm):
 
 
 ML_DSA_44 = MlDsa(
-    44, "2.16.840.1.101.3.4.3.17", mldsa.MLDSA44PrivateKey, mldsa.MLDSA44PublicKey, 2420
+    44, "2.16.840.1.101.3.4.3.17", mldsa.MLDSA44PrivateKey, mldsa.MLDSA44PublicKey, 2420, 1312
 )
 ML_DSA_65 = MlDsa(
-    65, "2.16.840.1.101.3.4.3.18", mldsa.MLDSA65PrivateKey, mldsa.MLDSA65PublicKey, 3309
+    65, "2.16.840.1.101.3.4.3.18", mldsa.MLDSA65PrivateKey, mldsa.MLDSA65PublicKey, 3309, 1952
 )
 ML_DSA_87 = MlDsa(
-    87, "2.16.840.1.101.3.4.3.19", mldsa.MLDSA87PrivateKey, mldsa.MLDSA87PublicKey, 4627
+    87, "2.16.840.1.101.3.4.3.19", mldsa.MLDSA87PrivateKey, mldsa.MLDSA87PublicKey, 4627, 2592
 )
 ED25519 = Ed25519()
 

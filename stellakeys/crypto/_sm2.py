@@ -25,8 +25,15 @@ from __future__ import annotations
 
 from stellakeys.crypto import _libcrypto as native
 from stellakeys.crypto._base import Algorithm, PrivateKey, PublicKey
+from stellakeys.crypto._ecpoint import SM2_CURVE, check_sec1_point
 from stellakeys.crypto._ecsig import parse_strict_der
-from stellakeys.errors import InvalidSignatureError, MalformedKeyError, UnsupportedKeyError
+from stellakeys.crypto._spki import read_spki_algorithm, read_spki_key_bits
+from stellakeys.errors import (
+    InvalidSignatureError,
+    MalformedKeyError,
+    UnsupportedKeyError,
+    WeakKeyError,
+)
 
 DEFAULT_DISTINGUISHING_ID = b"1234567812345678"
 
@@ -77,6 +84,11 @@ class Sm2(Algorithm):
         return self.wrap_private(native.generate_by_name("SM2"))
 
     def load_public_der(self, spki_der: bytes) -> PublicKey:
+        # Our own point rules first (infinity, hybrid form, coordinates >= p, off-curve), so
+        # the error says what is wrong rather than OpenSSL's "cannot parse".
+        if read_spki_algorithm(spki_der) != (self.spki_oid, self.spki_parameter_oid):
+            raise UnsupportedKeyError("public key is not an SM2 key")
+        check_sec1_point(read_spki_key_bits(spki_der), SM2_CURVE)
         key = native.load_spki(spki_der)
         if key is None:
             raise MalformedKeyError("cannot parse SM2 public key")
@@ -92,11 +104,11 @@ class Sm2(Algorithm):
         if not key.is_a("SM2"):
             raise UnsupportedKeyError("public key is not an SM2 key")
         if not native.check_public(key):
-            raise MalformedKeyError("SM2 public key is not a valid point of the SM2 curve")
+            raise WeakKeyError("SM2 public key is not a valid point of the SM2 curve")
         spki = native.spki_der(key)
         # One key, one fingerprint: the same point sent compressed would hash differently.
         if len(spki) != _SPKI_LENGTH or spki[_SPKI_POINT_TAG_OFFSET] != 0x04:
-            raise MalformedKeyError("SM2 public key must be an uncompressed point")
+            raise WeakKeyError("SM2 public key must be an uncompressed point")
         return Sm2PublicKey(self, key, spki)
 
     def wrap_private(self, key: native.Pkey) -> Sm2PrivateKey:

@@ -88,3 +88,17 @@ def read_spki_algorithm(spki_der: bytes) -> SpkiAlgorithm:
     if tag != _BIT_STRING or key_end != end:
         raise MalformedKeyError("SubjectPublicKeyInfo lacks its key BIT STRING")
     return SpkiAlgorithm(oid, parameter)
+
+
+def read_spki_key_bits(spki_der: bytes) -> bytes:
+    """The subjectPublicKey BIT STRING's bytes (for EC keys: the SEC 1 point encoding).
+
+    Only whole bytes make sense for a key, so a non-zero unused-bits count is malformed.
+    """
+    read_spki_algorithm(spki_der)  # the whole structure first, strictly
+    _, start, _ = _read_tlv(spki_der, 0)
+    _, _, alg_end = _read_tlv(spki_der, start)
+    _, key_start, key_end = _read_tlv(spki_der, alg_end)
+    if key_start == key_end or spki_der[key_start] != 0:
+        raise MalformedKeyError("SubjectPublicKeyInfo key BIT STRING has unused bits")
+    return spki_der[key_start + 1 : key_end]
