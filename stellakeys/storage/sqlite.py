@@ -109,7 +109,7 @@ def _leak(obj: object) -> None:
 
 def _before_fork() -> None:
     _UMASK_LOCK.acquire()
-    _FORK_STASH[:] = [(list(s._holders), s._dv_conn) for s in list(_STORES)]
+    _FORK_STASH[:] = [(list(s._holders), s._dv) for s in list(_STORES)]
 
 
 def _after_fork_in_parent() -> None:
@@ -728,12 +728,22 @@ class SqliteTransaction:
 
 class _Holder:
     """A thread's connection. sqlite3.Connection cannot be weakly referenced; this can, so
-    the store can find (and close) live connections without keeping dead threads' ones."""
+    the store can find (and close) live connections without keeping dead threads' ones.
+
+    The holder closes its connection when it goes (its thread ended, its store was dropped
+    unclosed). Left alone, the connection would stay open until the cyclic garbage collector
+    found it (Python's sqlite3 keeps a reference cycle through its statement cache), and that
+    collection may run in a forked child, where closing it is the hazard of fork(). A holder
+    inherited by a child is parked in ``_INHERITED`` and never goes."""
 
     __slots__ = ("__weakref__", "conn")
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.close()
 
 
 class _TxContext:
@@ -866,12 +876,12 @@ class SqliteStore:
         self._holders_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._dv_lock = threading.Lock()
-        self._dv_conn: sqlite3.Connection | None = None
+        self._dv: _Holder | None = None
 
     def _check_process(self) -> None:
         if self._pid != os.getpid():
             # We are a forked child: the parent's connections and locks are not ours.
-            _INHERITED.append((list(self._holders), self._dv_conn))
+            _INHERITED.append((list(self._holders), self._dv))
             _leak(_INHERITED)
             self._reset_process_state()
 
@@ -948,10 +958,10 @@ class SqliteStore:
             raise StorageError("the store is closed")
         self._check_process()
         with self._dv_lock:
-            if self._dv_conn is None:
-                self._dv_conn = self._connect()
+            if self._dv is None:
+                self._dv = _Holder(self._connect())
             try:
-                (version,) = self._dv_conn.execute("PRAGMA data_version").fetchone()
+                (version,) = self._dv.conn.execute("PRAGMA data_version").fetchone()
             except sqlite3.Error as exc:
                 raise _storage_error(exc, "change check") from exc
         return (int(version), self._own_commits)
@@ -972,9 +982,9 @@ class SqliteStore:
         for holder in holders:
             holder.conn.close()
         with self._dv_lock:
-            if self._dv_conn is not None:
-                self._dv_conn.close()
-                self._dv_conn = None
+            if self._dv is not None:
+                self._dv.conn.close()
+                self._dv = None
 
     def __enter__(self) -> SqliteStore:
         return self
