@@ -72,37 +72,44 @@ def integrity(path: Path) -> str:
 # --- issue 21: the reproduction ---------------------------------------------------------------
 
 #: Signs through the CLI (click's runner: the command's real code path, each invocation opening
-#: and closing its own KeyManager as `stellaops sign` does) until the deadline.
+#: and closing its own KeyManager as `stellaops sign` does): ``count`` signatures, or fewer if
+#: the time cap comes first (a loaded CI machine), then it leaves a "done" file.
 CLI_WRITER = """
     import json, sys, time
+    from pathlib import Path
     from click.testing import CliRunner
     from stellakeys_cli.main import cli
-    tag, seconds = sys.argv[1], float(sys.argv[2])
+    tag, count, seconds, done = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
     runner, signed, errors = CliRunner(), [], []
     print("ready", flush=True)
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    while len(signed) + len(errors) < count and time.monotonic() < deadline:
         result = runner.invoke(cli, ["sign", "--key-id", "svc"], input=f"{tag} {len(signed)}")
         if result.exit_code == 0:
             signed.append(result.output.strip())
         else:
             errors.append(result.output.strip()[:300])
+        # A gap between invocations, as between CLI processes: now and then a writer closes
+        # its store while no other writer has one open (the moment the bug needed).
+        time.sleep(0.01 * (len(signed) % 3))
+    Path(done).touch()
     print(json.dumps({"signed": signed, "errors": errors}))
 """
 
 #: The service of the report: one long-lived KeyManager, plus one opened and closed per request.
 SERVICE = """
-    import json, sys, time
+    import json, os, sys, time
     from stellakeys import KeyManager
     from stellakeys.verification import VerificationPolicy
-    digest, seconds = sys.argv[1], float(sys.argv[2])
+    digest, seconds, done = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
     key_only = VerificationPolicy(require_anchor=False)  # the proofs name no artifact
     verified, errors = 0, []
     with KeyManager.open() as long_lived:
         assert long_lived.verify(digest, policy=key_only).ok
         print("ready", flush=True)
         deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not all(os.path.exists(d) for d in done):
+            time.sleep(0.002)  # a request now and then, not a busy loop starving the writers
             try:
                 with KeyManager.open() as per_request:
                     ok = per_request.verify(digest, policy=key_only).ok
@@ -120,13 +127,13 @@ def test_service_reopening_stores_beside_cli_writers_loses_nothing(tmp_path: Pat
     """Issue 21: before the fix, every store opened in the service did os.open/os.close on the
     database file, which dropped the long-lived store's POSIX locks; the CLI writers then
     checkpointed and deleted the WAL and shared memory under it ("database disk image is
-    malformed", tens of thousands of errors in seconds)."""
+    malformed", thousands of errors in seconds)."""
     from stellakeys import KeyManager
     from stellakeys.verification import VerificationPolicy
 
     home = tmp_path / "home"
     env = child_env(home)
-    seconds = 8.0
+    count, seconds = 40, 35.0  # 40 signatures per writer: seconds unloaded, capped if loaded
     # Key and first proof made by a child, with the passphrase in its environment only.
     first = python(
         """
@@ -137,8 +144,12 @@ def test_service_reopening_stores_beside_cli_writers_loses_nothing(tmp_path: Pat
         """,
         env=env,
     ).strip()
-    service = spawn(SERVICE, first, seconds, env=env)
-    writers = [spawn(CLI_WRITER, tag, seconds, env=env) for tag in ("w1", "w2")]
+    done = [tmp_path / f"done-{tag}" for tag in ("w1", "w2")]
+    service = spawn(SERVICE, first, seconds + 5, *done, env=env)
+    writers = [
+        spawn(CLI_WRITER, tag, count, seconds, marker, env=env)
+        for tag, marker in zip(("w1", "w2"), done, strict=True)
+    ]
     try:
         for proc in (service, *writers):
             assert proc.stdout is not None
