@@ -17,6 +17,12 @@ Design (docs/decisions/0004-storage.md has the reasoning):
 * Instants are INTEGER microseconds since the epoch; UUIDs TEXT; JSON TEXT with sorted keys.
 * Schema changes are numbered SQL files in ``migrations/sqlite``, applied in order inside one
   ``BEGIN IMMEDIATE`` transaction and recorded in ``schema_migrations``.
+* Only SQLite opens and closes the database, ``-wal`` and ``-shm`` files. Closing *any*
+  descriptor of a file drops every POSIX lock this process holds on it, those of open
+  connections included, which lets other processes run recovery or delete the WAL under
+  them. A new database is made 0600 by a restrictive umask around the connection that
+  creates it; an existing one is only ``os.stat``-ed. docs/decisions/0011 goes through
+  SQLite's corruption hazards one by one.
 """
 
 # S608: every statement here is assembled from module constants (column lists, "?" runs);
@@ -26,13 +32,16 @@ Design (docs/decisions/0004-storage.md has the reasoning):
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import importlib.resources
 import os
 import re
 import sqlite3
+import stat
 import threading
 import time
+import urllib.parse
 import uuid
 import weakref
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -76,25 +85,44 @@ _T = TypeVar("_T")
 Row = tuple[Any, ...]
 
 # Connections inherited through fork() belong to the parent: using or even closing them in the
-# child is unsafe (SQLite's documented rule). They are parked here, referenced forever, never
-# touched. The before-fork hook references every live connection first, because the child
-# discards the other threads' locals, which would otherwise close their connections.
+# child is unsafe (SQLite's documented rule: sqlite3_close() in the child may checkpoint and
+# delete a WAL that is not its own, losing other processes' commits). They are parked here,
+# never touched. The before-fork hook references every live connection first, because the
+# child discards the other threads' locals, which would otherwise close their connections.
+# "Referenced forever" must include interpreter shutdown, which clears module globals and so
+# would close them too: the child leaks one reference to the list (_leak), so its refcount
+# never reaches zero. The kernel closes the descriptors when the child exits, which is safe.
 _INHERITED: list[object] = []
 _STORES: weakref.WeakSet[SqliteStore] = weakref.WeakSet()
 _FORK_STASH: list[object] = []
 
+# os.umask is process-wide. This lock serialises our own changes (two stores creating files at
+# once would otherwise "restore" each other's temporary mask) and keeps fork() out of the
+# window, so a child never starts with the temporary mask.
+_UMASK_LOCK = threading.Lock()
+
+
+def _leak(obj: object) -> None:
+    """Take a reference to ``obj`` that is never released, not even at interpreter exit."""
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
+
 
 def _before_fork() -> None:
-    _FORK_STASH[:] = [(list(s._holders), s._dv_conn) for s in list(_STORES)]
+    _UMASK_LOCK.acquire()
+    _FORK_STASH[:] = [(list(s._holders), s._dv) for s in list(_STORES)]
 
 
 def _after_fork_in_parent() -> None:
     _FORK_STASH.clear()
+    _UMASK_LOCK.release()
 
 
 def _after_fork_in_child() -> None:
-    _INHERITED.append(list(_FORK_STASH))
+    if _FORK_STASH:
+        _INHERITED.append(list(_FORK_STASH))
+        _leak(_INHERITED)
     _FORK_STASH.clear()
+    _UMASK_LOCK.release()
 
 
 os.register_at_fork(
@@ -700,12 +728,22 @@ class SqliteTransaction:
 
 class _Holder:
     """A thread's connection. sqlite3.Connection cannot be weakly referenced; this can, so
-    the store can find (and close) live connections without keeping dead threads' ones."""
+    the store can find (and close) live connections without keeping dead threads' ones.
+
+    The holder closes its connection when it goes (its thread ended, its store was dropped
+    unclosed). Left alone, the connection would stay open until the cyclic garbage collector
+    found it (Python's sqlite3 keeps a reference cycle through its statement cache), and that
+    collection may run in a forked child, where closing it is the hazard of fork(). A holder
+    inherited by a child is parked in ``_INHERITED`` and never goes."""
 
     __slots__ = ("__weakref__", "conn")
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.close()
 
 
 class _TxContext:
@@ -737,6 +775,13 @@ class _TxContext:
             if self._write:
                 store._write_lock.release()
             raise
+        if self._write:
+            try:
+                store._check_file()
+            except BaseException:
+                store._rollback(conn)
+                store._write_lock.release()
+                raise
         self._conn = conn
         self._changes = conn.total_changes
         self._tx = SqliteTransaction(conn, writable=self._write)
@@ -787,9 +832,11 @@ class SqliteStore:
         self._closed = False
         self._reset_process_state()
         self._own_commits = 0
+        self._identity = _existing_identity(self.path)
         _STORES.add(self)
-        _create_private_file(self.path)
         conn = self._connection()
+        if self._identity is None:  # created by that connection, 0600
+            self._identity = _existing_identity(self.path)
         _enable_wal(conn, self.path, busy_timeout)
         if migrate:
             self._schema = apply_migrations(conn)
@@ -829,23 +876,23 @@ class SqliteStore:
         self._holders_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._dv_lock = threading.Lock()
-        self._dv_conn: sqlite3.Connection | None = None
+        self._dv: _Holder | None = None
 
     def _check_process(self) -> None:
         if self._pid != os.getpid():
             # We are a forked child: the parent's connections and locks are not ours.
-            _INHERITED.append((list(self._holders), self._dv_conn))
+            _INHERITED.append((list(self._holders), self._dv))
+            _leak(_INHERITED)
             self._reset_process_state()
 
     def _connect(self) -> sqlite3.Connection:
         try:
-            conn = sqlite3.connect(
-                self.path,
-                timeout=self.busy_timeout,  # sqlite3_busy_timeout: wait for other writers
-                isolation_level=None,  # we issue BEGIN/COMMIT ourselves
-                check_same_thread=False,  # only so close() may close it from another thread
-                cached_statements=256,
-            )
+            if self._identity is None:
+                conn = _connect_creating(self.path, self.busy_timeout)
+            else:
+                # mode=rw: a file deleted or renamed since the store opened is an error here,
+                # never a new empty database under the old name.
+                conn = _sqlite_connect(_uri(self.path, "rw"), self.busy_timeout)
             conn.execute("PRAGMA foreign_keys = ON")
             # FULL: a commit survives power loss too; this is an audit trail.
             conn.execute("PRAGMA synchronous = FULL")
@@ -864,6 +911,20 @@ class SqliteStore:
             with self._holders_lock:
                 self._holders.add(holder)
         return holder.conn
+
+    def _check_file(self) -> None:
+        """Refuse to write when the path no longer names the file this store opened (deleted,
+        renamed, or replaced by a restore): the commit would land in an orphaned file, or next
+        to another file's WAL. One ``stat`` per write transaction, no descriptor."""
+        try:
+            now = _existing_identity(self.path)
+        except StorageError:
+            now = None
+        if now != self._identity:
+            raise StorageError(
+                f"{self.path} was deleted, renamed or replaced while this store had it open;"
+                " stop every process using it, put the file back, and open the store again"
+            )
 
     def _rollback(self, conn: sqlite3.Connection) -> None:
         try:
@@ -897,10 +958,10 @@ class SqliteStore:
             raise StorageError("the store is closed")
         self._check_process()
         with self._dv_lock:
-            if self._dv_conn is None:
-                self._dv_conn = self._connect()
+            if self._dv is None:
+                self._dv = _Holder(self._connect())
             try:
-                (version,) = self._dv_conn.execute("PRAGMA data_version").fetchone()
+                (version,) = self._dv.conn.execute("PRAGMA data_version").fetchone()
             except sqlite3.Error as exc:
                 raise _storage_error(exc, "change check") from exc
         return (int(version), self._own_commits)
@@ -921,9 +982,9 @@ class SqliteStore:
         for holder in holders:
             holder.conn.close()
         with self._dv_lock:
-            if self._dv_conn is not None:
-                self._dv_conn.close()
-                self._dv_conn = None
+            if self._dv is not None:
+                self._dv.conn.close()
+                self._dv = None
 
     def __enter__(self) -> SqliteStore:
         return self
@@ -932,14 +993,61 @@ class SqliteStore:
         self.close()
 
 
-def _create_private_file(path: Path) -> None:
-    """Create the database file 0600 before SQLite does (SQLite gives its -wal and -shm files
-    the database file's mode)."""
+def _uri(path: Path, mode: str) -> str:
+    # SQLite URI: the path percent-encoded ("?" or "#" in a directory name stay literal).
+    return f"file:{urllib.parse.quote(os.path.abspath(path))}?mode={mode}"
+
+
+def _sqlite_connect(uri: str, timeout: float) -> sqlite3.Connection:
+    return sqlite3.connect(
+        uri,
+        uri=True,
+        timeout=timeout,  # sqlite3_busy_timeout: wait for other writers
+        isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+        check_same_thread=False,  # only so close() may close it from another thread
+        cached_statements=256,
+    )
+
+
+def _connect_creating(path: Path, timeout: float) -> sqlite3.Connection:
+    """Open ``path``, creating it 0600 if missing, without ever holding a descriptor of it
+    ourselves: SQLite creates it (0644 minus the umask) under a umask that also removes group
+    and other bits. SQLite gives the -wal and -shm files the database file's mode.
+
+    The umask is process-wide, so for these few microseconds another thread that creates a
+    file gets it without group/other permissions: stricter than asked, never looser, which
+    is acceptable for a library that holds signing keys (docs/decisions/0011)."""
+    with _UMASK_LOCK:
+        old = os.umask(0o077)
+        try:
+            if old & ~0o077:
+                os.umask(old | 0o077)  # keep whatever stricter mask the process had
+            return _sqlite_connect(_uri(path, "rwc"), timeout)
+        finally:
+            os.umask(old)
+
+
+def _existing_identity(path: Path) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of an existing database file, None when it does not exist yet. Only
+    ``stat``: opening and closing a descriptor would drop this process's SQLite locks.
+
+    A file with several hard links is refused: SQLite names its -wal and -shm files after the
+    path, so two names for one database mean two WALs for one file, which corrupts it."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
     except OSError as exc:
         raise StorageError(f"cannot open {path}: {exc.strerror}") from None
-    os.close(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise StorageError(f"cannot open {path}: not a regular file")
+    if st.st_nlink > 1:
+        raise StorageError(
+            f"cannot open {path}: it has {st.st_nlink} hard links, and SQLite would keep one"
+            " WAL per name; remove the other links (copy a database with sqlite3's .backup,"
+            " never with a hard link)"
+        )
+    return (st.st_dev, st.st_ino)
 
 
 def _enable_wal(conn: sqlite3.Connection, path: Path, timeout: float) -> None:
