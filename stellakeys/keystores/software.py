@@ -49,6 +49,7 @@ from typing import Any, NoReturn, final
 
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from stellakeys._crashpoints import crash_point
 from stellakeys.crypto import (
     Algorithm,
     PrivateKey,
@@ -59,7 +60,6 @@ from stellakeys.crypto import (
 )
 from stellakeys.errors import KeyStoreError, StellaKeysError
 from stellakeys.keystores._secrets import Secret, SecretSource
-from stellakeys._crashpoints import crash_point
 from stellakeys.keystores.ports import FoundKey, KeyStoreContext, PreparedKey
 
 __all__ = ["SoftwareKeyHandle", "SoftwareKeyStore", "forget_passphrases"]
@@ -556,10 +556,9 @@ class SoftwareKeyStore:
         source = self.directory / (key_id + _KEY_SUFFIX)
         digest = found.public_key.fingerprint.split(":", 1)[1][:16]
         target = self.directory / f"{_ORPHAN_PREFIX}{key_id}-{digest}{_KEY_SUFFIX}"
-        try:
+        # FileExistsError: set aside before (same key, same name); just drop the key id's name.
+        with contextlib.suppress(FileExistsError):
             os.link(source, target)
-        except FileExistsError:
-            pass  # set aside before (same key, same name): just drop the key id's name
         os.unlink(source)
         _fsync_dir(self.directory)
         return target
