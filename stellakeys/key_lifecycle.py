@@ -321,4 +321,4 @@ def _repair_one(manager: KeyManager, f: Finding, pending: dict[str, KeyIntent]) 
             return "already finished"
         record = resume(manager, intent)
         return f"finished: {record.key_id} {record.fingerprint}"
-    return "nothing to do"
+    return "not repaired: needs a person (restore the recorded key or fix the key store)"

@@ -58,7 +58,7 @@ from stellakeys.crypto import (
     load_private_key_pem,
     load_public_key_pem,
 )
-from stellakeys.errors import KeyStoreError, StellaKeysError
+from stellakeys.errors import KeyIdentityError, KeyStoreError, StellaKeysError
 from stellakeys.keystores._secrets import Secret, SecretSource
 from stellakeys.keystores.ports import FoundKey, KeyStoreContext, PreparedKey
 
@@ -460,9 +460,9 @@ class SoftwareKeyStore:
             raise KeyStoreError(f"{path}: cannot read its public key: {exc}") from None
         # Compare before decrypting: a substituted file is refused without a passphrase.
         if not hmac.compare_digest(public.fingerprint, match["fp"]):
-            raise KeyStoreError(
-                f"key {key_id!r} in software://{self.name} is not the key pinned by {uri} "
-                f"(found {public.fingerprint}); it was replaced after the URI was issued"
+            # It was replaced after the URI was issued (restored from another backup, planted).
+            raise KeyIdentityError(
+                key_id, match["fp"], public.fingerprint, f"software://{self.name}"
             )
         passphrase = self._key_passphrase(creating=False)
         try:
