@@ -14,6 +14,9 @@ from key_crash_support import CRASH_POINTS, crash_then_rerun, make_home, setup_r
 def test_key_operation_killed_at_every_step_can_be_rerun(
     tmp_path: Path, fresh_url: str, op: str, point: str
 ) -> None:
+    from stellakeys.storage.postgres import PostgresStore
+
+    PostgresStore.connect(fresh_url, migrate=True).close()
     home = make_home(tmp_path)
     if op == "rotate":
         setup_rotation(home, fresh_url)
