@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         ConfigError,
         ConflictError,
         InvalidSignatureError,
+        KeyIdentityError,
         KeyStoreError,
         MalformedEnvelopeError,
         MalformedKeyError,
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
         UnknownAlgorithmError,
         UnsupportedKeyError,
     )
+    from stellakeys.intents import KeyIntent
     from stellakeys.intoto import Statement, Subject
     from stellakeys.keys import KeyRecord
     from stellakeys.manager import ALL_ANCHORS, AnchorStatus, KeyManager, KeyValidity
@@ -82,6 +84,8 @@ __all__ = [
     "KeyManager",
     "KeyProfile",
     "KeyRecord",
+    "KeyIdentityError",
+    "KeyIntent",
     "KeyStoreError",
     "KeyValidity",
     "MalformedEnvelopeError",
@@ -138,6 +142,8 @@ _EXPORTS: dict[str, str] = {
     "KeyManager": "stellakeys.manager",
     "KeyProfile": "stellakeys.profiles",
     "KeyRecord": "stellakeys.keys",
+    "KeyIdentityError": "stellakeys.errors",
+    "KeyIntent": "stellakeys.intents",
     "KeyStoreError": "stellakeys.errors",
     "KeyValidity": "stellakeys.manager",
     "MalformedEnvelopeError": "stellakeys.errors",
