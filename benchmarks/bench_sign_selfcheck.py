@@ -17,7 +17,7 @@ import argparse
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 PAYLOAD = bytes(range(256))
@@ -61,9 +61,11 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, float, float]]
             envelope = sign_envelope("text/plain", PAYLOAD, [handle], [record.key_id])
             counter = iter(range(10**9))
 
-            def sign(m: KeyManager = manager, k: str = record.key_id) -> object:
+            def sign(
+                m: KeyManager = manager, k: str = record.key_id, n: Iterator[int] = counter
+            ) -> object:
                 # A distinct payload each time, so every proof is a new stored row.
-                return m.sign(PAYLOAD + str(next(counter)).encode(), k, "text/plain")
+                return m.sign(PAYLOAD + str(next(n)).encode(), k, "text/plain")
 
             def check(e: object = envelope, r: object = record, h: object = handle) -> None:
                 verify_own_signatures(e, [r], [h])  # type: ignore[list-item,arg-type]
