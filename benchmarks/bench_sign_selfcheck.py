@@ -51,7 +51,11 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, float, float]]
     with tempfile.TemporaryDirectory() as home:
         for alg in ("ed25519", "ecdsa-p256-sha256", "ml-dsa-65"):
             config = SignerConfig.from_dict(
-                {"signer": {"profiles": {"default": {"algorithm": alg, "keyStore": "software://b"}}}}
+                {
+                    "signer": {
+                        "profiles": {"default": {"algorithm": alg, "keyStore": "software://b"}}
+                    }
+                }
             )
             manager = KeyManager(
                 MemoryStore(), config=config, keystore_context=KeyStoreContext(home=Path(home))
