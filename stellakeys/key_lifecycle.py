@@ -17,6 +17,7 @@ See docs/decisions/0016-key-identity-and-crash-consistency.md.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import inspect
 from collections.abc import Iterable, Sequence
@@ -163,10 +164,20 @@ def obtain_key(store: Store, key_store: KeyStore, intent: KeyIntent, alg: Algori
             tx.put_intent(updated)
         crash_point("key-prepared")
 
-    if _accepts_prepared(key_store):
-        handle = key_store.generate(alg, intent.key_id, prepared=prepared)  # type: ignore[call-arg]
-    else:
-        handle = key_store.generate(alg, intent.key_id)
+    try:
+        if _accepts_prepared(key_store):
+            handle = key_store.generate(alg, intent.key_id, prepared=prepared)  # type: ignore[call-arg]
+        else:
+            handle = key_store.generate(alg, intent.key_id)
+    except StellaKeysError:
+        # Refused by the store (unsupported algorithm, wrong PIN, ...): if it holds no key under
+        # the id, nothing is half-done, so the intent goes and the key id stays free for a
+        # different request. If that cannot be established, the intent stays for doctor.
+        with contextlib.suppress(StellaKeysError):
+            if not callable(find) or find(intent.key_id) is None:
+                with store.transaction() as tx:
+                    tx.delete_intent(intent.key_id)
+        raise
     crash_point("key-created")
     return handle
 

@@ -18,8 +18,9 @@ from key_crash_support import (
     setup_rotation,
 )
 
-from stellakeys.errors import ConflictError
+from stellakeys.errors import ConflictError, KeyStoreError
 from stellakeys.keystores.software import SoftwareKeyStore
+from stellakeys.manager import KeyManager
 from stellakeys_cli.main import cli
 
 
@@ -124,3 +125,18 @@ def test_rerun_with_other_arguments_is_refused(tmp_path: Path) -> None:
     rerun = run_op(home, "", "rotate", "new", "old")
     assert rerun.returncode == 1
     assert "unfinished generate" in rerun.stderr
+
+
+def test_a_generate_refused_by_the_key_store_leaves_no_intent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing half-done (the store made no key): the key id stays free for another request."""
+    home = make_home(tmp_path)
+    with open_manager(home, "") as m:
+        m.generate_key("k0")
+    monkeypatch.setenv("STELLAKEYS_PASSPHRASE", "not-the-passphrase")
+    with KeyManager.open(home) as m:
+        with pytest.raises(KeyStoreError, match="wrong passphrase"):
+            m.generate_key("k1")
+        with m.store.read() as tx:
+            assert tx.list_intents() == []
