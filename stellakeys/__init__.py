@@ -38,6 +38,7 @@ if TYPE_CHECKING:
         DuplicateEnvelopeMemberError,
         DuplicateMemberError,
         InvalidSignatureError,
+        KeyIdentityError,
         KeyStoreError,
         MalformedEnvelopeError,
         MalformedKeyError,
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
         UnsupportedKeyError,
         WeakKeyError,
     )
+    from stellakeys.intents import KeyIntent
     from stellakeys.intoto import Statement, Subject
     from stellakeys.keys import KeyRecord
     from stellakeys.manager import ALL_ANCHORS, AnchorStatus, KeyManager, KeyValidity
@@ -89,6 +91,8 @@ __all__ = [
     "KeyManager",
     "KeyProfile",
     "KeyRecord",
+    "KeyIdentityError",
+    "KeyIntent",
     "KeyStoreError",
     "KeyValidity",
     "MalformedEnvelopeError",
@@ -149,6 +153,8 @@ _EXPORTS: dict[str, str] = {
     "KeyManager": "stellakeys.manager",
     "KeyProfile": "stellakeys.profiles",
     "KeyRecord": "stellakeys.keys",
+    "KeyIdentityError": "stellakeys.errors",
+    "KeyIntent": "stellakeys.intents",
     "KeyStoreError": "stellakeys.errors",
     "KeyValidity": "stellakeys.manager",
     "MalformedEnvelopeError": "stellakeys.errors",

@@ -111,3 +111,18 @@ class TimestampError(StellaKeysError, ValueError):
     could not be reached, a reply that does not answer the request. A well-formed token that
     merely fails verification (other bytes, untrusted TSA, ...) is a verification reason, not
     this error."""
+
+
+class KeyIdentityError(KeyStoreError):
+    """A key store's key is not the key recorded for its key id: refused before (or instead
+    of) signing. Names both fingerprints (public values), never key material."""
+
+    def __init__(self, key_id: str, recorded: str, found: str, where: str) -> None:
+        self.key_id = key_id
+        self.recorded = recorded
+        self.found = found
+        super().__init__(
+            f"key {key_id!r}: {where} holds key {found}, but the record holds {recorded}; "
+            "refusing to use it (the key store was changed or re-initialised: restore the "
+            "recorded key, or generate a new key id)"
+        )

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from stellakeys._crashpoints import crash_point
 from stellakeys.anchors import COMPROMISE, KeyHistoryEntry, TrustAnchor
 from stellakeys.audit import (
     AuditEvent,
@@ -31,14 +32,22 @@ from stellakeys.crypto import Algorithm, get_algorithm, load_public_key_pem
 from stellakeys.dsse import Envelope, sign_envelope
 from stellakeys.errors import (
     ConflictError,
+    KeyIdentityError,
     KeyStoreError,
     MalformedEnvelopeError,
     MalformedPurlError,
     NotFoundError,
     PolicyError,
 )
+from stellakeys.intents import INTENT_GENERATE, INTENT_ROTATE, KeyIntent
 from stellakeys.intoto import PAYLOAD_TYPE as INTOTO_PAYLOAD_TYPE
 from stellakeys.intoto import statement_facts
+from stellakeys.key_lifecycle import (
+    begin_intent,
+    check_handle,
+    obtain_key,
+    verify_own_signatures,
+)
 from stellakeys.keys import KeyOrigin, KeyRecord
 from stellakeys.keystores.ports import KeyHandle, KeyStore, KeyStoreContext
 from stellakeys.profiles import KeyProfile, SignerConfig
@@ -357,10 +366,9 @@ class KeyManager:
             handle = self._handles.get(record.key_store_uri)
         if handle is None:
             handle = self._open_pinned(record, record.key_store_uri)
-            if handle.public_key().fingerprint != record.fingerprint:
-                raise KeyStoreError(
-                    f"key store returned a different key for {record.key_id} than was recorded"
-                )
+            # Checked when opened (here) and again before every signature (sign): the store's
+            # key is evidence, the record is the truth (decision 0016).
+            check_handle(record, handle, f"key store {record.key_store_uri}")
             with self._ks_lock:
                 self._handles[record.key_store_uri] = handle
         return handle
@@ -401,12 +409,24 @@ class KeyManager:
         return prof, alg
 
     def _generate_in_store(
-        self, prof: KeyProfile, alg: Algorithm, key_id: str
+        self,
+        prof: KeyProfile,
+        alg: Algorithm,
+        key_id: str,
+        operation: str = INTENT_GENERATE,
+        params: dict[str, Any] | None = None,
     ) -> tuple[KeyHandle, KeyRecord]:
-        # The key store is a different system than the database: callers generate first and
-        # record second. If recording fails, the key store holds an unused key, which is
-        # harmless; the reverse order could record a key that does not exist.
-        handle = self._key_store(prof.key_store).generate(alg, key_id)
+        # The key store is a different system than the database. An intent is recorded first,
+        # the key made second (its identity noted in the intent before it is durable), the
+        # record last, deleting the intent in the same transaction: a crash anywhere leaves
+        # an intent that a re-run (or 'stellaops doctor --repair') finishes (decision 0016).
+        intent = begin_intent(
+            self.store,
+            KeyIntent(
+                key_id, operation, prof.name, alg.id, prof.key_store, self._now(), params or {}
+            ),
+        )
+        handle = obtain_key(self.store, self._key_store(prof.key_store), intent, alg)
         public = handle.public_key()
         record = KeyRecord(
             key_id=key_id,
@@ -422,6 +442,7 @@ class KeyManager:
 
     def _insert_generated(self, tx: Transaction, record: KeyRecord, **details: Any) -> None:
         tx.insert_key(record)
+        tx.delete_intent(record.key_id)
         self._audit(
             tx,
             EventType.KEY_GENERATED,
@@ -465,6 +486,8 @@ class KeyManager:
                 },
             )
             self._insert_generated(tx, record)
+            crash_point("before-commit")  # test-only (stellakeys._crashpoints)
+        crash_point("committed")
         with self._ks_lock:
             self._handles[handle.uri] = handle
         return record
@@ -511,7 +534,18 @@ class KeyManager:
                 raise ConflictError(f"key {key_id!r} already exists")
             if replaces is not None:
                 self._require_key(tx, replaces)
-        handle, record = self._generate_in_store(prof, alg, key_id)
+        handle, record = self._generate_in_store(
+            prof,
+            alg,
+            key_id,
+            INTENT_ROTATE,
+            {
+                "anchorIds": requested,
+                "replaces": replaces,
+                "revokeReplacedAt": guard_details["revokeReplacedAt"],
+                "revokeReason": revoke_reason,
+            },
+        )
         now = record.created_at
         with self.store.transaction() as tx:
             if requested:
@@ -566,6 +600,8 @@ class KeyManager:
                         else None,
                     },
                 )
+            crash_point("before-commit")  # test-only (stellakeys._crashpoints)
+        crash_point("committed")
         with self._ks_lock:
             self._handles[handle.uri] = handle
         return record
@@ -899,7 +935,18 @@ class KeyManager:
             for r in records:
                 _check_signable(r, tx.history_of_key(r.key_id), now)
         handles = [self._handle(r) for r in records]
+        for r, h in zip(records, handles, strict=True):
+            check_handle(r, h, f"key store {h.uri}")  # a cached handle too, before it signs
         envelope = sign_envelope(payload_type, payload, handles, ids)
+        try:
+            # Before anything is stored or returned (decision 0016): catches a store that
+            # signs with another key than it reports, and faulty signatures.
+            verify_own_signatures(envelope, records, handles)
+        except KeyIdentityError:
+            with self._ks_lock:
+                for r in records:
+                    self._handles.pop(r.key_store_uri or "", None)
+            raise
         digest = envelope.digest()
         stamps = self._request_timestamps(envelope, timestamp_url) if timestamp_url else []
         with self.store.transaction() as tx:

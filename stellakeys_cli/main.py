@@ -32,6 +32,11 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
         "Dual-control ceremonies: create, approve, execute.",
     ),
     "auth": ("stellakeys_cli.auth", "auth", "Approver identities and signing keys."),
+    "doctor": (
+        "stellakeys_cli.doctor",
+        "doctor",
+        "Find and repair what crashes left: unfinished key intents, orphan keys, temp files.",
+    ),
 }
 
 

@@ -862,6 +862,53 @@ class StoreConformance:
             pass
         store.close()  # closing twice is fine
 
+    # --- key lifecycle intents (decision 0016) ------------------------------------------------
+
+    def test_intent_round_trip_replace_and_delete(self, store: Store) -> None:
+        from stellakeys.intents import KeyIntent
+
+        first = KeyIntent(
+            "k-int",
+            "rotate",
+            "default",
+            "ed25519",
+            "software://default",
+            at(1, 7),
+            {"anchorIds": ["a"], "replaces": "k-old", "revokeReason": "rotation"},
+        )
+        other = KeyIntent("a-int", "generate", "p", "ed25519", "kms://aws", at(0))
+        with store.transaction() as tx:
+            tx.put_intent(first)
+            tx.put_intent(other)
+        with store.read() as tx:
+            assert tx.get_intent("k-int") == first
+            assert tx.list_intents() == [other, first]  # created_at, then key id
+            assert tx.get_intent("nope") is None
+        prepared = attrs.evolve(
+            first, public_key_pem=PEM, fingerprint="SHA256:" + "ab" * 32, key_store_uri="u#x"
+        )
+        with store.transaction() as tx:
+            tx.put_intent(prepared)  # replaces
+        with store.read() as tx:
+            assert tx.get_intent("k-int") == prepared
+        with store.transaction() as tx:
+            tx.delete_intent("k-int")
+            tx.delete_intent("never-there")  # no error
+        with store.read() as tx:
+            assert tx.list_intents() == [other]
+
+    def test_intent_writes_roll_back_and_need_a_write_transaction(self, store: Store) -> None:
+        from stellakeys.intents import KeyIntent
+
+        intent = KeyIntent("k-rb", "generate", "default", "ed25519", "software://d", at(0))
+        with pytest.raises(RuntimeError), store.transaction() as tx:
+            tx.put_intent(intent)
+            raise RuntimeError("boom")
+        with store.read() as tx:
+            assert tx.get_intent("k-rb") is None
+            with pytest.raises(StorageError):
+                tx.put_intent(intent)
+
 
 # --- ceremonies (dual control, issue 5) ---------------------------------------------------------
 

@@ -37,7 +37,7 @@ import attrs
 
 from stellakeys.crypto import Algorithm, PublicKey, get_algorithm
 from stellakeys.errors import KeyStoreError, StellaKeysError
-from stellakeys.keystores.ports import KeyStoreContext
+from stellakeys.keystores.ports import FoundKey, KeyStoreContext, PreparedKey
 
 try:
     import boto3
@@ -231,6 +231,7 @@ class KmsKeyStore:
             "DescribeKey": "describe_key",
             "GetPublicKey": "get_public_key",
             "ScheduleKeyDeletion": "schedule_key_deletion",
+            "ListAliases": "list_aliases",
         }[operation]
         try:
             result: dict[str, Any] = getattr(self._kms(), method)(**params)
@@ -256,7 +257,13 @@ class KmsKeyStore:
             raise KeyStoreError(f"KMS key {key} is not a {algorithm.id} key")
         return public
 
-    def generate(self, algorithm: Algorithm, key_id: str) -> KmsKeyHandle:
+    def generate(
+        self,
+        algorithm: Algorithm,
+        key_id: str,
+        *,
+        prepared: Callable[[PreparedKey], None] | None = None,
+    ) -> KmsKeyHandle:
         spec = _SPECS.get(algorithm.id)
         if spec is None:
             raise KeyStoreError(
@@ -289,6 +296,10 @@ class KmsKeyStore:
             Tags=[{"TagKey": "stellakeys:key-id", "TagValue": key_id}],
         )["KeyMetadata"]
         key_uuid: str = metadata["KeyId"]
+        if prepared is not None:
+            # The key is not yet findable by its key id (no alias): the caller records its
+            # pinned URI and public key first, so after a crash past the alias it is recognised.
+            prepared(PreparedKey(self._pinned_uri(key_uuid), self._public(key_uuid, algorithm)))
         try:
             self._call("CreateAlias", AliasName=key_alias, TargetKeyId=key_uuid)
         except KeyStoreError:
@@ -329,6 +340,30 @@ class KmsKeyStore:
         algorithm = get_algorithm(alg_id)
         public = self._public(pinned.key, algorithm)
         return KmsKeyHandle(self, self._pinned_uri(pinned.key), metadata["Arn"], algorithm, public)
+
+    def find(self, key_id: str) -> FoundKey | None:
+        """The key behind ``alias/stellakeys/<key_id>``, or None."""
+        try:
+            metadata = self._call("DescribeKey", KeyId=KEY_ALIAS_PREFIX + key_id)["KeyMetadata"]
+        except KeyStoreError as exc:
+            if str(exc).startswith("no KMS key"):
+                return None
+            raise
+        alg_id = _BY_KEY_SPEC.get(metadata.get("KeySpec") or metadata.get("CustomerMasterKeySpec"))
+        if alg_id is None:
+            raise KeyStoreError(f"KMS key {metadata['KeyId']} is not of a supported key spec")
+        key_uuid: str = metadata["KeyId"]
+        public = self._public(key_uuid, get_algorithm(alg_id))
+        return FoundKey(key_id, self._pinned_uri(key_uuid), public)
+
+    def list_keys(self) -> list[FoundKey]:
+        aliases = self._call("ListAliases").get("Aliases", [])
+        names = sorted(
+            a["AliasName"][len(KEY_ALIAS_PREFIX) :]
+            for a in aliases
+            if a.get("AliasName", "").startswith(KEY_ALIAS_PREFIX)
+        )
+        return [f for n in names if (f := self.find(n)) is not None]
 
     def close(self) -> None:
         with self._lock:

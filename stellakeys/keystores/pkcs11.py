@@ -49,9 +49,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from stellakeys.crypto import Algorithm, PublicKey, get_algorithm
-from stellakeys.errors import KeyStoreError
+from stellakeys.errors import KeyIdentityError, KeyStoreError
 from stellakeys.keystores._secrets import Secret, SecretSource
-from stellakeys.keystores.ports import KeyStoreContext
+from stellakeys.keystores.ports import FoundKey, KeyStoreContext, PreparedKey
 
 try:
     import pkcs11
@@ -562,7 +562,13 @@ class Pkcs11KeyStore:
             uri += f"?module-path={_pct(self.module_path)}"
         return uri
 
-    def generate(self, algorithm: Algorithm, key_id: str) -> Pkcs11KeyHandle:
+    def generate(
+        self,
+        algorithm: Algorithm,
+        key_id: str,
+        *,
+        prepared: Callable[[PreparedKey], None] | None = None,
+    ) -> Pkcs11KeyHandle:
         spec = _SPECS.get(algorithm.id)
         if spec is None:
             raise KeyStoreError(
@@ -614,6 +620,10 @@ class Pkcs11KeyStore:
             point: bytes = public[Attribute.EC_POINT]
             return point
 
+        if prepared is not None:
+            # The random CKA_ID is fixed before the key exists: the caller records the pinned
+            # URI (its intent), so a key left by a crash is recognised by it.
+            prepared(PreparedKey(self._pinned_uri(shared, key_id, cka_id), None))
         point = shared.call("key generation", create)
         public_key = _public_key(spec, point)
         uri = self._pinned_uri(shared, key_id, cka_id)
@@ -665,6 +675,46 @@ class Pkcs11KeyStore:
         public_key = _public_key(spec, point)
         return Pkcs11KeyHandle(self, uri, label, cka_id, public_key.algorithm, public_key)
 
+    def _found(self, session: Any, shared: _TokenSession, private: Any) -> FoundKey:
+        cka_id = bytes(private[Attribute.ID])
+        label: str = private[Attribute.LABEL]
+        publics = list(
+            session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.ID: cka_id})
+        )
+        if len(publics) != 1:
+            raise KeyStoreError(
+                f"no unique public key object for key {label!r} on {shared.token_name}"
+            )
+        spec = _spec_of(private[Attribute.KEY_TYPE], bytes(publics[0][Attribute.EC_PARAMS]))
+        public = _public_key(spec, bytes(publics[0][Attribute.EC_POINT]))
+        return FoundKey(label, self._pinned_uri(shared, label, cka_id), public)
+
+    def find(self, key_id: str) -> FoundKey | None:
+        """The private key labelled ``key_id`` on the token (with its public key), or None."""
+        shared = self._session()
+
+        def look(session: Any) -> FoundKey | None:
+            template = {Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.LABEL: key_id}
+            privates = list(session.get_objects(template))
+            if not privates:
+                return None
+            if len(privates) > 1:
+                raise KeyStoreError(
+                    f"{len(privates)} private keys are labelled {key_id!r} on {shared.token_name}"
+                )
+            return self._found(session, shared, privates[0])
+
+        return shared.call("key lookup", look)
+
+    def list_keys(self) -> list[FoundKey]:
+        shared = self._session()
+
+        def every(session: Any) -> list[FoundKey]:
+            privates = session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY})
+            return [self._found(session, shared, p) for p in privates]
+
+        return sorted(shared.call("key listing", every), key=lambda f: f.key_id)
+
     def _sign(self, handle: Pkcs11KeyHandle, data: bytes) -> bytes:
         spec = _SPECS[handle.algorithm.id]
         shared = self._session()
@@ -673,6 +723,16 @@ class Pkcs11KeyStore:
             private = shared.private_keys.get(handle.cka_id)
             if private is None:
                 private = session.get_key(object_class=ObjectClass.PRIVATE_KEY, id=handle.cka_id)
+                # A new lookup (new session, or after the token was re-initialised): the object
+                # under this CKA_ID must still be the key the handle was opened on.
+                found = self._found(session, shared, private)
+                if not hmac.compare_digest(found.public_key.fingerprint, handle.public.fingerprint):
+                    raise KeyIdentityError(
+                        handle.key_id,
+                        handle.public.fingerprint,
+                        found.public_key.fingerprint,
+                        f"PKCS#11 token {shared.token_name}",
+                    )
                 shared.private_keys[handle.cka_id] = private
             if spec.hash_name is None:
                 raw: bytes = private.sign(data, mechanism=Mechanism.EDDSA)

@@ -16,7 +16,15 @@ import attrs
 
 from stellakeys.crypto import Algorithm, PublicKey
 
-__all__ = ["KeyHandle", "KeyStore", "KeyStoreContext", "KeyStoreFactory"]
+__all__ = [
+    "FoundKey",
+    "KeyHandle",
+    "KeyStore",
+    "KeyStoreContext",
+    "KeyStoreFactory",
+    "PreparedKey",
+    "ResumableKeyStore",
+]
 
 
 class KeyHandle(Protocol):
@@ -42,6 +50,55 @@ class KeyStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@attrs.frozen
+class PreparedKey:
+    """What a store knows about a key it is about to make persistent (crash consistency).
+
+    The facade records it in the key's intent before the store makes the key durable, so a
+    key left behind by a crash can later be recognised as the one this intent made: by its
+    public key (software: generated in memory first) or by its pinned URI (PKCS#11: the
+    random CKA_ID is chosen first; KMS: the key exists before its ``stellakeys/<id>`` alias).
+    """
+
+    pinned_uri: str | None = None
+    public_key: PublicKey | None = None
+
+
+@attrs.frozen
+class FoundKey:
+    """A key a store holds under a key id, as seen without using it (public half only)."""
+
+    key_id: str
+    pinned_uri: str
+    public_key: PublicKey
+
+
+class ResumableKeyStore(KeyStore, Protocol):
+    """Optional extension of :class:`KeyStore` that lets an interrupted generate be resumed.
+
+    The built-in stores implement it; a store without it still works, but a key left by a
+    crash then blocks its key id until removed by hand.
+    """
+
+    def generate(
+        self,
+        algorithm: Algorithm,
+        key_id: str,
+        *,
+        prepared: Callable[[PreparedKey], None] | None = None,
+    ) -> KeyHandle:
+        """As :meth:`KeyStore.generate`; ``prepared`` is called before the key is durable."""
+        ...
+
+    def find(self, key_id: str) -> FoundKey | None:
+        """The key held under ``key_id``, or None. Needs no passphrase where possible."""
+        ...
+
+    def list_keys(self) -> list[FoundKey]:
+        """Every key this store holds under a stellakeys key id (``stellaops doctor``)."""
+        ...
 
 
 @attrs.frozen

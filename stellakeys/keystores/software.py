@@ -42,11 +42,14 @@ import re
 import secrets
 import stat
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, final
 
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from stellakeys._crashpoints import crash_point
 from stellakeys.crypto import (
     Algorithm,
     PrivateKey,
@@ -55,9 +58,9 @@ from stellakeys.crypto import (
     load_private_key_pem,
     load_public_key_pem,
 )
-from stellakeys.errors import KeyStoreError, StellaKeysError
+from stellakeys.errors import KeyIdentityError, KeyStoreError, StellaKeysError
 from stellakeys.keystores._secrets import Secret, SecretSource
-from stellakeys.keystores.ports import KeyStoreContext
+from stellakeys.keystores.ports import FoundKey, KeyStoreContext, PreparedKey
 
 __all__ = ["SoftwareKeyHandle", "SoftwareKeyStore", "forget_passphrases"]
 
@@ -79,6 +82,9 @@ _URI = re.compile(
 )
 _KEY_SUFFIX = ".pem"
 _TMP_PREFIX = ".tmp-"
+#: Key files set aside by ``stellaops doctor --repair`` (an orphan with no intent): kept, not
+#: deleted, but no longer a key (hidden name), so the key id can be used again.
+_ORPHAN_PREFIX = ".orphan-"
 _PRIVATE_BLOCK = re.compile(
     rb"-----BEGIN ENCRYPTED PRIVATE KEY-----\r?\n.*?-----END ENCRYPTED PRIVATE KEY-----\r?\n?",
     re.DOTALL,
@@ -124,6 +130,7 @@ def _link_new_file(directory: Path, name: str, content: bytes) -> bool:
             os.fsync(fd)
         finally:
             os.close(fd)
+        crash_point("software-tmp-written")  # test-only: leaves a stale temp file
         try:
             os.link(tmp, directory / name)
         except FileExistsError:
@@ -392,7 +399,13 @@ class SoftwareKeyStore:
     def _pinned_uri(self, key_id: str, public: PublicKey) -> str:
         return f"software://{self.name}/{key_id}#{public.fingerprint}"
 
-    def generate(self, algorithm: Algorithm, key_id: str) -> SoftwareKeyHandle:
+    def generate(
+        self,
+        algorithm: Algorithm,
+        key_id: str,
+        *,
+        prepared: Callable[[PreparedKey], None] | None = None,
+    ) -> SoftwareKeyHandle:
         _valid_name("key id", key_id)
         supported = algorithms()
         if algorithm not in supported:
@@ -412,6 +425,12 @@ class SoftwareKeyStore:
                 f"the software key store cannot generate {algorithm.id!r} here: {exc}"
             ) from None
         content = private.to_encrypted_pem(passphrase) + private.public_key().to_pem().encode()
+        if prepared is not None:
+            # The key exists only in memory yet: let the caller record its public key (the
+            # intent), so a crash after the link below leaves a key that can be recognised.
+            prepared(
+                PreparedKey(self._pinned_uri(key_id, private.public_key()), private.public_key())
+            )
         if not _link_new_file(self.directory, path.name, content):
             raise KeyStoreError(f"key {key_id!r} already exists in software://{self.name}")
         return SoftwareKeyHandle(self._pinned_uri(key_id, private.public_key()), key_id, private)
@@ -441,9 +460,9 @@ class SoftwareKeyStore:
             raise KeyStoreError(f"{path}: cannot read its public key: {exc}") from None
         # Compare before decrypting: a substituted file is refused without a passphrase.
         if not hmac.compare_digest(public.fingerprint, match["fp"]):
-            raise KeyStoreError(
-                f"key {key_id!r} in software://{self.name} is not the key pinned by {uri} "
-                f"(found {public.fingerprint}); it was replaced after the URI was issued"
+            # It was replaced after the URI was issued (restored from another backup, planted).
+            raise KeyIdentityError(
+                key_id, match["fp"], public.fingerprint, f"software://{self.name}"
             )
         passphrase = self._key_passphrase(creating=False)
         try:
@@ -481,6 +500,68 @@ class SoftwareKeyStore:
                 raise KeyStoreError(f"{path}: cannot read its public key: {exc}") from None
             found[key_id] = self._pinned_uri(key_id, public)
         return found
+
+    def _found(self, key_id: str) -> FoundKey | None:
+        path = self.directory / (key_id + _KEY_SUFFIX)
+        try:
+            content = self._read_private_file(path)
+        except FileNotFoundError:
+            return None
+        block = _PUBLIC_BLOCK.search(content)
+        if block is None:
+            raise KeyStoreError(f"{path} is not a stellakeys key file")
+        try:
+            public = load_public_key_pem(block.group(0))
+        except StellaKeysError as exc:
+            raise KeyStoreError(f"{path}: cannot read its public key: {exc}") from None
+        return FoundKey(key_id, self._pinned_uri(key_id, public), public)
+
+    def find(self, key_id: str) -> FoundKey | None:
+        """The key file of ``key_id`` (its public block; no passphrase), or None."""
+        return self._found(_valid_name("key id", key_id))
+
+    def list_keys(self) -> list[FoundKey]:
+        return [f for k in self.key_ids() if (f := self._found(k)) is not None]
+
+    def temp_files(self, min_age_seconds: float = 0.0) -> list[Path]:
+        """Temp files of writes that did not finish (a crash), at least this old by mtime.
+
+        A live writer's temp file is at most seconds old; ``stellaops doctor`` leaves younger
+        ones alone by default."""
+        try:
+            entries = list(os.scandir(self.directory))
+        except FileNotFoundError:
+            return []
+        # mtime is the file system's clock, not the core's: this is an adapter inspecting files.
+        limit = time.time() - min_age_seconds
+        return sorted(
+            Path(e.path)
+            for e in entries
+            if e.name.startswith(_TMP_PREFIX) and e.stat(follow_symlinks=False).st_mtime <= limit
+        )
+
+    def remove_temp_file(self, path: Path) -> None:
+        if path.parent != self.directory or not path.name.startswith(_TMP_PREFIX):
+            raise KeyStoreError(f"{path} is not a temp file of software://{self.name}")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        _fsync_dir(self.directory)
+
+    def quarantine(self, key_id: str) -> Path:
+        """Set an orphan key file aside under a hidden name (kept, never deleted): the key id
+        is free again. Returns the new path."""
+        found = self.find(key_id)
+        if found is None:
+            raise KeyStoreError(f"no key {key_id!r} in software://{self.name}")
+        source = self.directory / (key_id + _KEY_SUFFIX)
+        digest = found.public_key.fingerprint.split(":", 1)[1][:16]
+        target = self.directory / f"{_ORPHAN_PREFIX}{key_id}-{digest}{_KEY_SUFFIX}"
+        # FileExistsError: set aside before (same key, same name); just drop the key id's name.
+        with contextlib.suppress(FileExistsError):
+            os.link(source, target)
+        os.unlink(source)
+        _fsync_dir(self.directory)
+        return target
 
     def close(self) -> None:
         with self._lock:

@@ -25,9 +25,11 @@ from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
 from stellakeys.audit import AuditEvent, AuditQuery, AuditRecord, chain_event
 from stellakeys.ceremony.model import Approval, Ceremony, CeremonyState
 from stellakeys.errors import ConflictError, NotFoundError, StorageError
+from stellakeys.intents import KeyIntent
 from stellakeys.keys import KeyRecord
 from stellakeys.storage import _ceremony_codec as cc
 from stellakeys.storage import _codec as codec
+from stellakeys.storage import _intent_codec as ic
 from stellakeys.storage.ports import ProofRecord
 
 if TYPE_CHECKING:
@@ -60,6 +62,8 @@ class _State:
     #: ceremony id -> approval rows ordered by (approved_at, approval id)
     approvals: dict[str, tuple[Row, ...]] = attrs.Factory(dict)
     approval_ids: dict[str, None] = attrs.Factory(dict)
+    #: key id -> intent row (stellakeys.storage._intent_codec)
+    intents: dict[str, Row] = attrs.Factory(dict)
     #: how many events of the shared audit list are committed
     audit_len: int = 0
 
@@ -143,6 +147,26 @@ class MemoryTransaction:
         self._check()
         rows = sorted(self._s.keys.values(), key=lambda r: (r[4], r[0]))
         return [codec.key_from_row(r) for r in rows]
+
+    # --- key lifecycle intents -----------------------------------------------------------
+
+    def put_intent(self, intent: KeyIntent) -> None:
+        self._own("intents")[intent.key_id] = ic.intent_to_row(intent)
+
+    def get_intent(self, key_id: str) -> KeyIntent | None:
+        self._check()
+        row = self._s.intents.get(key_id)
+        return None if row is None else ic.intent_from_row(row)
+
+    def list_intents(self) -> list[KeyIntent]:
+        self._check()
+        rows = sorted(self._s.intents.values(), key=lambda r: (r[5], r[0]))
+        return [ic.intent_from_row(r) for r in rows]
+
+    def delete_intent(self, key_id: str) -> None:
+        self._require_writable()
+        if key_id in self._s.intents:
+            del self._own("intents")[key_id]
 
     # --- trust anchors and key history ----------------------------------------------------
 

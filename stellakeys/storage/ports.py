@@ -25,6 +25,7 @@ import attrs
 from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
 from stellakeys.audit import AuditEvent, AuditQuery, AuditRecord
 from stellakeys.ceremony.model import Approval, Ceremony, CeremonyState
+from stellakeys.intents import KeyIntent
 from stellakeys.keys import KeyRecord
 
 __all__ = ["ProofRecord", "Store", "Transaction"]
@@ -143,6 +144,21 @@ class Transaction(Protocol):
     def list_ceremonies(self, states: Collection[CeremonyState] | None = None) -> list[Ceremony]:
         """Ceremonies (with approvals) ordered by created_at then id; only those whose stored
         state is in ``states`` when it is given."""
+        ...
+
+    # --- key lifecycle intents (crash consistency; stellakeys.intents) ------------------------
+    def put_intent(self, intent: KeyIntent) -> None:
+        """Insert or replace the intent for ``intent.key_id``."""
+        ...
+
+    def get_intent(self, key_id: str) -> KeyIntent | None: ...
+
+    def list_intents(self) -> list[KeyIntent]:
+        """Unfinished intents ordered by created_at then key_id."""
+        ...
+
+    def delete_intent(self, key_id: str) -> None:
+        """Remove the intent (no error if there is none)."""
         ...
 
     # --- audit ------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
 from stellakeys.audit import AuditEvent, AuditQuery, AuditRecord, chain_event
 from stellakeys.ceremony.model import Approval, Ceremony, CeremonyState, Decision
 from stellakeys.errors import ConflictError, NotFoundError, StorageError
+from stellakeys.intents import KeyIntent
 from stellakeys.keys import KeyRecord
 from stellakeys.storage import _codec as codec
 from stellakeys.storage.ports import ProofRecord
@@ -292,6 +293,27 @@ def url_schema_version(url: str) -> tuple[int | None, int]:
 
 # Column lists in the positional order of the domain classes' fields, so a row becomes an
 # object with one call and no per-field work (the lookup path builds thousands of these).
+_INTENT_COLS = (
+    "key_id, operation, profile, algorithm, key_store, created_at, params, public_key,"
+    " fingerprint, key_store_uri"
+)
+
+
+def _intent(row: Row) -> KeyIntent:
+    return KeyIntent(
+        key_id=row[0],
+        operation=row[1],
+        profile=row[2],
+        algorithm=row[3],
+        key_store=row[4],
+        created_at=row[5],
+        params=row[6] or {},
+        public_key_pem=row[7],
+        fingerprint=row[8],
+        key_store_uri=row[9],
+    )
+
+
 _KEY_COLS = (
     "key_id, algorithm, public_key, fingerprint, created_at, profile, key_store_uri, origin,"
     " metadata"
@@ -552,6 +574,50 @@ class PostgresTransaction:
         self._check()
         rows = self._all(f"SELECT {_KEY_COLS} FROM signer.keys ORDER BY created_at, key_id")
         return [KeyRecord(*r) for r in rows]
+
+    # --- key lifecycle intents -----------------------------------------------------------
+
+    def put_intent(self, intent: KeyIntent) -> None:
+        self._check_write()
+        self._exec(
+            f"INSERT INTO signer.key_intents ({_INTENT_COLS})"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s)"
+            " ON CONFLICT (key_id) DO UPDATE SET operation = EXCLUDED.operation,"
+            " profile = EXCLUDED.profile, algorithm = EXCLUDED.algorithm,"
+            " key_store = EXCLUDED.key_store, created_at = EXCLUDED.created_at,"
+            " params = EXCLUDED.params, public_key = EXCLUDED.public_key,"
+            " fingerprint = EXCLUDED.fingerprint, key_store_uri = EXCLUDED.key_store_uri",
+            (
+                intent.key_id,
+                intent.operation,
+                intent.profile,
+                intent.algorithm,
+                intent.key_store,
+                _check_aware(intent.created_at),
+                codec.dump_json(dict(intent.params)),
+                intent.public_key_pem,
+                intent.fingerprint,
+                intent.key_store_uri,
+            ),
+        )
+
+    def get_intent(self, key_id: str) -> KeyIntent | None:
+        self._check()
+        row = self._one(
+            f"SELECT {_INTENT_COLS} FROM signer.key_intents WHERE key_id = %s", (key_id,)
+        )
+        return None if row is None else _intent(row)
+
+    def list_intents(self) -> list[KeyIntent]:
+        self._check()
+        rows = self._all(
+            f"SELECT {_INTENT_COLS} FROM signer.key_intents ORDER BY created_at, key_id"
+        )
+        return [_intent(r) for r in rows]
+
+    def delete_intent(self, key_id: str) -> None:
+        self._check_write()
+        self._exec("DELETE FROM signer.key_intents WHERE key_id = %s", (key_id,))
 
     # --- trust anchors and key history ----------------------------------------------------
 

@@ -56,9 +56,11 @@ from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
 from stellakeys.audit import AuditEvent, AuditQuery, AuditRecord, chain_event
 from stellakeys.ceremony.model import Approval, Ceremony, CeremonyState
 from stellakeys.errors import ConflictError, NotFoundError, StorageError
+from stellakeys.intents import KeyIntent
 from stellakeys.keys import KeyRecord
 from stellakeys.storage import _ceremony_codec as cc
 from stellakeys.storage import _codec as codec
+from stellakeys.storage import _intent_codec as ic
 from stellakeys.storage.ports import ProofRecord
 
 if TYPE_CHECKING:
@@ -418,6 +420,30 @@ class SqliteTransaction:
         return [
             codec.key_from_row(r) for r in self._all(_SELECT_KEY + " ORDER BY created_at, key_id")
         ]
+
+    # --- key lifecycle intents -----------------------------------------------------------
+
+    def put_intent(self, intent: KeyIntent) -> None:
+        self._check_write()
+        self._exec(
+            f"INSERT OR REPLACE INTO key_intents ({ic.INTENT_COLUMNS})"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            ic.intent_to_row(intent),
+        )
+
+    def get_intent(self, key_id: str) -> KeyIntent | None:
+        self._check()
+        row = self._one(f"SELECT {ic.INTENT_COLUMNS} FROM key_intents WHERE key_id = ?", (key_id,))
+        return None if row is None else ic.intent_from_row(row)
+
+    def list_intents(self) -> list[KeyIntent]:
+        self._check()
+        rows = self._all(f"SELECT {ic.INTENT_COLUMNS} FROM key_intents ORDER BY created_at, key_id")
+        return [ic.intent_from_row(r) for r in rows]
+
+    def delete_intent(self, key_id: str) -> None:
+        self._check_write()
+        self._exec("DELETE FROM key_intents WHERE key_id = ?", (key_id,))
 
     # --- trust anchors and key history ----------------------------------------------------
 

@@ -24,8 +24,9 @@ SO_PIN = "so-pin-0000"
 
 #: Tokens made for the test session, by label, with their user PINs. "T" is the main token;
 #: "W" is never logged in by a right PIN, so wrong-PIN attempts reach C_Login; "S" is for
-#: the benchmark-style login-per-signature tests that log out.
-TOKENS = {"T": "1234-user", "W": "5678-user", "S": "9999-user"}
+#: the benchmark-style login-per-signature tests that log out; "R" is re-initialised by the
+#: planted-key attack tests (tests/keystores/test_key_identity.py).
+TOKENS = {"T": "1234-user", "W": "5678-user", "S": "9999-user", "R": "4321-user"}
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from keystore_conformance import (
 from keystore_conformance import KeyStoreConformance, StoreUnderTest, unique_key_id
 
 from stellakeys.crypto import get_algorithm
-from stellakeys.errors import KeyStoreError
+from stellakeys.errors import KeyIdentityError, KeyStoreError
 from stellakeys.keystores import KeyStoreContext, SecretSource
 from stellakeys.keystores.software import SCRYPT_N, SoftwareKeyStore
 
@@ -124,8 +124,10 @@ def test_a_replaced_key_file_does_not_take_over_the_pinned_uri(
     impostor = store.generate(get_algorithm("ed25519"), key_id)
     assert impostor.uri != original.uri
     fresh = SoftwareKeyStore.from_uri("software://default", software_context)
-    with pytest.raises(KeyStoreError, match="not the key pinned"):
+    with pytest.raises(KeyIdentityError) as refused:  # a KeyStoreError, naming both keys
         fresh.open(original.uri)
+    assert original.public_key().fingerprint in str(refused.value)
+    assert impostor.public_key().fingerprint in str(refused.value)
 
 
 def test_unpinned_uri_is_refused(store: SoftwareKeyStore) -> None:

@@ -1,0 +1,48 @@
+"""Rows of the ``key_intents`` table (SQLite and memory keep instants as microseconds)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from stellakeys.intents import KeyIntent
+from stellakeys.storage._codec import dump_json, from_micros, load_json, to_micros
+
+__all__ = ["INTENT_COLUMNS", "intent_from_row", "intent_to_row"]
+
+INTENT_COLUMNS = (
+    "key_id, operation, profile, algorithm, key_store, created_at, params, public_key,"
+    " fingerprint, key_store_uri"
+)
+
+Row = tuple[Any, ...]
+
+
+def intent_to_row(i: KeyIntent) -> Row:
+    return (
+        i.key_id,
+        i.operation,
+        i.profile,
+        i.algorithm,
+        i.key_store,
+        to_micros(i.created_at),
+        dump_json(dict(i.params)),
+        i.public_key_pem,
+        i.fingerprint,
+        i.key_store_uri,
+    )
+
+
+def intent_from_row(row: Sequence[Any]) -> KeyIntent:
+    return KeyIntent(
+        key_id=row[0],
+        operation=row[1],
+        profile=row[2],
+        algorithm=row[3],
+        key_store=row[4],
+        created_at=from_micros(row[5]),
+        params=load_json(row[6]),
+        public_key_pem=row[7],
+        fingerprint=row[8],
+        key_store_uri=row[9],
+    )
