@@ -44,9 +44,12 @@ _STATEMENT_PREFIX = "https://in-toto.io/Statement/"
 
 #: The in-toto DigestSet's named algorithms, whose values are lowercase hex (digest_set.md).
 _HEX_ALGORITHMS = frozenset(
-    "sha256 sha224 sha384 sha512 sha512_224 sha512_256 sha3_224 sha3_256 sha3_384 sha3_512"
-    " shake128 shake256 blake2b blake2s ripemd160 sm3 gost sha1 md5 dirHash1"
-    " gitCommit gitTree gitBlob gitTag".split()
+    {
+        *("sha256", "sha224", "sha384", "sha512", "sha512_224", "sha512_256"),
+        *("sha3_224", "sha3_256", "sha3_384", "sha3_512", "shake128", "shake256"),
+        *("blake2b", "blake2s", "ripemd160", "sm3", "gost", "sha1", "md5", "dirHash1"),
+        *("gitCommit", "gitTree", "gitBlob", "gitTag"),
+    }
 )
 _LOWER_HEX = re.compile(r"[0-9a-f]+")
 
@@ -142,7 +145,7 @@ def _checked(data: bytes | str) -> tuple[str, list[dict[str, Any]], str, dict[st
     kind = obj.get("_type")
     if kind not in STATEMENT_TYPES:
         raise MalformedEnvelopeError(
-            f"statement _type is {kind!r}; accepted: {', '.join(STATEMENT_TYPES)}"
+            f"statement _type is {repr(kind)[:100]}; accepted: {', '.join(STATEMENT_TYPES)}"
         )
     subjects = obj.get("subject")
     predicate_type = obj.get("predicateType")
@@ -163,9 +166,9 @@ def _check_subject(subject: Any, i: int, *, name_required: bool) -> None:
     where = f"statement.subject[{i}]"
     if not isinstance(subject, dict):
         raise MalformedEnvelopeError(f"{where} must be an object")
-    if "name" in subject or name_required:
-        if not isinstance(subject.get("name"), str):
-            raise MalformedEnvelopeError(f"{where}.name must be a string")
+    # v1: name is optional (a string when present); v0.1: required.
+    if ("name" in subject or name_required) and not isinstance(subject.get("name"), str):
+        raise MalformedEnvelopeError(f"{where}.name must be a string")
     digest = subject.get("digest")
     # v1 and v0.1 alike: every subject MUST have a digest (a DigestSet: one or more entries).
     if not isinstance(digest, dict) or not digest:
