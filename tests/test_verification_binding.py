@@ -35,10 +35,10 @@ DIGEST = {"sha256": "ab" * 32}
 
 
 def statement(*names: str, statement_type: str | None = None) -> bytes:
-    s = Statement(tuple(Subject(n, DIGEST) for n in names), EVIDENCE, {"n": 1})
+    obj = Statement(tuple(Subject(n, DIGEST) for n in names), EVIDENCE, {"n": 1}).to_dict()
     if statement_type is not None:
-        s = attrs.evolve(s, statement_type=statement_type)
-    return s.to_json()
+        obj["_type"] = statement_type
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
 @pytest.fixture
