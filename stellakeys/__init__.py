@@ -53,8 +53,10 @@ if TYPE_CHECKING:
     from stellakeys.manager import ALL_ANCHORS, AnchorStatus, KeyManager, KeyValidity
     from stellakeys.profiles import KeyProfile, RotationPolicy, SignerConfig
     from stellakeys.purl import PurlPattern, parse_purl
+    from stellakeys.revocation import is_compromise
     from stellakeys.verification import (
         SigningTime,
+        SubjectResult,
         TimeSource,
         VerificationPolicy,
         VerificationResult,
@@ -101,6 +103,7 @@ __all__ = [
     "StorageError",
     "TimestampError",
     "Subject",
+    "SubjectResult",
     "SystemClock",
     "TimeSource",
     "TrustAnchor",
@@ -110,6 +113,7 @@ __all__ = [
     "VerificationResult",
     "algorithms",
     "get_algorithm",
+    "is_compromise",
     "load_private_key_pem",
     "load_public_key_pem",
     "parse_purl",
@@ -157,6 +161,7 @@ _EXPORTS: dict[str, str] = {
     "StorageError": "stellakeys.errors",
     "TimestampError": "stellakeys.errors",
     "Subject": "stellakeys.intoto",
+    "SubjectResult": "stellakeys.verification",
     "SystemClock": "stellakeys.clock",
     "TimeSource": "stellakeys.verification",
     "TrustAnchor": "stellakeys.anchors",
@@ -166,6 +171,7 @@ _EXPORTS: dict[str, str] = {
     "VerificationResult": "stellakeys.verification",
     "algorithms": "stellakeys.crypto",
     "get_algorithm": "stellakeys.crypto",
+    "is_compromise": "stellakeys.revocation",
     "load_private_key_pem": "stellakeys.crypto",
     "load_public_key_pem": "stellakeys.crypto",
     "parse_purl": "stellakeys.purl",

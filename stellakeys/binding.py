@@ -144,19 +144,17 @@ def _same_package(a: Purl, b: Purl) -> bool:
     return (a.type, a.namespace, a.name) == (b.type, b.namespace, b.name)
 
 
-def subject_result(
-    name: str, purl: str | None, result: VerificationResult, extra: Sequence[str] = ()
-) -> SubjectResult:
-    reasons = (*result.reasons, *extra)
+def subject_result(name: str, purl: str | None, result: VerificationResult) -> SubjectResult:
+    """One artifact's verdict, from the result of judging it against its anchor."""
     return SubjectResult(
         name=name,
         purl=purl,
-        ok=result.ok and not extra,
+        ok=result.ok,
         anchor_id=result.anchor_id,
         anchor_pattern=result.anchor_pattern,
         policy_version=result.policy_version,
         verified_keys=result.verified_keys,
-        reasons=reasons,
+        reasons=result.reasons,
     )
 
 

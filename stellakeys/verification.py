@@ -392,7 +392,7 @@ def evaluate(
 
 def _usable(entry: KeyHistoryEntry, time: SigningTime, require_trusted: bool = False) -> bool:
     return entry.valid_at(time.at) and (
-        time.source is TimeSource.TRUSTED or not (entry.compromised or require_trusted)
+        time.source is TimeSource.TRUSTED or not (_compromised(entry) or require_trusted)
     )
 
 

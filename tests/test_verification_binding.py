@@ -511,3 +511,49 @@ def test_threshold_zero_with_a_token_over_garbage_never_verifies(
         km.verify(forged, policy=sneaky, timestamps=[token], timestamp_verifier=verifier)
     honest = km.verify(forged, timestamps=[token], timestamp_verifier=verifier)
     assert not honest.ok and honest.verified_keys == ()
+
+
+# --- the pure rules ---------------------------------------------------------------------------
+
+
+def test_evaluate_applies_compromise_spellings_and_key_wide_times(km: KeyManager) -> None:
+    from stellakeys.verification import (
+        SigningTime,
+        TimeSource,
+        evaluate,
+        key_wide_compromises,
+    )
+
+    setup_keys(km, "k")
+    at(km, T0)
+    anchor = km.create_anchor("pkg:npm/*", ["k"], [EVIDENCE])
+    at(km, SIGNED)
+    envelope = km.get_proof(km.sign(statement("pkg:npm/a@1"), "k"))
+    entry = anchor.key_history[0]
+
+    def judge(a: Any, compromises: Any = None) -> bool:
+        return evaluate(
+            envelope,
+            digest=None,
+            time=SigningTime(SIGNED, TimeSource.ASSERTED),
+            policy=VerificationPolicy(),
+            anchor=a,
+            purl="pkg:npm/a@1",
+            predicate_type=EVIDENCE,
+            compromises=compromises,
+        ).ok
+
+    assert judge(anchor)
+    # This anchor's own record, in a spelling other than "compromise", scheduled later.
+    own = attrs.evolve(anchor, key_history=(entry.revoke(COMPROMISED_AT, "KeyCompromise"),))
+    assert not judge(own)
+    # Another anchor's record: the earliest compromise of the fingerprint wins.
+    elsewhere = [
+        entry.revoke(COMPROMISED_AT, "compromised"),
+        entry.revoke(SIGNED - timedelta(days=1), "superseded"),
+        entry.revoke(SIGNED + timedelta(days=1), "key-compromise"),
+    ]
+    found = key_wide_compromises(elsewhere)
+    assert found == {entry.fingerprint: SIGNED + timedelta(days=1)}
+    assert not judge(anchor, found)
+    assert judge(anchor, {"SHA256:" + "00" * 32: T0})  # another key's compromise
