@@ -64,8 +64,8 @@ def is_intoto_payload_type(payload_type: str) -> bool:
 def looks_like_statement(payload: bytes) -> bool:
     """Whether a payload is a JSON object whose ``_type`` names an in-toto Statement (any
     version): verification refuses such a payload under another payloadType."""
-    if _STATEMENT_PREFIX.encode() not in payload:
-        return False  # cheap: most non-statement payloads never mention the URI
+    # No byte-level shortcut: JSON may spell the URI with escapes ("https:\\/\\/...",
+    # "\\u0068ttps") or in UTF-16, and a parser elsewhere would still see a statement.
     try:
         obj = json.loads(payload)
     except (ValueError, UnicodeDecodeError, RecursionError):

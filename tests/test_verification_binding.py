@@ -298,6 +298,12 @@ def test_statement_v01_is_judged_not_key_only(km: KeyManager, home: Path) -> Non
         ("Application/VND.in-toto+JSON; charset=utf-8", b"{}", "not a valid in-toto"),
         # A statement under another payloadType is not "a payload that names no artifact".
         ("application/octet-stream", statement("pkg:npm/a@1"), "its payloadType is"),
+        # ... even when the JSON escapes the URI, so no byte search finds it.
+        (
+            "text/plain",
+            statement("pkg:npm/a@1").replace(b"https://", rb"\u0068ttps:\/\/"),
+            "its payloadType is",
+        ),
         ("application/json", statement("pkg:npm/a@1", statement_type="x"), None),
     ],
 )
