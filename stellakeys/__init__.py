@@ -59,8 +59,10 @@ if TYPE_CHECKING:
     from stellakeys.manager import ALL_ANCHORS, AnchorStatus, KeyManager, KeyValidity
     from stellakeys.profiles import KeyProfile, RotationPolicy, SignerConfig
     from stellakeys.purl import PurlPattern, parse_purl
+    from stellakeys.revocation import is_compromise
     from stellakeys.verification import (
         SigningTime,
+        SubjectResult,
         TimeSource,
         VerificationPolicy,
         VerificationResult,
@@ -112,6 +114,7 @@ __all__ = [
     "StorageError",
     "TimestampError",
     "Subject",
+    "SubjectResult",
     "SystemClock",
     "TimeSource",
     "TrustAnchor",
@@ -122,6 +125,7 @@ __all__ = [
     "WeakKeyError",
     "algorithms",
     "get_algorithm",
+    "is_compromise",
     "load_private_key_pem",
     "load_public_key_pem",
     "parse_purl",
@@ -174,6 +178,7 @@ _EXPORTS: dict[str, str] = {
     "StorageError": "stellakeys.errors",
     "TimestampError": "stellakeys.errors",
     "Subject": "stellakeys.intoto",
+    "SubjectResult": "stellakeys.verification",
     "SystemClock": "stellakeys.clock",
     "TimeSource": "stellakeys.verification",
     "TrustAnchor": "stellakeys.anchors",
@@ -184,6 +189,7 @@ _EXPORTS: dict[str, str] = {
     "VerificationResult": "stellakeys.verification",
     "algorithms": "stellakeys.crypto",
     "get_algorithm": "stellakeys.crypto",
+    "is_compromise": "stellakeys.revocation",
     "load_private_key_pem": "stellakeys.crypto",
     "load_public_key_pem": "stellakeys.crypto",
     "parse_purl": "stellakeys.purl",

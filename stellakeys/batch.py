@@ -310,6 +310,9 @@ _CATEGORIES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"^no active trust anchor matches", "no trust anchor"),
         (r"^ambiguous", "ambiguous trust anchors"),
         (r"^no artifact PURL", "no artifact"),
+        (r" is not a subject", "artifact not a subject"),
+        (r"not a valid in-toto statement|statement but its payloadType", "malformed statement"),
+        (r"is not a package URL", "subject not a package URL"),
         (r"predicateType .* is not allowed", "predicate type not allowed"),
         (r"not an in-toto statement", "not an in-toto statement"),
         (r"required (anchor )?keys signed", "threshold not met"),
@@ -318,8 +321,13 @@ _CATEGORIES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
 )
 
 
+#: A statement with several subjects prefixes each reason with its subject (stellakeys.binding).
+_SUBJECT_PREFIX = re.compile(r"^subject (?:pkg:\S+|'[^']*'|\"[^\"]*\"): ")
+
+
 def reason_category(reason: str) -> str:
     """A short, countable category for a failure reason (``other`` when unrecognised)."""
+    reason = _SUBJECT_PREFIX.sub("", reason, count=1)
     for pattern, name in _CATEGORIES:
         if pattern.search(reason):
             return name

@@ -37,6 +37,7 @@ from stellakeys.errors import StellaKeysError
 from stellakeys.intoto import PAYLOAD_TYPE as INTOTO_PAYLOAD_TYPE
 from stellakeys.intoto import Statement
 from stellakeys.keys import public_key_of_pem
+from stellakeys.revocation import is_compromise
 from stellakeys.times import format_time
 from stellakeys.verification import TimeSource, VerificationResult
 
@@ -223,7 +224,7 @@ class KeyHistory:
                 "revoked_at": e.revoked_at,
                 "revoke_reason": e.revoke_reason,
                 "expires_at": e.expires_at,
-                "compromised": e.compromised,
+                "compromised": is_compromise(e.revoke_reason),
             }
             for a, e in self.entries
         ]
@@ -556,7 +557,8 @@ class Window:
 
     @property
     def compromised(self) -> bool:
-        return self.revoke_reason == "compromise"
+        # This anchor's record; verification also applies compromises from other anchors.
+        return is_compromise(self.revoke_reason)
 
     @property
     def label(self) -> str:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import functools
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -26,6 +27,13 @@ from stellakeys.audit import (
     EventType,
     verify_chain,
 )
+from stellakeys.binding import (
+    combine_subjects,
+    payload_facts,
+    requested_subject_reason,
+    subject_result,
+    subject_targets,
+)
 from stellakeys.clock import Clock, SystemClock
 from stellakeys.config import Settings, load_settings
 from stellakeys.crypto import Algorithm, get_algorithm, load_public_key_pem
@@ -34,14 +42,12 @@ from stellakeys.errors import (
     ConflictError,
     KeyIdentityError,
     KeyStoreError,
-    MalformedEnvelopeError,
     MalformedPurlError,
     NotFoundError,
     PolicyError,
 )
 from stellakeys.intents import INTENT_GENERATE, INTENT_ROTATE, KeyIntent
 from stellakeys.intoto import PAYLOAD_TYPE as INTOTO_PAYLOAD_TYPE
-from stellakeys.intoto import statement_facts
 from stellakeys.key_lifecycle import (
     begin_intent,
     check_handle,
@@ -68,6 +74,7 @@ from stellakeys.verification import (
     VerificationResult,
     evaluate,
     evaluate_key_only,
+    key_wide_compromises,
 )
 
 if TYPE_CHECKING:
@@ -159,11 +166,20 @@ class AnchorStatus:
         }
 
 
+#: (applicable anchor or None, why none applies, key-wide compromises of the anchor's keys)
+_Lookup = tuple[TrustAnchor | None, str | None, Mapping[str, datetime]]
+_NO_COMPROMISE: Mapping[str, datetime] = MappingProxyType({})
+#: The cache key of the universal anchor (a PURL never starts with NUL).
+_UNIVERSAL = "\0*"
+
+
 class _AnchorCache:
     """PURL -> applicable anchor, dropped whenever the store's change token moves.
 
     Lookups go through the store's index (a handful of index keys per PURL), and the answer is
-    remembered per PURL, so verifying many proofs for one artifact costs one query.
+    remembered per PURL, so verifying many proofs for one artifact costs one query. With the
+    anchor comes what the store knows of its keys in *every* anchor: the earliest compromise
+    revocation of each key's fingerprint (a compromise is a fact about the key).
     """
 
     _MAX = 65536
@@ -171,27 +187,49 @@ class _AnchorCache:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._token: object = object()
-        self._by_purl: dict[str, tuple[TrustAnchor | None, str | None]] = {}
+        self._by_purl: dict[str, _Lookup] = {}
         self._lock = threading.Lock()
 
-    def lookup(self, purl: str) -> tuple[TrustAnchor | None, str | None]:
+    def lookup(self, purl: str) -> _Lookup:
         """The one applicable anchor, or (None, reason) when none or an ambiguous pair match."""
+        return self._cached(purl, lambda: parse_purl(purl))
+
+    def universal(self) -> _Lookup:
+        """The active universal anchor (pattern ``*``), the only one that can cover a subject
+        whose name is not a package URL."""
+        return self._cached(_UNIVERSAL, lambda: None)
+
+    def _cached(self, key: str, parse: Callable[[], Any]) -> _Lookup:
         token = self._store.change_token()
         with self._lock:
             if token != self._token:
                 self._by_purl.clear()
                 self._token = token
-            hit = self._by_purl.get(purl)
+            hit = self._by_purl.get(key)
         if hit is not None:
             return hit
-        parsed = parse_purl(purl)
+        parsed = parse()
         with self._store.read() as tx:
-            candidates = tx.anchors_by_index_keys(lookup_keys_for(parsed))
-        answer = _most_specific(candidates, parsed)
+            if parsed is None:
+                candidates = [
+                    a
+                    for a in tx.anchors_by_index_keys([""])
+                    if _pattern(a.purl_pattern).is_universal
+                ]
+                anchor, why = _most_specific(candidates, None)
+            else:
+                candidates = tx.anchors_by_index_keys(lookup_keys_for(parsed))
+                anchor, why = _most_specific(candidates, parsed)
+            compromises: Mapping[str, datetime] = _NO_COMPROMISE
+            if anchor is not None:
+                fingerprints = {e.fingerprint for e in anchor.key_history}
+                found = key_wide_compromises(tx.history_by_fingerprints(fingerprints))
+                compromises = MappingProxyType(found) if found else _NO_COMPROMISE
+        answer = (anchor, why, compromises)
         with self._lock:
             if len(self._by_purl) >= self._MAX:
                 self._by_purl.clear()
-            self._by_purl[purl] = answer
+            self._by_purl[key] = answer
         return answer
 
 
@@ -201,7 +239,7 @@ def _most_specific(
     best: list[tuple[Specificity, TrustAnchor]] = []
     for anchor in candidates:
         pattern = _pattern(anchor.purl_pattern)
-        if anchor.active and pattern.matches(purl):
+        if anchor.active and (pattern.is_universal if purl is None else pattern.matches(purl)):
             best.append((pattern.specificity, anchor))
     if not best:
         return None, None
@@ -216,15 +254,10 @@ def _most_specific(
 _pattern = functools.lru_cache(maxsize=65536)(PurlPattern.parse)
 
 
-def _payload_facts(envelope: Envelope) -> tuple[str | None, list[str], list[str]]:
-    """(predicateType, PURL subject names, notes) of an in-toto payload; nothing otherwise."""
-    if envelope.payload_type != INTOTO_PAYLOAD_TYPE:
-        return None, [], []
-    try:
-        predicate_type, names = statement_facts(envelope.payload)
-    except MalformedEnvelopeError as exc:
-        return None, [], [f"payload claims in-toto but is not a statement: {exc}"]
-    return predicate_type, [n for n in names if n.startswith("pkg:")], []
+def _subject_purls(envelope: Envelope) -> list[str]:
+    """The PURL subject names of a well-formed in-toto payload; none otherwise."""
+    facts = payload_facts(envelope)
+    return [n for n in facts.subjects if n.startswith("pkg:")] if facts.error is None else []
 
 
 class KeyManager:
@@ -871,12 +904,16 @@ class KeyManager:
         now = self._now()
         pattern = PurlPattern.parse(anchor.purl_pattern)
         total = verified = rescans = 0
-        compromised = {e.key_id for e in anchor.key_history if e.compromised}
         with self.store.read() as tx:
             proofs = list(tx.iter_proofs())
+            # Key-wide: a key compromised in another anchor is compromised here too.
+            found = key_wide_compromises(
+                tx.history_by_fingerprints({e.fingerprint for e in anchor.key_history})
+            )
+        compromised = {e.key_id for e in anchor.key_history if e.fingerprint in found}
         for proof in proofs:
             envelope = Envelope.from_json(proof.envelope_json)
-            _, purls, _ = _payload_facts(envelope)
+            purls = _subject_purls(envelope)
             purl = next((p for p in purls if _safe_match(pattern, p)), None)
             if purl is None:
                 continue
@@ -1082,8 +1119,10 @@ class KeyManager:
         """Verify a proof (an envelope, its JSON, or a stored ``sha256:`` digest).
 
         The time is ``trusted_time`` when given (a verified timestamp), else ``at`` (asserted),
-        else now. The artifact is ``purl`` when given, else the first subject of an in-toto
-        payload whose name is a PURL.
+        else now. The artifact is ``purl`` when given, and it must be one of the statement's
+        subjects; else every subject of the in-toto statement is judged against its own
+        anchor (``result.subjects``). A payload that names no artifact gets a key-only check
+        when the policy allows it (``result.key_only``). See docs/verification.md.
 
         RFC 3161 tokens (the ones stored with the proof when it is given by its ``sha256:``
         address, plus ``timestamps``) give the signatures they cover their own trusted time,
@@ -1105,45 +1144,80 @@ class KeyManager:
         signature_times, issues = self._signature_times(
             envelope, (*stored, *timestamps), timestamp_verifier
         )
-        predicate_type, subject_purls, notes = _payload_facts(envelope)
-        reasons: list[str] = []
-        if purl is None:
-            for candidate in subject_purls:
-                try:
-                    parse_purl(candidate)
-                except MalformedPurlError:
-                    continue
-                purl = candidate
-                break
-        else:
-            parse_purl(purl)  # malformed input raises
         # A stored proof's address is known; otherwise the digest is computed only if asked for.
         digest = proof if isinstance(proof, str) and proof.startswith("sha256:") else None
-        if purl is None:
+        facts = payload_facts(envelope)
+
+        def judge(
+            lookup: tuple[TrustAnchor | None, str | None, Mapping[str, datetime]],
+            artifact: str | None,
+            reasons: Sequence[str],
+        ) -> VerificationResult:
+            anchor, why, compromises = lookup
+            return evaluate(
+                envelope,
+                digest=digest,
+                time=time,
+                policy=policy,
+                anchor=anchor,
+                purl=artifact,
+                predicate_type=facts.predicate_type,
+                context_reasons=[*reasons, *([why] if why else [])],
+                signature_times=signature_times,
+                timestamp_issues=issues,
+                compromises=compromises,
+            )
+
+        unjudged = (None, None, _NO_COMPROMISE)
+        if purl is not None:
+            requested = parse_purl(purl)  # malformed input raises
+            unbound = requested_subject_reason(requested, facts)
+            reasons = [r for r in (facts.error, unbound) if r]
+            result = judge(self._anchors.lookup(purl), purl, reasons)
+            judged = subject_result(purl, requested.canonical, result)
+            return attrs.evolve(result, subjects=(judged,))
+        if facts.error is not None:
+            return judge(unjudged, None, [facts.error])
+        if not facts.names_artifact:
             if not policy.require_anchor:
                 return self._verify_key_only(
-                    envelope, digest, time, policy, notes, signature_times, issues
+                    envelope, digest, time, policy, signature_times, issues
                 )
-            reasons.append(
-                "no artifact PURL: give one, or sign an in-toto statement whose"
-                " subject name is a PURL"
+            return judge(
+                unjudged,
+                None,
+                [
+                    "no artifact PURL: the payload is not an in-toto statement, so it names no"
+                    " artifact for a trust anchor to cover; sign an in-toto statement whose"
+                    " subjects are package URLs"
+                ],
             )
-        anchor, why = self._anchors.lookup(purl) if purl is not None else (None, None)
-        if why:
-            reasons.append(why)
-        result = evaluate(
-            envelope,
-            digest=digest,
-            time=time,
-            policy=policy,
-            anchor=anchor,
-            purl=purl,
-            predicate_type=predicate_type,
-            context_reasons=reasons,
-            signature_times=signature_times,
-            timestamp_issues=issues,
-        )
-        return attrs.evolve(result, notes=result.notes + tuple(notes)) if notes else result
+        per_subject = []
+        # Subjects under one anchor get one verdict (a release's many files, one anchor):
+        # the signatures are checked once per anchor, not once per subject.
+        by_anchor: dict[uuid.UUID, VerificationResult] = {}
+        for target in subject_targets(facts.subjects):
+            if target.purl is not None:
+                lookup = self._anchors.lookup(target.purl.canonical)
+                anchor = lookup[0]
+                seen = by_anchor.get(anchor.anchor_id) if anchor is not None else None
+                if seen is None:
+                    seen = judge(lookup, target.purl.canonical, [])
+                    if anchor is not None:
+                        by_anchor[anchor.anchor_id] = seen
+                per_subject.append((target, attrs.evolve(seen, purl=target.purl.canonical)))
+                continue
+            lookup = self._anchors.universal()
+            missing = (
+                []
+                if lookup[0] is not None
+                else [
+                    f"subject {target.label} is not a package URL ({target.problem}): only a"
+                    " universal '*' trust anchor can cover it, and none is active"
+                ]
+            )
+            per_subject.append((target, judge(lookup, None, missing)))
+        return combine_subjects(per_subject)
 
     def _verify_key_only(
         self,
@@ -1151,7 +1225,6 @@ class KeyManager:
         digest: str | None,
         time: SigningTime,
         policy: VerificationPolicy,
-        notes: list[str],
         signature_times: dict[int, SigningTime] | None = None,
         issues: Sequence[str] = (),
     ) -> VerificationResult:
@@ -1160,7 +1233,12 @@ class KeyManager:
             records = [r for k in hints if (r := tx.get_key(k)) is not None] if hints else []
             if not records:
                 records = tx.list_keys()
-            histories = {r.key_id: tx.history_of_key(r.key_id) for r in records}
+            # By fingerprint: the same public key recorded under another key id is the same
+            # key, and its revocations (a compromise above all) are its own.
+            by_fingerprint: dict[str, list[KeyHistoryEntry]] = {}
+            for e in tx.history_by_fingerprints({r.fingerprint for r in records}):
+                by_fingerprint.setdefault(e.fingerprint, []).append(e)
+            histories = {r.key_id: by_fingerprint.get(r.fingerprint, []) for r in records}
         result = evaluate_key_only(
             envelope,
             digest=digest,
@@ -1171,7 +1249,7 @@ class KeyManager:
             signature_times=signature_times,
             timestamp_issues=issues,
         )
-        return attrs.evolve(result, notes=result.notes + tuple(notes))
+        return result
 
     def _envelope_of(self, proof: Envelope | str | bytes) -> Envelope:
         if isinstance(proof, Envelope):

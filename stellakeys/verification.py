@@ -8,7 +8,12 @@ applicable anchor trusted at time T?", where T and its source are explicit:
 * ``now``      - the verifier's current time.
 
 A time claimed inside the payload is never used. A key revoked for ``compromise`` verifies
-only with trusted time before its revocation, since whoever stole it can back-date anything.
+only with trusted time before its revocation, since whoever stole it can back-date anything;
+and a compromise is a fact about the key, not one anchor: ``compromises`` (fingerprint ->
+earliest compromise revocation in any anchor) applies it in every anchor holding the key.
+
+Which artifacts a proof is judged for (subject binding) is decided in
+:mod:`stellakeys.binding`; this module judges one artifact's anchor at a time.
 
 Trusted time is per signature: an RFC 3161 token covers the bytes of one signature, so it
 dates that signature and no other. ``signature_times`` maps a signature's index to its trusted
@@ -29,12 +34,15 @@ import attrs
 from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
 from stellakeys.crypto import PublicKey
 from stellakeys.dsse import Envelope, EnvelopeVerification, VerifiedKey, verify_envelope
+from stellakeys.errors import PolicyError
 from stellakeys.keys import KeyRecord, public_key_of_pem
+from stellakeys.revocation import is_compromise
 from stellakeys.times import format_time
 
 __all__ = [
     "KeyTime",
     "SigningTime",
+    "SubjectResult",
     "TimeSource",
     "VerificationPolicy",
     "VerificationResult",
@@ -65,18 +73,71 @@ class KeyTime:
     time: SigningTime
 
 
+def _check_threshold(instance: object, attribute: object, value: object) -> None:
+    # bool is an int; True as "one key" is a typo waiting to become False as "no key".
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise PolicyError(f"verification threshold must be an integer >= 1, not {value!r}")
+
+
+def _check_flag(instance: object, attribute: Any, value: object) -> None:
+    if not isinstance(value, bool):
+        raise PolicyError(f"VerificationPolicy.{attribute.name} must be True or False")
+
+
 @attrs.frozen
 class VerificationPolicy:
-    """What a verifier demands beyond a valid signature."""
+    """What a verifier demands beyond a valid signature. Checked at construction (and by
+    ``attrs.evolve``): a policy that exists is a valid one, so no path can meet a threshold
+    of zero keys."""
 
-    #: Distinct anchor keys that must have signed.
-    threshold: int = 1
+    #: Distinct anchor keys that must have signed (>= 1).
+    threshold: int = attrs.field(default=1, validator=_check_threshold)
     #: Demand a verified timestamp for every key, not only for compromised ones.
-    require_trusted_time: bool = False
-    #: Without an artifact PURL no anchor applies; by default that is a failure. ``False``
-    #: allows a key-only check (signature by a registered key valid at T), which the CLI uses
-    #: for envelopes that name no artifact (the runbook's ``echo test | sign | verify``).
-    require_anchor: bool = True
+    require_trusted_time: bool = attrs.field(default=False, validator=_check_flag)
+    #: Without an artifact no anchor applies; by default that is a failure. ``False`` allows a
+    #: key-only check (signature by a registered key valid at T) for payloads that name no
+    #: artifact -- never for an in-toto statement (the runbook's ``echo test | sign | verify``).
+    require_anchor: bool = attrs.field(default=True, validator=_check_flag)
+
+
+def threshold_met(verified: Sequence[VerifiedKey], policy: VerificationPolicy) -> bool:
+    """The one threshold check of every verification path: at least ``policy.threshold``
+    distinct keys counted, and never fewer than one, whatever the policy object claims."""
+    _check_threshold(None, None, policy.threshold)  # a policy forged past its validator
+    return len({k.fingerprint for k in verified}) >= policy.threshold
+
+
+@attrs.frozen
+class SubjectResult:
+    """How one subject (artifact) of a statement was judged: the anchor that applied and
+    the keys that covered it at T, or why it is not covered."""
+
+    #: The subject's name as the statement gives it (``""`` when it has none).
+    name: str
+    #: The normalised package URL, or None for a subject whose name is not one.
+    purl: str | None
+    ok: bool
+    anchor_id: uuid.UUID | None = None
+    anchor_pattern: str | None = None
+    policy_version: str | None = None
+    verified_keys: tuple[VerifiedKey, ...] = ()
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def key_ids(self) -> tuple[str, ...]:
+        return tuple(k.key_id for k in self.verified_keys)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "purl": self.purl,
+            "ok": self.ok,
+            "anchorId": str(self.anchor_id) if self.anchor_id else None,
+            "anchorPattern": self.anchor_pattern,
+            "policyVersion": self.policy_version,
+            "keyIds": list(self.key_ids),
+            "reasons": list(self.reasons),
+        }
 
 
 @attrs.frozen
@@ -103,6 +164,12 @@ class VerificationResult:
     key_times: tuple[KeyTime, ...] = ()
     #: The ``sha256:`` address when the caller already knew it (a stored proof).
     known_digest: str | None = attrs.field(default=None, eq=False, repr=False)
+    #: Every artifact judged, one entry per distinct subject (or the one requested): which
+    #: anchor and keys covered it. Empty for a key-only check and for a payload that failed
+    #: before any artifact could be judged.
+    subjects: tuple[SubjectResult, ...] = ()
+    #: True when no anchor policy applied: the payload names no artifact (docs/verification.md).
+    key_only: bool = False
 
     @property
     def envelope_digest(self) -> str:
@@ -135,6 +202,8 @@ class VerificationResult:
             "timeDetail": self.time_detail,
             "reasons": list(self.reasons),
             "notes": list(self.notes),
+            "keyOnly": self.key_only,
+            "subjects": [s.to_dict() for s in self.subjects],
         }
 
     def _repr_html_(self) -> str:
@@ -171,7 +240,7 @@ def _entry_rejection(
         )
     if entry.expires_at is not None and at >= entry.expires_at:
         return f"key {entry.key_id} expired at {format_time(entry.expires_at)}, at or before T"
-    if entry.compromised and time.source is not TimeSource.TRUSTED:
+    if _compromised(entry) and time.source is not TimeSource.TRUSTED:
         return (
             f"key {entry.key_id} was revoked for compromise; only a trusted timestamp before"
             f" {format_time(entry.revoked_at or at)} can show it signed earlier"
@@ -180,6 +249,36 @@ def _entry_rejection(
     if require_trusted and time.source is not TimeSource.TRUSTED:
         return _untrusted(entry.key_id, time)
     return None
+
+
+def _compromised(entry: KeyHistoryEntry) -> bool:
+    # Every spelling of the reason (stores written before the closed vocabulary hold free
+    # text): "Compromised" must not escape the rule that "compromise" triggers.
+    return is_compromise(entry.revoke_reason)
+
+
+def key_wide_compromises(entries: Sequence[KeyHistoryEntry]) -> dict[str, datetime]:
+    """Fingerprint -> earliest compromise revocation among ``entries`` (a key's memberships
+    in every anchor, active or not): the input ``compromises`` of :func:`evaluate`."""
+    out: dict[str, datetime] = {}
+    for e in entries:
+        if e.revoked_at is not None and _compromised(e):
+            known = out.get(e.fingerprint)
+            out[e.fingerprint] = e.revoked_at if known is None else min(known, e.revoked_at)
+    return out
+
+
+def _with_compromise(
+    entry: KeyHistoryEntry, compromises: Mapping[str, datetime]
+) -> KeyHistoryEntry:
+    """The entry as verification must see it: revoked for compromise from the earliest
+    compromise of its key in any anchor (or its own earlier revocation), whatever this
+    anchor recorded. The stored entry is not changed; this is a view."""
+    at = compromises.get(entry.fingerprint)
+    if at is None:
+        return entry
+    revoked = at if entry.revoked_at is None else min(at, entry.revoked_at)
+    return attrs.evolve(entry, revoked_at=revoked, revoke_reason="compromise")
 
 
 def _untrusted(key_id: str, time: SigningTime) -> str:
@@ -205,9 +304,15 @@ def evaluate(
     context_reasons: Sequence[str] = (),
     signature_times: Mapping[int, SigningTime] | None = None,
     timestamp_issues: Sequence[str] = (),
+    compromises: Mapping[str, datetime] | None = None,
 ) -> VerificationResult:
     """Check ``envelope`` against ``anchor`` at ``time``. The caller resolved the anchor (the
     one applicable to ``purl``), the predicate type, and may pass reasons it found earlier.
+
+    ``compromises`` maps a key fingerprint to the earliest time it was revoked for compromise
+    in *any* anchor (:func:`key_wide_compromises` of the store's
+    ``history_by_fingerprints``); the anchor's own history is judged as if that revocation
+    were recorded in it too. Callers that omit it get only this anchor's own record.
 
     ``signature_times`` gives signatures their own (trusted) time by index; the others are
     judged at ``time``. ``timestamp_issues`` are tokens that gave no trusted time: they become
@@ -230,7 +335,7 @@ def evaluate(
             reasons.append(
                 f"predicateType {predicate_type} is not allowed by the anchor ({allowed})"
             )
-        history = anchor.key_history
+        history = tuple(_with_compromise(e, compromises or {}) for e in anchor.key_history)
 
         # Hot path: decide usability with comparisons only; the wording of why a key is not
         # usable is worked out in _explain_failure, only when the proof fails.
@@ -242,7 +347,7 @@ def evaluate(
             }
 
         outcome = _count(envelope, time, times, keyring_at, policy.threshold)
-        if outcome is None or not outcome.ok:
+        if outcome is None or not threshold_met(outcome.verified, policy):
             entries = {e.key_id: e for e in history}
 
             def rejection(key_id: str, at: SigningTime) -> _Rejection | None:
@@ -250,7 +355,7 @@ def evaluate(
                 why = _entry_rejection(entry, at, require)
                 if why is None:
                     return None
-                return why, at.source is not TimeSource.TRUSTED and (require or entry.compromised)
+                return why, at.source is not TimeSource.TRUSTED and (require or _compromised(entry))
 
             everyone = {k: public_key_of_pem(e.public_key_pem) for k, e in entries.items()}
             why_not, lacking, _ = _explain_failure(
@@ -258,7 +363,7 @@ def evaluate(
             )
             reasons.extend(why_not)
             have = len(outcome.verified) if outcome else 0
-            if not why_not or have < policy.threshold:
+            if not why_not or not threshold_met(outcome.verified if outcome else (), policy):
                 if have == 0:
                     reasons.append("no signature verifies with a key the anchor trusted at T")
                 else:
@@ -287,7 +392,7 @@ def evaluate(
 
 def _usable(entry: KeyHistoryEntry, time: SigningTime, require_trusted: bool = False) -> bool:
     return entry.valid_at(time.at) and (
-        time.source is TimeSource.TRUSTED or not (entry.compromised or require_trusted)
+        time.source is TimeSource.TRUSTED or not (_compromised(entry) or require_trusted)
     )
 
 
@@ -406,7 +511,7 @@ def _key_rejection(
     holding it; a compromise anywhere needs trusted time before that revocation."""
     if entries:
         whys = [_entry_rejection(e, time) for e in entries]
-        compromised = [w for e, w in zip(entries, whys, strict=True) if e.compromised and w]
+        compromised = [w for e, w in zip(entries, whys, strict=True) if _compromised(e) and w]
         if compromised:
             return compromised[0]
         if all(whys):
@@ -450,12 +555,12 @@ def evaluate_key_only(
         found = why(key_id, at)
         if found is None:
             return None
-        compromised = any(e.compromised for e in histories.get(key_id, ()))
+        compromised = any(_compromised(e) for e in histories.get(key_id, ()))
         return found, at.source is not TimeSource.TRUSTED and (require or compromised)
 
     outcome = _count(envelope, time, times, keyring_at, policy.threshold)
     lacking = False
-    if outcome is None or not outcome.ok:
+    if outcome is None or not threshold_met(outcome.verified, policy):
         everyone = {k: public_key_of_pem(r.public_key_pem) for k, r in records.items()}
         why_not, lacking, signed_by = _explain_failure(
             envelope, time, times, everyone, outcome, rejection
@@ -464,11 +569,14 @@ def evaluate_key_only(
         have = len(outcome.verified) if outcome else 0
         if have == 0 and not signed_by:
             reasons.append("no signature verifies with a registered key")
-        elif have < policy.threshold and not reasons:
+        elif not reasons:
             reasons.append(f"{have} of {policy.threshold} required keys signed")
     reasons, notes = _place_issues(
         reasons,
-        ["key-only check: no artifact PURL, so no trust anchor policy was applied"],
+        [
+            f"key-only check: the payload ({envelope.payload_type!r}) names no artifact, so no"
+            " trust anchor policy was applied"
+        ],
         timestamp_issues,
         lacking,
     )
@@ -485,4 +593,5 @@ def evaluate_key_only(
         reasons=tuple(reasons),
         notes=tuple(notes),
         key_times=_key_times(times, outcome),
+        key_only=True,
     )

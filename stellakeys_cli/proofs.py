@@ -36,7 +36,8 @@ def _statement_payload(
         name, _, digest = item.partition("=")
         if digest:
             algo, _, hexdigest = digest.partition(":")
-            if not hexdigest:
+            hexdigest = hexdigest.lower()  # in-toto digests are lowercase hex
+            if not algo or not hexdigest or not all(c in "0123456789abcdef" for c in hexdigest):
                 raise click.UsageError(f"--subject {item!r}: digest must look like sha256:<hex>")
         else:
             algo, hexdigest = "sha256", hashlib.sha256(data).hexdigest()
@@ -54,17 +55,11 @@ def _statement_payload(
 
 
 def _guess_payload_type(payload: bytes) -> str:
-    from stellakeys.intoto import PAYLOAD_TYPE, STATEMENT_TYPE
+    from stellakeys.intoto import PAYLOAD_TYPE, looks_like_statement
 
-    try:
-        obj = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        return _OCTET_STREAM
-    return (
-        PAYLOAD_TYPE
-        if isinstance(obj, dict) and obj.get("_type") == STATEMENT_TYPE
-        else (_OCTET_STREAM)
-    )
+    # Anything claiming a Statement _type is signed as in-toto, so verification parses it
+    # (and refuses it if it is not a valid statement) instead of treating it as opaque bytes.
+    return PAYLOAD_TYPE if looks_like_statement(payload) else _OCTET_STREAM
 
 
 @click.command()
@@ -293,6 +288,15 @@ def _print_result(result: Any) -> None:
     click.echo(f"  Time:      {format_time(result.time)} ({result.time_source.value})")
     if result.time_detail:
         click.echo(f"  TSA:       {result.time_detail}")
+    if len(result.subjects) > 1:
+        for subject in result.subjects:
+            verdict = "ok" if subject.ok else "NOT COVERED"
+            anchor = f"anchor {subject.anchor_id}" if subject.anchor_id else "no anchor"
+            keys = ", ".join(subject.key_ids) or "no key"
+            label = subject.purl or repr(subject.name)
+            click.echo(f"  Subject:   {label} {verdict} ({anchor}; {keys})")
+    if result.key_only:
+        click.echo("  Check:     key-only (the payload names no artifact)")
     for note in result.notes:
         click.echo(f"  Note:      {note}")
     for reason in result.reasons:

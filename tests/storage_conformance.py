@@ -484,6 +484,43 @@ class StoreConformance:
             assert got[0] == b.key_history[0]
             assert tx.history_of_key("nobody") == []
 
+    def test_history_by_fingerprints(self, store: Store) -> None:
+        # One public key recorded under two key ids in two anchors (one inactive), another
+        # key elsewhere: the query finds a key's memberships by what it is, not what it is
+        # called, and revocations come back as stored.
+        fp_a, fp_b, fp_c = ("SHA256:" + c * 64 for c in "abc")
+        ids = sorted(uuid.uuid4() for _ in range(3))
+        revoked = entry(
+            ids[0], "k1", at(1), fingerprint=fp_a, revoked_at=at(5), revoke_reason="compromise"
+        )
+        a = anchor(
+            anchor_id=ids[0], key_history=(revoked, entry(ids[0], "k2", at(1), fingerprint=fp_b))
+        )
+        b = anchor(
+            "pkg:pypi/*",
+            anchor_id=ids[1],
+            key_history=(entry(ids[1], "k1-copy", at(2), fingerprint=fp_a),),
+        )
+        c = anchor(
+            "pkg:gem/*",
+            anchor_id=ids[2],
+            key_history=(entry(ids[2], "k3", at(0), fingerprint=fp_c),),
+        )
+        with store.transaction() as tx:
+            for x, ik in ((a, "npm"), (b, "pypi"), (c, "gem")):
+                tx.insert_anchor(x, ik)
+            tx.set_anchor_active(a.anchor_id, False)
+        with store.read() as tx:
+            got = tx.history_by_fingerprints([fp_a])
+            assert got == [revoked, b.key_history[0]]
+            assert got[0].revoked_at == at(5) and got[0].revoke_reason == "compromise"
+            both = tx.history_by_fingerprints([fp_c, fp_a, fp_a])
+            assert [e.key_id for e in both] == ["k3", "k1", "k1-copy"]  # by added_at
+            assert tx.history_by_fingerprints([]) == []
+            assert tx.history_by_fingerprints(["SHA256:" + "0" * 64]) == []
+            many = [f"SHA256:{i:064x}" for i in range(1200)] + [fp_b]  # more than a chunk
+            assert [e.key_id for e in tx.history_by_fingerprints(many)] == ["k2"]
+
     # --- proofs ---------------------------------------------------------------------------
 
     def test_proof_round_trip_and_idempotent_put(self, store: Store) -> None:

@@ -114,8 +114,22 @@ def _valid() -> dict[str, Any]:
     "mutate",
     [
         lambda o: o.pop("_type"),
-        lambda o: o.update(_type="https://in-toto.io/Statement/v0.1"),
+        lambda o: o.update(_type="https://in-toto.io/Statement/v0.2"),
         lambda o: o.update(_type="https://in-toto.io/Statement/v1 "),
+        lambda o: o.update(_type="https://in-toto.io/Statement/V1"),
+        lambda o: o.update(_type=["https://in-toto.io/Statement/v1"]),
+        # v1 field rules: every subject has a non-empty DigestSet of non-empty strings, the
+        # spec's named algorithms in lowercase hex; a name, when present, is a string.
+        lambda o: o["subject"][0].update(digest={}),
+        lambda o: o["subject"][0].update(digest={"sha256": ""}),
+        lambda o: o["subject"][0].update(digest={"sha256": SHA.upper()}),
+        lambda o: o["subject"][0].update(digest={"sha512": "not hex"}),
+        lambda o: o["subject"][0].update(digest={"gitCommit": "ABCDEF"}),
+        lambda o: o["subject"][0].update(name=None),
+        lambda o: o["subject"].append({"name": "second"}),
+        lambda o: o["subject"].append("pkg:npm/b@1"),
+        lambda o: o.update(predicateType="   "),
+        lambda o: o.update(predicate=None),
         lambda o: o.pop("subject"),
         lambda o: o.update(subject=[]),
         lambda o: o.update(subject={"name": "a", "digest": {"sha256": SHA}}),
@@ -137,6 +151,39 @@ def test_malformed_statements_are_typed_errors(mutate: Any) -> None:
     mutate(obj)
     with pytest.raises(MalformedEnvelopeError):
         Statement.from_json(json.dumps(obj))
+
+
+def test_statement_v01_is_accepted_with_its_own_rules() -> None:
+    obj = _valid()
+    obj["_type"] = "https://in-toto.io/Statement/v0.1"
+    parsed = Statement.from_json(json.dumps(obj))
+    assert parsed.statement_type == "https://in-toto.io/Statement/v0.1"
+    assert [s.name for s in parsed.subjects] == [PURL, "pkg:npm/%40angular/core@16.2.0"]
+    assert json.loads(parsed.to_json())["_type"] == obj["_type"]  # round trip keeps it
+    # v0.1 requires a subject name; v1 does not.
+    del obj["subject"][0]["name"]
+    with pytest.raises(MalformedEnvelopeError, match=r"subject\[0\]\.name"):
+        Statement.from_json(json.dumps(obj))
+    obj["_type"] = STATEMENT_TYPE
+    assert statement_facts(json.dumps(obj))[1] == ("", "pkg:npm/%40angular/core@16.2.0")
+
+
+def test_unknown_fields_and_other_algorithms_are_accepted() -> None:
+    # The spec's parsing rules: ignore unrecognised fields; other digest algorithms are
+    # opaque strings (consumers ignore what they do not accept).
+    obj = _valid()
+    obj["extension.example.com"] = {"x": 1}
+    obj["subject"][0]["uri"] = "https://example.com/a"
+    obj["subject"][0]["digest"]["customHash"] = "Base64+/="
+    assert Statement.from_json(json.dumps(obj)).subjects[0].digest["customHash"] == "Base64+/="
+
+
+def test_statement_type_in_error_is_bounded() -> None:
+    obj = _valid()
+    obj["_type"] = "x" * 100_000
+    with pytest.raises(MalformedEnvelopeError) as err:
+        Statement.from_json(json.dumps(obj))
+    assert len(str(err.value)) < 300
 
 
 @pytest.mark.parametrize("blob", [b"", b"{", b"\xff", b"[]", b"null", b'"statement"', b"{}"])
@@ -162,12 +209,15 @@ json_values = st.recursive(
         st.builds(
             Subject,
             name=st.text(),
-            digest=st.dictionaries(st.text(min_size=1), st.text(), min_size=1, max_size=3),
+            digest=st.dictionaries(
+                st.text(min_size=1).map(lambda k: "x-" + k), st.text(min_size=1), min_size=1
+            )
+            | st.fixed_dictionaries({"sha256": st.from_regex(r"[0-9a-f]{64}", fullmatch=True)}),
         ),
         min_size=1,
         max_size=3,
     ),
-    st.text(min_size=1),
+    st.text(min_size=1).filter(lambda t: bool(t.strip())),
     st.dictionaries(st.text(), json_values, max_size=4),
 )
 def test_statement_round_trip_property(

@@ -219,9 +219,15 @@ def test_most_specific_anchor_applies(km: KeyManager) -> None:
     assert km.verify(km.sign(statement("pkg:maven/org.a/b@1"), "universal")).ok
     result = km.verify(km.sign(statement("pkg:npm/%40angular/core@17"), "angular"))
     assert result.ok and result.anchor_id == angular.anchor_id
-    # Caller-given PURL wins over the statement's subject.
+    # A caller-given PURL picks the anchor, but it must be a subject of the statement: a
+    # proof about lodash is no proof about requests, whatever anchor trusts its key.
     proof = km.sign(statement("pkg:npm/lodash@4"), "universal")
-    assert km.verify(proof, purl="pkg:pypi/requests@2").ok
+    wrong = km.verify(proof, purl="pkg:pypi/requests@2")
+    assert not wrong.ok
+    assert wrong.reasons == (
+        "pkg:pypi/requests@2 is not a subject of the statement (subjects: pkg:npm/lodash@4)",
+    )
+    assert km.verify(km.sign(statement("pkg:pypi/requests@2"), "universal")).ok
 
 
 def test_pattern_ties_and_duplicates_are_refused(km: KeyManager) -> None:

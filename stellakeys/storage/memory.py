@@ -275,6 +275,16 @@ class MemoryTransaction:
         rows.sort(key=lambda r: (r[6], r[1]))
         return [codec.history_from_row(r) for r in rows]
 
+    def history_by_fingerprints(self, fingerprints: Collection[str]) -> list[KeyHistoryEntry]:
+        self._check()
+        wanted = set(fingerprints)
+        if not wanted:
+            return []
+        # A scan: the memory store serves tests and feeds, and verification caches the answer.
+        rows = [r for rows in self._s.history.values() for r in rows if r[5] in wanted]
+        rows.sort(key=lambda r: (r[6], r[1], r[2]))
+        return [codec.history_from_row(r) for r in rows]
+
     # --- proofs -----------------------------------------------------------------------------
 
     def put_proof(self, proof: ProofRecord) -> None:

@@ -101,6 +101,13 @@ class Transaction(Protocol):
         added_at then anchor_id."""
         ...
 
+    def history_by_fingerprints(self, fingerprints: Collection[str]) -> list[KeyHistoryEntry]:
+        """Every anchor membership of the public keys with these fingerprints, whatever key id
+        they were recorded under, in active and inactive anchors alike; ordered by added_at,
+        anchor_id, key_id. Verification uses it to apply a compromise recorded anywhere to
+        the key everywhere (decision 0012)."""
+        ...
+
     # --- proofs -----------------------------------------------------------------------------
     def put_proof(self, proof: ProofRecord) -> None:
         """Idempotent: storing the same digest twice keeps the first."""

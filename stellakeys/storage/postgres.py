@@ -757,6 +757,18 @@ class PostgresTransaction:
         )
         return [KeyHistoryEntry(*r) for r in rows]
 
+    def history_by_fingerprints(self, fingerprints: Collection[str]) -> list[KeyHistoryEntry]:
+        self._check()
+        wanted = list(dict.fromkeys(fingerprints))
+        if not wanted:
+            return []
+        rows = self._all(
+            f"SELECT {_HISTORY_SELECT} FROM signer.key_history AS h"
+            " WHERE h.fingerprint = ANY(%s) ORDER BY h.added_at, h.anchor_id, h.key_id",
+            (wanted,),
+        )
+        return [KeyHistoryEntry(*r) for r in rows]
+
     # --- proofs -----------------------------------------------------------------------------
 
     def put_proof(self, proof: ProofRecord) -> None:

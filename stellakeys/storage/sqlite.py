@@ -558,6 +558,15 @@ class SqliteTransaction:
         )
         return [codec.history_from_row(r) for r in rows]
 
+    def history_by_fingerprints(self, fingerprints: Collection[str]) -> list[KeyHistoryEntry]:
+        self._check()
+        rows: list[Row] = []
+        for chunk in _chunks(list(dict.fromkeys(fingerprints))):
+            marks = ", ".join("?" * len(chunk))
+            rows += self._all(_SELECT_HISTORY + f" WHERE fingerprint IN ({marks})", chunk)
+        rows.sort(key=lambda r: (r[6], r[1], r[2]))
+        return [codec.history_from_row(r) for r in rows]
+
     # --- proofs -----------------------------------------------------------------------------
 
     def put_proof(self, proof: ProofRecord) -> None:
