@@ -25,6 +25,7 @@ from stellakeys.audit import (
     EventType,
     verify_chain,
 )
+from stellakeys.audit_replay import AuditReplay
 from stellakeys.clock import Clock, SystemClock
 from stellakeys.config import Settings, load_settings
 from stellakeys.crypto import Algorithm, get_algorithm, load_public_key_pem
@@ -1179,9 +1180,26 @@ class KeyManager:
         with self.store.read() as tx:
             return tx.audit_events(query)
 
-    def verify_audit(self, expected_head: str | None = None) -> ChainVerification:
+    def verify_audit(
+        self, expected_head: str | None = None, *, check_state: bool = True
+    ) -> ChainVerification:
+        """Check the hash chain and (``check_state``) replay the events into the keys,
+        anchors, key history and ceremony states they imply and compare that with the tables,
+        all in one read transaction and one pass over the log. Every difference is listed in
+        ``state_differences`` and makes the result not ok: a change made behind stellakeys'
+        back (triggers dropped, a direct UPDATE) is detected even though no event changed."""
         with self.store.read() as tx:
-            return verify_chain(tx.iter_audit(), expected_head)
+            if not check_state:
+                return verify_chain(tx.iter_audit(), expected_head)
+            replay = AuditReplay()
+            chain = verify_chain(replay.feed(tx.iter_audit()), expected_head)
+            if chain.broken_at is not None:
+                return chain
+            differences = replay.compare(tx.list_keys(), tx.list_anchors(), tx.list_ceremonies())
+        lines = tuple(d.describe() for d in differences)
+        return attrs.evolve(
+            chain, ok=chain.ok and not lines, state_differences=lines, state_checked=True
+        )
 
 
 def _entry(anchor_id: uuid.UUID, record: KeyRecord, added_at: datetime) -> KeyHistoryEntry:

@@ -5,8 +5,8 @@ used by a thief, who can back-date anything, so it verifies only with trusted ti
 revocation; every other reason keeps proofs signed before the revocation valid. A free-text
 reason made that rule depend on spelling (``compromised``, ``Key-Compromise``), so reasons are
 parsed here into :class:`RevocationReason`, with the key rotation runbook's words as canonical
-values and RFC 5280's CRLReason names as aliases. Matching ignores case and separators
-(``keyCompromise`` = ``key-compromise`` = ``KEY_COMPROMISE``).
+values and RFC 5280's CRLReason names as aliases. Matching ignores ASCII case, spaces,
+``-`` and ``_`` (``keyCompromise`` = ``key-compromise`` = ``KEY_COMPROMISE``).
 
 A revocation only ever gets stricter: :func:`merge_revocation` keeps the earliest time and the
 strongest reason (docs/decisions/0013-revocation-evidence.md). The storage schema enforces the
@@ -24,6 +24,7 @@ from stellakeys.errors import UnknownRevocationReasonError
 
 __all__ = [
     "RevocationReason",
+    "accepted_reasons",
     "is_compromise",
     "legacy_reason",
     "merge_revocation",
@@ -108,8 +109,19 @@ _ALIASES: dict[str, RevocationReason] = {
 }
 
 
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+_SEPARATORS = str.maketrans("", "", " -_")
+
+
+def _lower(text: str) -> str:
+    # ASCII only, like SQLite's lower(): the migration's SQL must read a text the same way.
+    return text.translate(_ASCII_LOWER)
+
+
 def _fold(text: str) -> str:
-    return "".join(c for c in text.lower() if c.isascii() and c.isalnum())
+    """Case and the separators space, '-' and '_' ignored (the SQL of migration 0003 does
+    ``replace(replace(replace(lower(x), ' ', ''), '-', ''), '_', '')``)."""
+    return _lower(text).translate(_SEPARATORS)
 
 
 def accepted_reasons() -> list[str]:
@@ -137,7 +149,7 @@ def legacy_reason(text: str) -> RevocationReason:
     reason = _ALIASES.get(_fold(text))
     if reason is not None:
         return reason
-    if "compromis" in text.lower():
+    if "compromis" in _lower(text):
         return RevocationReason.COMPROMISE
     return RevocationReason.UNSPECIFIED
 
