@@ -112,18 +112,19 @@ def verify(expect_head: str | None, chain_only: bool, as_json: bool) -> None:
                 "stateDifferences": list(result.state_differences),
             }
         )
-    elif result.broken_at is not None or (result.reason and not result.state_differences):
-        where = f" at event #{result.broken_at}" if result.broken_at is not None else ""
-        click.echo(f"BROKEN{where}: {result.reason} ({result.count} events verified before it)")
-    elif result.state_differences:
-        click.echo(
-            f"STATE DIFFERS: {len(result.state_differences)} difference(s) between the tables"
-            f" and the {result.count} audit events (changed outside stellakeys?)"
-        )
-        for line in result.state_differences:
-            click.echo(f"  {line}")
     else:
-        checked = ", tables match the replayed events" if result.state_checked else ""
-        click.echo(f"OK: {result.count} events, head {result.head_hash}{checked}")
+        if result.reason:
+            where = f" at event #{result.broken_at}" if result.broken_at is not None else ""
+            click.echo(f"BROKEN{where}: {result.reason} ({result.count} events verified before it)")
+        if result.state_differences:
+            click.echo(
+                f"STATE DIFFERS: {len(result.state_differences)} difference(s) between the"
+                f" tables and the {result.count} audit events (changed outside stellakeys?)"
+            )
+            for line in result.state_differences:
+                click.echo(f"  {line}")
+        if result.ok:
+            checked = ", tables match the replayed events" if result.state_checked else ""
+            click.echo(f"OK: {result.count} events, head {result.head_hash}{checked}")
     if not result.ok:
         raise SystemExit(1)
