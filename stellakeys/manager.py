@@ -556,6 +556,19 @@ class KeyManager:
                 self._record_revocation(
                     tx, old, old.revoke(revoke_replaced_at, reason), now, replacedBy=key_id
                 )
+            if reason.is_compromise and revoke_replaced_at is not None and replaces is not None:
+                # Compromise is a fact about the key: every other anchor holding it too.
+                done = {a.anchor_id for a in targets}
+                for other in tx.history_of_key(replaces):
+                    if other.anchor_id not in done:
+                        self._record_revocation(
+                            tx,
+                            other,
+                            other.revoke(revoke_replaced_at, reason),
+                            now,
+                            replacedBy=key_id,
+                            compromiseRecordedVia=f"rotation to {key_id}",
+                        )
         with self._ks_lock:
             self._handles[handle.uri] = handle
         return record

@@ -227,6 +227,25 @@ def test_rotation_does_not_downgrade_a_compromise(km: KeyManager) -> None:
     assert km.verify_audit().ok
 
 
+def test_a_rotation_for_compromise_reaches_every_anchor(km: KeyManager) -> None:
+    km.generate_key("stolen")
+    npm = km.create_anchor("pkg:npm/*", ["stolen"], [EVIDENCE])
+    maven = km.create_anchor("pkg:maven/*", ["stolen"], [EVIDENCE])
+    km.rotate_key(
+        "replacement",
+        anchor_ids=[npm.anchor_id],
+        replaces="stolen",
+        revoke_replaced_at=T0,
+        revoke_reason="key-compromise",
+    )
+    for a in (npm, maven):
+        e = entry_of(km, a.anchor_id, "stolen")
+        assert (e.revoked_at, e.revoke_reason) == (T0, COMPROMISE)
+    assert entry_of(km, npm.anchor_id, "replacement").revoked_at is None
+    assert km.get_anchor(maven.anchor_id).entry("replacement") is None
+    assert km.verify_audit().ok
+
+
 def test_a_weaker_reason_can_be_escalated(km: KeyManager) -> None:
     km.generate_key("k")
     anchor = km.create_anchor("pkg:npm/*", ["k"], [EVIDENCE])
