@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from stellakeys.anchors import COMPROMISE, KeyHistoryEntry, TrustAnchor
     from stellakeys.audit import AuditEvent, AuditQuery, ChainVerification, EventType
+    from stellakeys.audit_replay import StateDifference
     from stellakeys.clock import Clock, FrozenClock, SystemClock
     from stellakeys.crypto import (
         Algorithm,
@@ -46,10 +47,12 @@ if TYPE_CHECKING:
         MalformedTimeError,
         NotFoundError,
         PolicyError,
+        ProofIntegrityError,
         StellaKeysError,
         StorageError,
         TimestampError,
         UnknownAlgorithmError,
+        UnknownRevocationReasonError,
         UnsupportedKeyError,
         WeakKeyError,
     )
@@ -59,7 +62,7 @@ if TYPE_CHECKING:
     from stellakeys.manager import ALL_ANCHORS, AnchorStatus, KeyManager, KeyValidity
     from stellakeys.profiles import KeyProfile, RotationPolicy, SignerConfig
     from stellakeys.purl import PurlPattern, parse_purl
-    from stellakeys.revocation import is_compromise
+    from stellakeys.revocation import RevocationReason, is_compromise, parse_reason
     from stellakeys.verification import (
         SigningTime,
         SubjectResult,
@@ -104,11 +107,14 @@ __all__ = [
     "NotFoundError",
     "PolicyError",
     "PrivateKey",
+    "ProofIntegrityError",
     "PublicKey",
     "PurlPattern",
+    "RevocationReason",
     "RotationPolicy",
     "SignerConfig",
     "SigningTime",
+    "StateDifference",
     "Statement",
     "StellaKeysError",
     "StorageError",
@@ -119,6 +125,7 @@ __all__ = [
     "TimeSource",
     "TrustAnchor",
     "UnknownAlgorithmError",
+    "UnknownRevocationReasonError",
     "UnsupportedKeyError",
     "VerificationPolicy",
     "VerificationResult",
@@ -129,6 +136,7 @@ __all__ = [
     "load_private_key_pem",
     "load_public_key_pem",
     "parse_purl",
+    "parse_reason",
     "sign_envelope",
     "verify_envelope",
 ]
@@ -195,6 +203,12 @@ _EXPORTS: dict[str, str] = {
     "parse_purl": "stellakeys.purl",
     "sign_envelope": "stellakeys.dsse",
     "verify_envelope": "stellakeys.dsse",
+    # issue 14: revocation state and stored evidence
+    "ProofIntegrityError": "stellakeys.errors",
+    "RevocationReason": "stellakeys.revocation",
+    "StateDifference": "stellakeys.audit_replay",
+    "UnknownRevocationReasonError": "stellakeys.errors",
+    "parse_reason": "stellakeys.revocation",
 }
 
 

@@ -9,12 +9,13 @@ from typing import Any
 
 import attrs
 
+from stellakeys.revocation import RevocationReason, is_compromise, merge_revocation
 from stellakeys.times import format_time
 
 __all__ = ["COMPROMISE", "KeyHistoryEntry", "TrustAnchor"]
 
 #: The revocation reason that marks a key as stolen: it then verifies only with trusted time.
-COMPROMISE = "compromise"
+COMPROMISE = RevocationReason.COMPROMISE.value
 
 
 @attrs.frozen
@@ -55,10 +56,17 @@ class KeyHistoryEntry:
 
     @property
     def compromised(self) -> bool:
-        return self.revoke_reason == COMPROMISE
+        return is_compromise(self.revoke_reason)
 
-    def revoke(self, at: datetime, reason: str) -> KeyHistoryEntry:
-        return attrs.evolve(self, revoked_at=at, revoke_reason=reason)
+    def revoke(self, at: datetime, reason: str | RevocationReason) -> KeyHistoryEntry:
+        """This entry after a revocation request: the earliest time and the strongest reason
+        (a request never postpones or weakens an existing revocation; see
+        stellakeys.revocation). Returns ``self`` unchanged when the request adds nothing.
+        UnknownRevocationReasonError for a reason outside the vocabulary."""
+        when, merged = merge_revocation(self.revoked_at, self.revoke_reason, at, reason)
+        if when == self.revoked_at and merged.value == self.revoke_reason:
+            return self
+        return attrs.evolve(self, revoked_at=when, revoke_reason=merged.value)
 
     def _repr_html_(self) -> str:
         # Jupyter display; the renderer lives in stellakeys.forensics (escapes every value).

@@ -177,6 +177,11 @@ class ChainVerification:
     #: The first event (by position in the log) at which the chain breaks, and why.
     broken_at: int | None = None
     reason: str | None = None
+    #: How the tables differ from the state the events imply (stellakeys.audit_replay), one
+    #: line each; filled in by ``KeyManager.verify_audit``. Any difference makes ``ok`` false.
+    state_differences: tuple[str, ...] = ()
+    #: False when the tables were not compared (a broken chain: the replay would mislead).
+    state_checked: bool = False
 
 
 def verify_chain(

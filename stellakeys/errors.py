@@ -126,3 +126,28 @@ class KeyIdentityError(KeyStoreError):
             "refusing to use it (the key store was changed or re-initialised: restore the "
             "recorded key, or generate a new key id)"
         )
+
+
+class UnknownRevocationReasonError(StellaKeysError, ValueError):
+    """A revocation reason outside the vocabulary of stellakeys.revocation."""
+
+    def __init__(self, reason: str, accepted: list[str]) -> None:
+        self.reason = reason
+        self.accepted = accepted
+        super().__init__(
+            f"unknown revocation reason {reason!r}; accepted: {', '.join(accepted)}"
+            " (RFC 5280 names such as keyCompromise, superseded, cessationOfOperation,"
+            " affiliationChanged, privilegeWithdrawn also work; case does not matter)"
+        )
+
+
+class ProofIntegrityError(StellaKeysError):
+    """A stored proof whose bytes do not hash to the address it is stored under."""
+
+    def __init__(self, address: str, actual: str) -> None:
+        self.address = address
+        self.actual = actual
+        super().__init__(
+            f"stored proof {address} does not match its address: its bytes hash to {actual}"
+            " (the store was changed outside stellakeys)"
+        )

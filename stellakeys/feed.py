@@ -44,6 +44,7 @@ from stellakeys.errors import (
     StellaKeysError,
 )
 from stellakeys.keys import KeyOrigin, KeyRecord, public_key_of_pem
+from stellakeys.revocation import legacy_reason
 from stellakeys.times import format_time, parse_duration, parse_time
 
 if TYPE_CHECKING:
@@ -367,7 +368,9 @@ def _parse_anchor(raw: Any, i: int, includes_keys: bool) -> TrustAnchor:
                 fingerprint=fp,
                 added_at=_time(e.get("addedAt"), ew + "addedAt"),
                 revoked_at=_opt_time(e.get("revokedAt"), ew + "revokedAt"),
-                revoke_reason=reason if isinstance(reason, str) else None,
+                # Feeds from before the closed vocabulary carry free text: read it as the
+                # store migration does (stellakeys.revocation.legacy_reason).
+                revoke_reason=legacy_reason(reason).value if isinstance(reason, str) else None,
                 expires_at=_opt_time(e.get("expiresAt"), ew + "expiresAt"),
                 # Deterministic, so two parses of one feed are equal (a key joins an anchor
                 # once, so (anchor, key) names the entry).

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from stellakeys._crashpoints import crash_point
-from stellakeys.anchors import COMPROMISE, KeyHistoryEntry, TrustAnchor
+from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
 from stellakeys.audit import (
     AuditEvent,
     AuditQuery,
@@ -27,6 +27,7 @@ from stellakeys.audit import (
     EventType,
     verify_chain,
 )
+from stellakeys.audit_replay import AuditReplay
 from stellakeys.binding import (
     combine_subjects,
     payload_facts,
@@ -64,6 +65,7 @@ from stellakeys.purl import (
     overlaps_ambiguously,
     parse_purl,
 )
+from stellakeys.revocation import RevocationReason, parse_reason
 from stellakeys.rotation import RotationWarning, rotation_warnings
 from stellakeys.storage.ports import ProofRecord, Store, Transaction
 from stellakeys.times import format_time
@@ -550,6 +552,7 @@ class KeyManager:
             raise PolicyError("revoke_replaced_at needs the key being replaced")
         if revoke_replaced_at is not None and not revoke_reason.strip():
             raise PolicyError("a revocation needs a reason")
+        reason = parse_reason(revoke_reason)
         prof, alg = self._profile_algorithm(profile, algorithm)
         requested = [str(_anchor_uuid(a)) for a in dict.fromkeys(anchor_ids)]
         guard_details: dict[str, Any] = {
@@ -615,24 +618,24 @@ class KeyManager:
                 old = anchor.entry(replaces) if replaces is not None else None
                 if revoke_replaced_at is None or old is None:
                     continue
-                if old.revoked_at is not None and old.revoked_at <= revoke_replaced_at:
-                    continue  # already revoked at or before that time: never postpone
-                tx.update_history(old.revoke(revoke_replaced_at, revoke_reason))
-                self._audit(
-                    tx,
-                    EventType.KEY_REVOKED,
-                    key_id=old.key_id,
-                    anchor_id=anchor.anchor_id,
-                    details={
-                        "reason": revoke_reason,
-                        "effectiveAt": format_time(revoke_replaced_at),
-                        "scheduled": revoke_replaced_at > now,
-                        "replacedBy": key_id,
-                        "previousRevokedAt": format_time(old.revoked_at)
-                        if old.revoked_at
-                        else None,
-                    },
+                # Never postponed, never weakened: a key already revoked earlier, or for a
+                # stronger reason (compromise), keeps that (stellakeys.revocation).
+                self._record_revocation(
+                    tx, old, old.revoke(revoke_replaced_at, reason), now, replacedBy=key_id
                 )
+            if reason.is_compromise and revoke_replaced_at is not None and replaces is not None:
+                # Compromise is a fact about the key: every other anchor holding it too.
+                done = {a.anchor_id for a in targets}
+                for other in tx.history_of_key(replaces):
+                    if other.anchor_id not in done:
+                        self._record_revocation(
+                            tx,
+                            other,
+                            other.revoke(revoke_replaced_at, reason),
+                            now,
+                            replacedBy=key_id,
+                            compromiseRecordedVia=f"rotation to {key_id}",
+                        )
             crash_point("before-commit")  # test-only (stellakeys._crashpoints)
         crash_point("committed")
         with self._ks_lock:
@@ -835,18 +838,23 @@ class KeyManager:
         self,
         anchor_id: uuid.UUID | str,
         key_id: str,
-        reason: str,
+        reason: str | RevocationReason,
         effective_at: datetime | None = None,
     ) -> list[uuid.UUID]:
         """Revoke a key in one anchor or in every anchor holding it (``ALL``).
 
+        ``reason`` is a word of :class:`~stellakeys.revocation.RevocationReason` (or an alias
+        such as ``keyCompromise``); anything else raises UnknownRevocationReasonError.
         ``effective_at`` may be past, now (None) or future (a scheduled revocation). Proofs
         signed before it keep verifying, except for reason ``compromise``, which then needs
-        trusted time. An existing revocation can be made earlier or upgraded to compromise,
-        never postponed.
+        trusted time. An existing revocation can be made earlier or given a stronger reason,
+        never postponed or weakened. Compromise is a fact about the key: it is recorded in
+        every anchor holding the key (active or not), whichever anchor was named. Returns the
+        anchors whose entry changed.
         """
-        if not reason.strip():
+        if isinstance(reason, str) and not reason.strip():
             raise PolicyError("a revocation needs a reason")
+        parsed = parse_reason(reason)
         now = self._now()
         when = effective_at or now
         changed: list[uuid.UUID] = []
@@ -857,47 +865,69 @@ class KeyManager:
                 {
                     "anchorId": str(anchor_id),
                     "keyId": key_id,
-                    "reason": reason,
+                    "reason": reason if isinstance(reason, str) else reason.value,
                     "effectiveAt": format_time(when),
                 },
             )
             self._require_key(tx, key_id)
-            targets = [a for a in self._targets(tx, anchor_id, for_add=False) if a.entry(key_id)]
-            if not targets:
-                raise NotFoundError(f"key {key_id} is not in anchor {anchor_id}")
+            named = [a for a in self._targets(tx, anchor_id, for_add=False) if a.entry(key_id)]
+            if not named:
+                raise NotFoundError(f"key {key_id} is not in trust anchor {anchor_id}")
+            targets = list(named)
+            seen = {a.anchor_id for a in named}
+            if parsed.is_compromise:
+                targets += [
+                    a
+                    for a in tx.list_anchors()
+                    if a.anchor_id not in seen and a.entry(key_id) is not None
+                ]
             for anchor in targets:
                 entry = anchor.entry(key_id)
                 assert entry is not None
-                if entry.revoked_at is not None:
-                    earlier = when < entry.revoked_at
-                    upgrade = reason == COMPROMISE and not entry.compromised
-                    if not (earlier or upgrade):
-                        if anchor_id == ALL_ANCHORS:
-                            continue
-                        raise ConflictError(
-                            f"key {key_id} is already revoked in anchor {anchor.anchor_id}"
-                            f" at {format_time(entry.revoked_at)}"
-                        )
-                    when_here = min(when, entry.revoked_at)
-                else:
-                    when_here = when
-                tx.update_history(entry.revoke(when_here, reason))
-                self._audit(
-                    tx,
-                    EventType.KEY_REVOKED,
-                    key_id=key_id,
-                    anchor_id=anchor.anchor_id,
-                    details={
-                        "reason": reason,
-                        "effectiveAt": format_time(when_here),
-                        "scheduled": when_here > now,
-                        "previousRevokedAt": format_time(entry.revoked_at)
-                        if entry.revoked_at
-                        else None,
-                    },
-                )
+                revoked = entry.revoke(when, parsed)
+                if revoked == entry and entry.revoked_at is not None:
+                    if anchor_id == ALL_ANCHORS or anchor.anchor_id not in seen:
+                        continue
+                    raise ConflictError(
+                        f"key {key_id} is already revoked in anchor {anchor.anchor_id}"
+                        f" at {format_time(entry.revoked_at)} ({entry.revoke_reason}):"
+                        " a revocation can only be made earlier or stronger"
+                    )
+                extra: dict[str, Any] = {}
+                if anchor.anchor_id not in seen:
+                    extra["compromiseRecordedVia"] = str(anchor_id)
+                self._record_revocation(tx, entry, revoked, now, **extra)
                 changed.append(anchor.anchor_id)
         return changed
+
+    def _record_revocation(
+        self,
+        tx: Transaction,
+        before: KeyHistoryEntry,
+        after: KeyHistoryEntry,
+        now: datetime,
+        **extra: Any,
+    ) -> None:
+        """Store a revocation (when it changes anything) and audit the resulting state: the
+        event carries the entry's revocation time and reason after the change, which is what
+        ``audit verify`` replays into key history."""
+        if after == before or after.revoked_at is None:
+            return
+        tx.update_history(after)
+        self._audit(
+            tx,
+            EventType.KEY_REVOKED,
+            key_id=after.key_id,
+            anchor_id=after.anchor_id,
+            details={
+                "reason": after.revoke_reason,
+                "effectiveAt": format_time(after.revoked_at),
+                "scheduled": after.revoked_at > now,
+                "previousRevokedAt": format_time(before.revoked_at) if before.revoked_at else None,
+                "previousReason": before.revoke_reason,
+                **extra,
+            },
+        )
 
     def anchor_status(self, anchor_id: uuid.UUID | str) -> AnchorStatus:
         anchor = self.get_anchor(anchor_id)
@@ -1288,9 +1318,26 @@ class KeyManager:
         with self.store.read() as tx:
             return tx.audit_events(query)
 
-    def verify_audit(self, expected_head: str | None = None) -> ChainVerification:
+    def verify_audit(
+        self, expected_head: str | None = None, *, check_state: bool = True
+    ) -> ChainVerification:
+        """Check the hash chain and (``check_state``) replay the events into the keys,
+        anchors, key history and ceremony states they imply and compare that with the tables,
+        all in one read transaction and one pass over the log. Every difference is listed in
+        ``state_differences`` and makes the result not ok: a change made behind stellakeys'
+        back (triggers dropped, a direct UPDATE) is detected even though no event changed."""
         with self.store.read() as tx:
-            return verify_chain(tx.iter_audit(), expected_head)
+            if not check_state:
+                return verify_chain(tx.iter_audit(), expected_head)
+            replay = AuditReplay()
+            chain = verify_chain(replay.feed(tx.iter_audit()), expected_head)
+            if chain.broken_at is not None:
+                return chain
+            differences = replay.compare(tx.list_keys(), tx.list_anchors(), tx.list_ceremonies())
+        lines = tuple(d.describe() for d in differences)
+        return attrs.evolve(
+            chain, ok=chain.ok and not lines, state_differences=lines, state_checked=True
+        )
 
 
 def _entry(anchor_id: uuid.UUID, record: KeyRecord, added_at: datetime) -> KeyHistoryEntry:

@@ -108,30 +108,62 @@ def add_key(anchor_id: str, key_id: str, as_json: bool) -> None:
 @anchor.command("revoke-key")
 @click.option("--anchor-id", required=True, help="Anchor UUID, or ALL for every anchor.")
 @click.option("--key-id", required=True)
-@click.option("--reason", required=True, help="e.g. annual-rotation, compromise.")
+@click.option(
+    "--reason",
+    required=True,
+    help="One of: annual-rotation, rotation, superseded, cessation-of-operation,"
+    " affiliation-changed, privilege-withdrawn, unspecified, compromise (RFC 5280 names such"
+    " as keyCompromise also work).",
+)
 @click.option(
     "--effective-at", default="NOW", show_default=True, help="ISO 8601 time, past or future."
 )
 @json_option
 def revoke_key(anchor_id: str, key_id: str, reason: str, effective_at: str, as_json: bool) -> None:
-    """Revoke a key; proofs signed before the effective time keep verifying."""
+    """Revoke a key; proofs signed before the effective time keep verifying.
+
+    A revocation is only ever made earlier or stronger; compromise is recorded in every
+    anchor that holds the key."""
+    from stellakeys.errors import UnknownRevocationReasonError
+    from stellakeys.revocation import parse_reason
+
+    try:
+        parsed = parse_reason(reason)
+    except UnknownRevocationReasonError as exc:
+        raise click.ClickException(f"--reason: {exc}") from None
     m = manager()
     when = parse_time_option(effective_at, allow_now=True)
-    changed = m.revoke_key(anchor_id, key_id, reason, when)
+    changed = m.revoke_key(anchor_id, key_id, parsed, when)
     from stellakeys.times import format_time
 
+    # What is stored can differ from what was asked: an earlier time or a stronger reason
+    # already recorded wins.
+    entries = [(a, m.get_anchor(a).entry(key_id)) for a in changed]
     if as_json:
         emit_json(
             {
                 "keyId": key_id,
-                "reason": reason,
+                "reason": parsed.value,
                 "effectiveAt": format_time(when),
                 "anchors": [str(a) for a in changed],
+                "revocations": [
+                    {
+                        "anchorId": str(a),
+                        "revokedAt": format_time(e.revoked_at),
+                        "revokeReason": e.revoke_reason,
+                    }
+                    for a, e in entries
+                    if e is not None and e.revoked_at is not None
+                ],
             }
         )
         return
-    for a in changed:
-        click.echo(f"Revoked {key_id} in anchor {a} effective {format_time(when)} ({reason})")
+    for a, e in entries:
+        if e is not None and e.revoked_at is not None:
+            click.echo(
+                f"Revoked {key_id} in anchor {a} effective {format_time(e.revoked_at)}"
+                f" ({e.revoke_reason})"
+            )
     if not changed:
         click.echo(f"Key {key_id} was already revoked in every anchor holding it")
 

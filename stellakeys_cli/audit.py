@@ -90,10 +90,16 @@ def query(
 
 @audit.command("verify")
 @click.option("--expect-head", help="Head hash recorded earlier: detects a truncated log.")
+@click.option(
+    "--chain-only",
+    is_flag=True,
+    help="Check the hash chain only; skip replaying the events against the tables.",
+)
 @json_option
-def verify(expect_head: str | None, as_json: bool) -> None:
-    """Check every hash and link of the audit chain."""
-    result = manager().verify_audit(expect_head)
+def verify(expect_head: str | None, chain_only: bool, as_json: bool) -> None:
+    """Check every hash and link of the audit chain, then replay the events into the keys,
+    anchors, key history and ceremony states they imply and compare with the tables."""
+    result = manager().verify_audit(expect_head, check_state=not chain_only)
     if as_json:
         emit_json(
             {
@@ -102,14 +108,23 @@ def verify(expect_head: str | None, as_json: bool) -> None:
                 "head": result.head_hash,
                 "brokenAt": result.broken_at,
                 "reason": result.reason,
+                "stateChecked": result.state_checked,
+                "stateDifferences": list(result.state_differences),
             }
         )
-    elif result.ok:
-        click.echo(f"OK: {result.count} events, head {result.head_hash}")
     else:
-        click.echo(
-            f"BROKEN at event #{result.broken_at}: {result.reason}"
-            f" ({result.count} events verified before it)"
-        )
+        if result.reason:
+            where = f" at event #{result.broken_at}" if result.broken_at is not None else ""
+            click.echo(f"BROKEN{where}: {result.reason} ({result.count} events verified before it)")
+        if result.state_differences:
+            click.echo(
+                f"STATE DIFFERS: {len(result.state_differences)} difference(s) between the"
+                f" tables and the {result.count} audit events (changed outside stellakeys?)"
+            )
+            for line in result.state_differences:
+                click.echo(f"  {line}")
+        if result.ok:
+            checked = ", tables match the replayed events" if result.state_checked else ""
+            click.echo(f"OK: {result.count} events, head {result.head_hash}{checked}")
     if not result.ok:
         raise SystemExit(1)

@@ -15,6 +15,7 @@ migrations, crash recovery) belong in the adapter's own module.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import uuid
 from collections.abc import Callable
@@ -30,8 +31,9 @@ from hypothesis import strategies as st
 
 from stellakeys.anchors import COMPROMISE, KeyHistoryEntry, TrustAnchor
 from stellakeys.audit import AuditEvent, AuditQuery, AuditRecord, verify_chain
-from stellakeys.errors import ConflictError, NotFoundError, StorageError
+from stellakeys.errors import ConflictError, NotFoundError, ProofIntegrityError, StorageError
 from stellakeys.keys import KeyOrigin, KeyRecord
+from stellakeys.revocation import RevocationReason
 from stellakeys.storage.ports import ProofRecord, Store, Transaction
 
 __all__ = ["StoreConformance", "anchor", "audit_record", "entry", "key"]
@@ -101,8 +103,17 @@ def audit_record(event_type: str = "KEY_GENERATED", **fields: Any) -> AuditRecor
     return AuditRecord(event_type=event_type, **fields)
 
 
-def proof(digest: str, created: datetime | None = None, body: bytes = b"{}") -> ProofRecord:
-    return ProofRecord(digest=digest, envelope_json=body, created_at=created or T0)
+def body_of(label: str) -> bytes:
+    return b'{"label":"' + label.encode() + b'"}'
+
+
+def addr(label: str) -> str:
+    """The content address of the proof labelled ``label`` (stores check it)."""
+    return "sha256:" + hashlib.sha256(body_of(label)).hexdigest()
+
+
+def proof(label: str, created: datetime | None = None) -> ProofRecord:
+    return ProofRecord(digest=addr(label), envelope_json=body_of(label), created_at=created or T0)
 
 
 def snapshot(store: Store) -> dict[str, Any]:
@@ -241,7 +252,7 @@ class StoreConformance:
     def test_anchor_round_trip_every_field(self, store: Store) -> None:
         aid = uuid.uuid4()
         history = (
-            entry(aid, "key-2024-prod", at(0), revoked_at=at(366), revoke_reason="annual"),
+            entry(aid, "key-2024-prod", at(0), revoked_at=at(366), revoke_reason="annual-rotation"),
             entry(
                 aid,
                 "key-2025-prod",
@@ -369,20 +380,93 @@ class StoreConformance:
             metadata={"incident": "INC-7"},
         )
         assert got.key_history[1] == a.key_history[1]
-        # And back: a cleared field is stored as None.
+        # Metadata may change; the revocation may not be undone (see the next test).
         with store.transaction() as tx:
-            tx.update_history(attrs.evolve(old, metadata={}))
+            tx.update_history(attrs.evolve(got.key_history[0], metadata={}))
         with store.read() as tx:
-            assert tx.history_of_key("k1") == [old]
+            (back,) = tx.history_of_key("k1")
+        assert back.metadata == {} and back.revoked_at == at(30, micros=5)
+
+    def test_revocation_only_gets_stricter(self, store: Store) -> None:
+        """What an insider with the application's store could try: un-revoke, postpone,
+        downgrade compromise. Refused with ConflictError, nothing written (issue 14, #8)."""
+        a = anchor(keys=("k1",))
+        with store.transaction() as tx:
+            tx.insert_anchor(a, "npm")
+        base = a.key_history[0]
+        revoked = attrs.evolve(base, revoked_at=at(10), revoke_reason=COMPROMISE, expires_at=at(50))
+        with store.transaction() as tx:
+            tx.update_history(revoked)
+        attacks = [
+            attrs.evolve(revoked, revoked_at=None, revoke_reason=None),  # un-revoke
+            attrs.evolve(revoked, revoked_at=None),
+            attrs.evolve(revoked, revoke_reason=None),
+            attrs.evolve(revoked, revoked_at=at(11)),  # postpone
+            attrs.evolve(revoked, revoke_reason="superseded"),  # downgrade
+            attrs.evolve(revoked, revoked_at=at(1), revoke_reason="superseded"),
+            attrs.evolve(revoked, expires_at=None),
+            attrs.evolve(revoked, expires_at=at(51)),
+        ]
+        for attack in attacks:
+            with pytest.raises(ConflictError), store.transaction() as tx:
+                tx.update_history(attack)
+            with store.read() as tx:
+                assert tx.history_of_key("k1") == [revoked]
+        # Earlier is always allowed (and keeps the reason).
+        earlier = attrs.evolve(revoked, revoked_at=at(9), expires_at=at(49))
+        with store.transaction() as tx:
+            tx.update_history(earlier)
+        with store.read() as tx:
+            assert tx.history_of_key("k1") == [earlier]
+
+    @pytest.mark.parametrize("first", [r.value for r in RevocationReason])
+    def test_reason_changes_only_to_a_stronger_one(self, store: Store, first: str) -> None:
+        a = anchor(keys=tuple(f"k-{r.value}" for r in RevocationReason))
+        with store.transaction() as tx:
+            tx.insert_anchor(a, "npm")
+            for e in a.key_history:
+                tx.update_history(attrs.evolve(e, revoked_at=at(10), revoke_reason=first))
+        strength = RevocationReason(first).strength
+        for e, second in zip(a.key_history, RevocationReason, strict=True):
+            wanted = attrs.evolve(e, revoked_at=at(10), revoke_reason=second.value)
+            if second.value == first or second.strength > strength:
+                with store.transaction() as tx:
+                    tx.update_history(wanted)
+            else:
+                with pytest.raises(ConflictError), store.transaction() as tx:
+                    tx.update_history(wanted)
+
+    def test_unknown_reason_is_not_stored(self, store: Store) -> None:
+        a = anchor(keys=("k1",))
+        with pytest.raises(ValueError), store.transaction() as tx:
+            tx.insert_anchor(
+                attrs.evolve(
+                    a,
+                    key_history=(
+                        attrs.evolve(a.key_history[0], revoked_at=at(1), revoke_reason="oops"),
+                    ),
+                ),
+                "npm",
+            )
+        with store.transaction() as tx:
+            tx.insert_anchor(a, "npm")
+        with pytest.raises((ValueError, ConflictError)), store.transaction() as tx:
+            tx.update_history(
+                attrs.evolve(a.key_history[0], revoked_at=at(1), revoke_reason="Compromised")
+            )
 
     def test_update_missing_history_not_found(self, store: Store) -> None:
         a = anchor(keys=("k1",))
         with store.transaction() as tx:
             tx.insert_anchor(a, "npm")
         with pytest.raises(NotFoundError), store.transaction() as tx:
-            tx.update_history(entry(a.anchor_id, "k2", revoked_at=at(1), revoke_reason="x"))
+            tx.update_history(
+                entry(a.anchor_id, "k2", revoked_at=at(1), revoke_reason="superseded")
+            )
         with pytest.raises(NotFoundError), store.transaction() as tx:
-            tx.update_history(entry(uuid.uuid4(), "k1", revoked_at=at(1), revoke_reason="x"))
+            tx.update_history(
+                entry(uuid.uuid4(), "k1", revoked_at=at(1), revoke_reason="superseded")
+            )
 
     def test_set_anchor_active(self, store: Store) -> None:
         a = anchor(keys=("k1",))
@@ -525,19 +609,29 @@ class StoreConformance:
 
     def test_proof_round_trip_and_idempotent_put(self, store: Store) -> None:
         body = b'{"payload":"\xff\x00binary-safe","signatures":[]}'
-        first = ProofRecord("sha256:" + "1" * 64, body, at(0, micros=3), (b"\x30\x82tok",))
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        first = ProofRecord(digest, body, at(0, micros=3), (b"\x30\x82tok",))
         with store.transaction() as tx:
             tx.put_proof(first)
         with store.transaction() as tx:
-            tx.put_proof(ProofRecord(first.digest, b"other", at(9), (b"x",)))
+            tx.put_proof(ProofRecord(first.digest, body, at(9), (b"x",)))
         with store.read() as tx:
             assert tx.get_proof(first.digest) == first
-            assert tx.get_proof("sha256:" + "0" * 64) is None
+            assert tx.get_proof(addr("absent")) is None
+
+    def test_proof_must_match_its_address(self, store: Store) -> None:
+        # Content addressing is checked on write: bytes stored under another digest would
+        # later verify as the proof that address names.
+        with pytest.raises(ProofIntegrityError) as raised, store.transaction() as tx:
+            tx.put_proof(ProofRecord(addr("a"), body_of("b"), at(0)))
+        assert addr("a") in str(raised.value) and addr("b") in str(raised.value)
+        with store.read() as tx:
+            assert tx.get_proof(addr("a")) is None
 
     def test_proof_timestamps(self, store: Store) -> None:
-        digest = "sha256:" + "2" * 64
+        digest = addr("2")
         with store.transaction() as tx:
-            tx.put_proof(proof(digest))
+            tx.put_proof(proof("2"))
             tx.add_proof_timestamp(digest, b"tok-1")
         with store.transaction() as tx:
             tx.add_proof_timestamp(digest, b"\x00tok-2")
@@ -546,19 +640,19 @@ class StoreConformance:
             got = tx.get_proof(digest)
         assert got is not None and got.timestamp_tokens == (b"tok-1", b"\x00tok-2")
         with pytest.raises(NotFoundError), store.transaction() as tx:
-            tx.add_proof_timestamp("sha256:" + "3" * 64, b"tok")
+            tx.add_proof_timestamp(addr("3"), b"tok")
 
     def test_iter_proofs_oldest_first(self, store: Store) -> None:
-        digests = ["sha256:" + c * 64 for c in "abc"]
         with store.transaction() as tx:
-            tx.put_proof(proof(digests[2], at(0)))
-            tx.put_proof(proof(digests[1], at(1)))
-            tx.put_proof(proof(digests[0], at(0)))
-            tx.add_proof_timestamp(digests[1], b"t1")
-            tx.add_proof_timestamp(digests[1], b"t2")
+            tx.put_proof(proof("c", at(0)))
+            tx.put_proof(proof("b", at(1)))
+            tx.put_proof(proof("a", at(0)))
+            tx.add_proof_timestamp(addr("b"), b"t1")
+            tx.add_proof_timestamp(addr("b"), b"t2")
         with store.read() as tx:
             got = list(tx.iter_proofs())
-        assert [p.digest for p in got] == [digests[0], digests[2], digests[1]]
+        same_time = sorted([addr("a"), addr("c")])
+        assert [p.digest for p in got] == [*same_time, addr("b")]
         assert [p.timestamp_tokens for p in got] == [(), (), (b"t1", b"t2")]
 
     # --- audit ------------------------------------------------------------------------------
@@ -701,7 +795,7 @@ class StoreConformance:
             tx.insert_key(key("k1"))
             tx.insert_key(key("k2"))
             tx.insert_anchor(a, "npm")
-            tx.put_proof(proof("sha256:" + "a" * 64))
+            tx.put_proof(proof("a"))
             tx.append_audit(audit_record(key_id="k1"))
         return a
 
@@ -720,8 +814,8 @@ class StoreConformance:
             tx.insert_history(entry(a.anchor_id, "new", at(9)))
             tx.update_history(a.key_history[0].revoke(at(5), COMPROMISE))
             tx.set_anchor_active(a.anchor_id, False)
-            tx.put_proof(proof("sha256:" + "b" * 64))
-            tx.add_proof_timestamp("sha256:" + "a" * 64, b"token")
+            tx.put_proof(proof("b"))
+            tx.add_proof_timestamp(addr("a"), b"token")
             tx.append_audit(audit_record("KEY_GENERATED", key_id="new"))
             tx.append_audit(audit_record("ANCHOR_CREATED", anchor_id=b.anchor_id))
             # The transaction sees its own writes before it fails.
@@ -768,7 +862,7 @@ class StoreConformance:
         t2 = store.change_token()
         assert t2 not in (t0, t1)
         with store.transaction() as tx:
-            tx.put_proof(proof("sha256:" + "c" * 64))
+            tx.put_proof(proof("c"))
         assert store.change_token() != t2
 
     def test_read_transaction_refuses_writes(self, store: Store) -> None:
@@ -776,7 +870,7 @@ class StoreConformance:
             lambda tx: tx.insert_key(key("k1")),
             lambda tx: tx.insert_anchor(anchor(), "npm"),
             lambda tx: tx.append_audit(audit_record()),
-            lambda tx: tx.put_proof(proof("sha256:" + "d" * 64)),
+            lambda tx: tx.put_proof(proof("d")),
         ]
         for write in writes:
             with pytest.raises(StorageError), store.read() as tx:

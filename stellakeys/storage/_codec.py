@@ -9,6 +9,8 @@ that can never mutate stored state through a dict they passed in or got back.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -17,7 +19,9 @@ from typing import Any, TypeVar
 
 from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
 from stellakeys.audit import AuditEvent, AuditQuery
+from stellakeys.errors import ConflictError, ProofIntegrityError
 from stellakeys.keys import KeyRecord
+from stellakeys.revocation import RevocationReason, legacy_reason
 from stellakeys.storage.ports import ProofRecord
 
 _T = TypeVar("_T")
@@ -33,6 +37,9 @@ __all__ = [
     "audit_from_row",
     "audit_to_row",
     "check_history_belongs",
+    "check_history_update",
+    "check_reason_known",
+    "check_proof_digest",
     "check_query",
     "dump_json",
     "from_micros",
@@ -177,6 +184,7 @@ def anchor_from_row(
 
 
 def history_to_row(e: KeyHistoryEntry) -> Row:
+    check_reason_known(e.revoke_reason)
     return (
         str(e.entry_id),
         str(e.anchor_id),
@@ -225,11 +233,65 @@ def check_history_belongs(anchor: TrustAnchor) -> None:
             )
 
 
+def check_history_update(
+    key_id: str,
+    old: tuple[Any, str | None, Any],
+    new: tuple[Any, str | None, Any],
+) -> None:
+    """``(revoked_at, revoke_reason, expires_at)`` before and after an update may only get
+    stricter: NULL -> a time or an earlier time, a reason only for a strictly stronger one
+    (stellakeys.revocation). The rule the SQL triggers of migration 0003 enforce, checked
+    here first so every adapter refuses with the same ConflictError (times may be datetimes
+    or microseconds, as long as old and new are alike)."""
+    old_at, old_reason, old_expires = old
+    new_at, new_reason, new_expires = new
+    why = None
+    if old_at is not None and (new_at is None or new_at > old_at):
+        why = "its time can only move earlier"
+    elif old_expires is not None and (new_expires is None or new_expires > old_expires):
+        why = "its expiry can only move earlier"
+    elif new_reason is not None and new_reason not in _REASONS:
+        why = f"{new_reason!r} is not a revocation reason"
+    elif (
+        old_reason is not None
+        and new_reason != old_reason
+        and (new_reason is None or _REASONS[new_reason] <= legacy_reason(old_reason).strength)
+    ):
+        why = "its reason can only be made stronger"
+    if why is not None:
+        raise ConflictError(
+            f"key {key_id!r}: a revocation can only be made earlier or stronger ({why})"
+        )
+
+
+_REASONS = {r.value: r.strength for r in RevocationReason}
+
+
+def check_reason_known(reason: str | None) -> None:
+    """Only words of the vocabulary are stored (the schema refuses others as well)."""
+    if reason is not None and reason not in _REASONS:
+        raise ValueError(
+            f"revocation reason {reason!r} is not stored as such: parse it with"
+            " stellakeys.revocation.parse_reason first"
+        )
+
+
 # --- proofs ---------------------------------------------------------------------------------
 
 
+def check_proof_digest(digest: str, body: bytes) -> None:
+    """A proof's bytes must hash to its address (``sha256:<hex>``); ProofIntegrityError,
+    naming both digests, otherwise. Run on every write and every read: what the store returns
+    is evidence, not truth."""
+    actual = "sha256:" + hashlib.sha256(body).hexdigest()
+    if not hmac.compare_digest(actual.encode(), digest.encode()):
+        raise ProofIntegrityError(digest, actual)
+
+
 def proof_to_row(p: ProofRecord) -> Row:
-    return (p.digest, bytes(p.envelope_json), to_micros(p.created_at))
+    body = bytes(p.envelope_json)
+    check_proof_digest(p.digest, body)
+    return (p.digest, body, to_micros(p.created_at))
 
 
 def group_left_join(
@@ -266,9 +328,11 @@ def group_proofs(
 
 
 def proof_from_row(row: Sequence[Any], tokens: tuple[bytes, ...]) -> ProofRecord:
+    body = bytes(row[1])
+    check_proof_digest(row[0], body)
     return ProofRecord(
         digest=row[0],
-        envelope_json=bytes(row[1]),
+        envelope_json=body,
         created_at=from_micros(row[2]),
         timestamp_tokens=tokens,
     )

@@ -258,6 +258,8 @@ class MemoryTransaction:
         rows = self._s.history.get(aid, ())
         for i, old in enumerate(rows):
             if old[2] == entry.key_id:
+                # What the SQL triggers of migration 0003 enforce on the other adapters.
+                codec.check_history_update(entry.key_id, old[7:10], new[7:10])
                 # Only the revocation fields and metadata change; identity and added_at stay.
                 replaced = (*old[:7], *new[7:])
                 self._own("history")[aid] = (*rows[:i], replaced, *rows[i + 1 :])

@@ -101,7 +101,9 @@ _INHERITED: list[object] = []
 
 def _proof_from_pg_row(row: Sequence[Any], tokens: tuple[bytes, ...]) -> ProofRecord:
     # psycopg returns aware datetimes and bytes already: no conversion, unlike SQLite's rows.
-    return ProofRecord(row[0], bytes(row[1]), row[2], tokens)
+    body = bytes(row[1])
+    codec.check_proof_digest(row[0], body)
+    return ProofRecord(row[0], body, row[2], tokens)
 
 
 class _JsonbLoader(Loader):
@@ -694,6 +696,7 @@ class PostgresTransaction:
 
     @staticmethod
     def _history_params(entry: KeyHistoryEntry) -> Row:
+        codec.check_reason_known(entry.revoke_reason)
         return (
             entry.anchor_id,
             entry.key_id,
@@ -733,6 +736,20 @@ class PostgresTransaction:
 
     def update_history(self, entry: KeyHistoryEntry) -> None:
         self._check_write()
+        # The triggers of migration 0003 refuse the same; checked first for a ConflictError
+        # (a trigger's exception would abort the whole transaction).
+        old = self._one(
+            "SELECT revoked_at, revoke_reason, expires_at FROM signer.key_history"
+            " WHERE anchor_id = %s AND key_id = %s",
+            (entry.anchor_id, entry.key_id),
+        )
+        if old is None:
+            raise NotFoundError(f"key {entry.key_id!r} is not in trust anchor {entry.anchor_id}")
+        codec.check_history_update(
+            entry.key_id,
+            (old[0], old[1], old[2]),
+            (_opt_aware(entry.revoked_at), entry.revoke_reason, _opt_aware(entry.expires_at)),
+        )
         cursor = self._exec(
             "UPDATE signer.key_history SET revoked_at = %s, revoke_reason = %s,"
             " expires_at = %s, metadata = %s::jsonb WHERE anchor_id = %s AND key_id = %s",
@@ -773,6 +790,7 @@ class PostgresTransaction:
 
     def put_proof(self, proof: ProofRecord) -> None:
         self._check_write()
+        codec.check_proof_digest(proof.digest, bytes(proof.envelope_json))
         row = self._one(
             "INSERT INTO signer.proofs (digest, envelope_json, created_at) VALUES (%s, %s, %s)"
             " ON CONFLICT (digest) DO NOTHING RETURNING 1",

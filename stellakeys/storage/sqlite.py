@@ -543,6 +543,15 @@ class SqliteTransaction:
     def update_history(self, entry: KeyHistoryEntry) -> None:
         self._check_write()
         row = codec.history_to_row(entry)
+        # The triggers of migration 0003 refuse the same; checked first for a ConflictError.
+        old = self._one(
+            "SELECT revoked_at, revoke_reason, expires_at FROM key_history"
+            " WHERE anchor_id = ? AND key_id = ?",
+            (row[1], row[2]),
+        )
+        if old is None:
+            raise NotFoundError(f"key {entry.key_id!r} is not in trust anchor {entry.anchor_id}")
+        codec.check_history_update(entry.key_id, (old[0], old[1], old[2]), (row[7], row[8], row[9]))
         cursor = self._exec(
             "UPDATE key_history SET revoked_at = ?, revoke_reason = ?, expires_at = ?,"
             " metadata = ? WHERE anchor_id = ? AND key_id = ?",

@@ -370,6 +370,31 @@ def test_signed_rejection_is_one_decision(world: World) -> None:
     assert exc.value.code == "decision-mismatch"
 
 
+def test_audit_verify_replays_ceremony_states(world: World) -> None:
+    """Issue 14 (#8): a ceremony moved to Approved behind the service's back (no events) is
+    reported by audit verify; cancelled, declined and expired ones replay cleanly."""
+    cancelled = world.create()
+    world.service.cancel(world.actor(INITIATOR), cancelled.ceremony_id, "Postponed")
+    declined = world.create()
+    world.service.reject(
+        world.actor(LEAD),
+        declined.ceremony_id,
+        world.sign(declined.ceremony_id, LEAD, Decision.REJECT, reason="no"),
+    )
+    c = world.create()
+    partly, _ = world.approve(c.ceremony_id, LEAD)
+    assert partly.state is S.PARTIALLY_APPROVED
+    assert world.manager.verify_audit().ok
+    with world.manager.store.transaction() as tx:
+        tx.update_ceremony(attrs.evolve(partly, state=S.APPROVED))
+    result = world.manager.verify_audit()
+    assert not result.ok and result.broken_at is None
+    assert result.state_differences == (
+        f"ceremony {c.ceremony_id}: state is 'Approved' in the table,"
+        " the audit log implies 'PartiallyApproved'",
+    )
+
+
 # --- replay and tampering ------------------------------------------------------------------
 
 

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 from pg_server import truncate
-from storage_conformance import anchor, at, audit_record, entry, key, proof
+from storage_conformance import addr, anchor, at, audit_record, entry, key, proof
 
 from stellakeys.audit import verify_chain
 from stellakeys.config import load_settings
@@ -389,10 +389,10 @@ def test_audit_details_that_jsonb_would_change_are_refused(store: PostgresStore)
 
 
 def test_large_timestamp_tokens(store: PostgresStore) -> None:
-    digest = "sha256:" + "e" * 64
+    digest = addr("e")
     big = os.urandom(8000)  # beyond a btree entry; uniqueness is on its SHA-256
     with store.transaction() as tx:
-        tx.put_proof(proof(digest))
+        tx.put_proof(proof("e"))
         tx.add_proof_timestamp(digest, big)
         tx.add_proof_timestamp(digest, big)
     with store.read() as tx:
