@@ -484,7 +484,7 @@ def test_fork_process_pool_beside_an_open_store(tmp_path: Path) -> None:
         wal = home / "stellakeys.db-wal"
         with KeyManager.open(home) as km:
             km.generate_key("k")
-            digests = [km.sign(b"p%d" % i, "k") for i in range(40)]
+            digests = [km.sign(b"p%d" % i, "k", "text/plain") for i in range(40)]
             reader = threading.Thread(target=km.verify_audit)  # a second thread's connection
             reader.start()
             reader.join()
@@ -496,7 +496,7 @@ def test_fork_process_pool_beside_an_open_store(tmp_path: Path) -> None:
                 )
             assert [o.ok for o in outcomes] == [True] * 40, outcomes
             assert wal.exists()  # no worker ran "last connection" clean-up under us
-            km.sign(b"after", "k")
+            km.sign(b"after", "k", "text/plain")
             chain = km.verify_audit()
             assert chain.ok and chain.count == 1 + 41, chain
         """,
