@@ -40,6 +40,14 @@ class LazyGroup(click.Group):
         super().__init__(*args, **kwargs)
         self._lazy = lazy
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # Every invocation passes here first, whatever the command: hostile bytes are a usage
+        # error naming the argument before any command sees them (stellakeys_cli/params.py).
+        from stellakeys_cli.params import check_invocation
+
+        check_invocation(args)
+        return super().parse_args(ctx, args)
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self._lazy})
 
