@@ -10,6 +10,7 @@ longer than the publication itself).
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -19,7 +20,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stellakeys.feed import PAYLOAD_TYPE, FeedConsumer, latest_published, parse_feed
+from stellakeys.feed import (
+    PAYLOAD_TYPE,
+    FeedConfig,
+    FeedConsumer,
+    FeedError,
+    build_document,
+    latest_published,
+    parse_feed,
+    publish_feed,
+)
 from stellakeys.manager import KeyManager
 
 pytestmark = pytest.mark.slow
@@ -168,3 +178,85 @@ def test_concurrent_publishers_one_gets_the_version_the_others_a_conflict(
     assert retry.returncode == 0, retry.stderr
     third = parse_feed((tmp_path / "v3.json").read_bytes())
     assert third.document.version == 3 and third.document.previous == winner.digest
+
+
+# --- the records themselves, attacked and upgraded (in-process, SQLite) ------------------------
+
+
+@pytest.fixture
+def km(stellakeys_manager: KeyManager) -> KeyManager:
+    for key_id in ("f1", "f2", "f3", "k1"):
+        stellakeys_manager.generate_key(key_id)
+    stellakeys_manager.create_anchor("pkg:npm/*", ["k1"], ["evidence.stella/v1"], "v1")
+    return stellakeys_manager
+
+
+CONFIG = FeedConfig(("f1", "f2"), threshold=2)
+
+
+def raw_sql(home: Path, *statements: tuple[str, tuple[object, ...]]) -> None:
+    """What a database writer with a sqlite3 shell can do: drop the guard triggers too."""
+    with sqlite3.connect(home / "stellakeys.db", isolation_level=None) as conn:
+        for sql, params in statements:
+            conn.execute(sql, params)
+    conn.close()
+
+
+def test_a_redirected_version_record_stops_publication(
+    km: KeyManager, stellakeys_home: Path
+) -> None:
+    v1 = publish_feed(km, CONFIG).feed
+    # A forged version 2 signed into the store by someone holding only f3 (anyone may sign
+    # this payload type); after the genuine version 2, its record is pointed at the forgery.
+    forged = build_document(
+        km, FeedConfig(("f3",), 1), include_keys=True, urgent=False, previous=v1, now=km.clock.now()
+    )
+    forged_address = km.sign(forged.to_json(), ["f3"], PAYLOAD_TYPE)
+    publish_feed(km, CONFIG)  # version 2, genuine
+    raw_sql(
+        stellakeys_home,
+        ("DROP TRIGGER feed_versions_no_update", ()),
+        ("PRAGMA foreign_keys = ON", ()),
+        ("UPDATE feed_versions SET digest = ? WHERE version = 2", (forged_address,)),
+    )
+    with pytest.raises(FeedError, match=r"records feed version 2 as .*were changed"):
+        publish_feed(km, CONFIG)
+    with pytest.raises(FeedError, match="were changed"):
+        latest_published(km)
+
+
+def test_the_no_gap_and_append_only_rules_hold_for_raw_sql(
+    km: KeyManager, stellakeys_home: Path
+) -> None:
+    first = publish_feed(km, CONFIG)
+    with pytest.raises(sqlite3.IntegrityError, match="without gaps"):
+        raw_sql(
+            stellakeys_home,
+            ("INSERT INTO feed_versions VALUES (3, ?, 0)", (first.proof,)),
+        )
+    with pytest.raises(sqlite3.IntegrityError, match=r"UNIQUE|PRIMARY"):
+        raw_sql(stellakeys_home, ("INSERT INTO feed_versions VALUES (1, 'sha256:x', 0)", ()))
+    for sql in ("DELETE FROM feed_versions", "UPDATE feed_versions SET published_at = 0"):
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            raw_sql(stellakeys_home, (sql, ()))
+
+
+def test_feeds_published_before_the_records_are_recorded_by_the_next_publication(
+    km: KeyManager, stellakeys_home: Path
+) -> None:
+    v1, v2 = publish_feed(km, CONFIG), publish_feed(km, CONFIG)
+    # A store upgraded from before migration 0003: feeds among the proofs, no records.
+    raw_sql(
+        stellakeys_home,
+        ("DROP TRIGGER feed_versions_no_delete", ()),
+        ("DELETE FROM feed_versions", ()),
+    )
+    assert latest_published(km) == v2.feed  # followed through the proofs
+    v3 = publish_feed(km, CONFIG)
+    assert v3.document.version == 3 and v3.document.previous == v2.feed.digest
+    with km.store.read() as tx:
+        assert [(r.version, r.digest) for r in tx.feed_versions()] == [
+            (1, v1.proof),
+            (2, v2.proof),
+            (3, v3.proof),
+        ]
