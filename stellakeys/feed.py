@@ -39,6 +39,7 @@ from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
 from stellakeys.dsse import Envelope, verify_envelope
 from stellakeys.errors import (
     ConfigError,
+    ConflictError,
     DuplicateMemberError,
     MalformedTimeError,
     StellaKeysError,
@@ -51,12 +52,14 @@ if TYPE_CHECKING:
     from stellakeys.clock import Clock
     from stellakeys.config import Settings
     from stellakeys.manager import KeyManager
+    from stellakeys.storage.ports import FeedVersionRecord, Transaction
 
 __all__ = [
     "FEED_TYPE",
     "PAYLOAD_TYPE",
     "DuplicateFeedMemberError",
     "FeedConfig",
+    "FeedConflictError",
     "FeedConsumer",
     "FeedDocument",
     "FeedError",
@@ -557,32 +560,83 @@ class PublishedFeed:
         return self.feed.document
 
 
-def latest_published(manager: KeyManager) -> ParsedFeed | None:
-    """The tip of this store's feed chain (feeds are stored as proofs).
+class FeedConflictError(FeedError, ConflictError):
+    """Another publisher recorded the feed version this publication was building (two
+    ``feed publish`` at once): nothing was stored; publishing again builds the next version
+    on top of the other one."""
 
-    The chain is followed from version 1 under the consumers' rules, so an envelope that
-    merely claims the feed payload type (anyone may sign one into the store with ``stellaops
-    sign``) cannot become the version the next publication follows.
+
+def latest_published(manager: KeyManager) -> ParsedFeed | None:
+    """The tip of this store's feed chain.
+
+    Published versions are recorded in the store (one document per version, the store's
+    unique constraint: decision 0017), and the chain is followed through those records under
+    the consumers' rules, so a record pointing at a proof that does not chain is an error, not
+    a new tip. A store whose feeds predate the records is followed through its proofs from
+    version 1, so an envelope that merely claims the feed payload type (anyone may sign one
+    into the store with ``stellaops sign``) cannot become the version the next publication
+    follows.
     """
-    by_version: dict[int, list[ParsedFeed]] = {}
+    chain, _ = _published_chain(manager)
+    return chain[-1] if chain else None
+
+
+def _published_chain(manager: KeyManager) -> tuple[list[ParsedFeed], bool]:
+    """The store's feed chain, version 1 first, and whether it comes from the feed-version
+    records (False: none yet, the chain was found among the proofs)."""
     with manager.store.read() as tx:
-        for record in tx.iter_proofs():
-            if _STORED_MARKER not in record.envelope_json:
-                continue
+        recorded = tx.feed_versions()
+        if recorded:
+            return _recorded_chain(tx, recorded), True
+        return _chain_in_proofs(tx), False
+
+
+def _recorded_chain(tx: Transaction, recorded: Sequence[FeedVersionRecord]) -> list[ParsedFeed]:
+    chain: list[ParsedFeed] = []
+    for record in recorded:
+        proof = tx.get_proof(record.digest)
+        feed: ParsedFeed | None = None
+        if proof is not None:
             try:
-                feed = parse_feed(record.envelope_json)
+                feed = parse_feed(proof.envelope_json)
             except FeedError:
-                continue
-            by_version.setdefault(feed.document.version, []).append(feed)
-    tip: ParsedFeed | None = None
+                feed = None
+        # What the store returns is evidence: the proof must be the one its address names,
+        # hold the recorded version, and chain onto the previous one.
+        if (
+            feed is None
+            or feed.envelope.digest() != record.digest
+            or feed.document.version != record.version
+            or not _chains(chain[-1] if chain else None, feed)
+        ):
+            raise FeedError(
+                f"the store records feed version {record.version} as {record.digest}, which is"
+                " missing or does not follow the version before it: the feed records or proofs"
+                " were changed; investigate before publishing"
+            )
+        chain.append(feed)
+    return chain
+
+
+def _chain_in_proofs(tx: Transaction) -> list[ParsedFeed]:
+    by_version: dict[int, list[ParsedFeed]] = {}
+    for record in tx.iter_proofs():
+        if _STORED_MARKER not in record.envelope_json:
+            continue
+        try:
+            feed = parse_feed(record.envelope_json)
+        except FeedError:
+            continue
+        by_version.setdefault(feed.document.version, []).append(feed)
+    chain: list[ParsedFeed] = []
     version = 1
     while by_version.get(version):
-        follows = [f for f in by_version[version] if _chains(tip, f)]
+        follows = [f for f in by_version[version] if _chains(chain[-1] if chain else None, f)]
         if not follows:
             break
-        tip = follows[0]
+        chain.append(follows[0])
         version += 1
-    return tip
+    return chain
 
 
 def _chains(previous: ParsedFeed | None, feed: ParsedFeed) -> bool:
@@ -658,7 +712,8 @@ def publish_feed(
             raise ConfigError("no feed configuration: pass a FeedConfig")
         config = FeedConfig.from_settings(manager.settings)
     now = manager.clock.now()
-    previous = latest_published(manager)
+    chain, recorded = _published_chain(manager)
+    previous = chain[-1] if chain else None
     document = build_document(
         manager, config, include_keys=include_keys, urgent=urgent, previous=previous, now=now
     )
@@ -680,7 +735,12 @@ def publish_feed(
             f" {previous.document.version} can sign; its threshold is"
             f" {previous.document.threshold}, and consumers will require it"
         )
-    digest = manager.sign(document.to_json(), signers, PAYLOAD_TYPE)
+    digest = manager.sign(
+        document.to_json(),
+        signers,
+        PAYLOAD_TYPE,
+        within=lambda tx, d: _record_version(tx, d, chain, recorded, document.version, now),
+    )
     feed = parse_feed(manager.get_proof(digest))
     # Our own rules, applied as a consumer would, before anyone downloads it.
     if previous is not None:
@@ -688,6 +748,46 @@ def publish_feed(
     else:
         check_self_signed(feed)
     return PublishedFeed(feed, digest)
+
+
+def _record_version(
+    tx: Transaction,
+    digest: str,
+    chain: Sequence[ParsedFeed],
+    recorded: bool,
+    version: int,
+    now: datetime,
+) -> None:
+    """Claim ``version`` for the proof just stored, in the transaction that stores it: the
+    store lets one publisher have each version, so of concurrent publishers one succeeds and
+    the others fail here, before anything of theirs is kept."""
+    from stellakeys.storage.ports import FeedVersionRecord
+
+    if not recorded:
+        # The first publication since the store got feed-version records: record the chain
+        # found among the proofs first -- unless another publisher has just done so.
+        if tx.feed_versions():
+            raise _conflict(version, tx)
+        for feed in chain:
+            tx.insert_feed_version(
+                FeedVersionRecord(feed.document.version, feed.envelope.digest(), now)
+            )
+    try:
+        tx.insert_feed_version(FeedVersionRecord(version, digest, now))
+    except ConflictError:
+        raise _conflict(version, tx) from None
+
+
+def _conflict(version: int, tx: Transaction) -> FeedConflictError:
+    latest = tx.feed_versions()
+    tip = ""
+    if latest:
+        tip = f" (the latest is now version {latest[-1].version}, {latest[-1].digest})"
+    return FeedConflictError(
+        f"feed version {version} was published by another publisher while this one was"
+        f" being signed{tip}: nothing was stored; run feed publish again to publish the next"
+        " version on top of it"
+    )
 
 
 # --- verifying from a feed ---------------------------------------------------------------------

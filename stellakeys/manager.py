@@ -987,11 +987,14 @@ class KeyManager:
         payload_type: str = INTOTO_PAYLOAD_TYPE,
         *,
         timestamp_url: str | None = None,
+        within: Callable[[Transaction, str], None] | None = None,
     ) -> str:
         """Sign with one or several keys (any mix of algorithms); returns ``sha256:<hex>``.
 
         ``timestamp_url``: get an RFC 3161 token for every signature from that TSA before
         anything is stored, so the proof is stored with its trusted time or not at all.
+        ``within(tx, digest)`` runs in the transaction that stores the proof, after storing
+        it; if it raises, nothing is stored (the feed records its version number this way).
         """
         ids = [key_ids] if isinstance(key_ids, str) else list(dict.fromkeys(key_ids))
         if not ids:
@@ -1018,6 +1021,8 @@ class KeyManager:
         stamps = self._request_timestamps(envelope, timestamp_url) if timestamp_url else []
         with self.store.transaction() as tx:
             tx.put_proof(ProofRecord(digest, envelope.to_json(), now))
+            if within is not None:
+                within(tx, digest)
             for key_id in ids:
                 self._audit(
                     tx,

@@ -12,6 +12,7 @@ from stellakeys_cli.context import (
     split_list,
     table,
 )
+from stellakeys_cli.params import KEY_ID
 
 
 @click.group()
@@ -91,7 +92,7 @@ def status(anchor_id: str, as_json: bool) -> None:
 
 @anchor.command("add-key")
 @click.option("--anchor-id", required=True, help="Anchor UUID, or ALL for every active anchor.")
-@click.option("--key-id", required=True)
+@click.option("--key-id", required=True, type=KEY_ID)
 @json_option
 def add_key(anchor_id: str, key_id: str, as_json: bool) -> None:
     """Add a key to an anchor (the old keys stay)."""
@@ -107,7 +108,7 @@ def add_key(anchor_id: str, key_id: str, as_json: bool) -> None:
 
 @anchor.command("revoke-key")
 @click.option("--anchor-id", required=True, help="Anchor UUID, or ALL for every anchor.")
-@click.option("--key-id", required=True)
+@click.option("--key-id", required=True, type=KEY_ID)
 @click.option(
     "--reason",
     required=True,

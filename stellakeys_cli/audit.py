@@ -9,6 +9,7 @@ from datetime import datetime
 import click
 
 from stellakeys_cli.context import emit_json, json_option, manager, parse_time_option, table
+from stellakeys_cli.params import KEY_ID
 
 
 @click.group()
@@ -23,7 +24,7 @@ def audit() -> None:
 @click.option("--from", "from_", help="Earliest time (ISO 8601 or date).")
 @click.option("--to", help="Latest time (a bare date includes that whole day).")
 @click.option("--since", help="Relative window, e.g. 7d, 24h.")
-@click.option("--key-id")
+@click.option("--key-id", type=KEY_ID)
 @click.option("--anchor-id")
 @click.option("--ceremony-id")
 @click.option("--limit", type=click.IntRange(min=1))

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from stellakeys_cli.context import emit_json, json_option, table
+from stellakeys_cli.params import KEY_ID
 
 if TYPE_CHECKING:
     from stellakeys.ceremony.approvers import ApproverKey, ApproverRegistry
@@ -90,7 +91,9 @@ def list_(as_json: bool) -> None:
 
 
 @keys.command("info")
-@click.option("--key-id", required=True, help="A registered keyId, or a key id of this home.")
+@click.option(
+    "--key-id", required=True, type=KEY_ID, help="A registered keyId, or a key id of this home."
+)
 @json_option
 def info(key_id: str, as_json: bool) -> None:
     """One key: whom it is registered for, their groups and scopes, whether it can sign here."""

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from stellakeys_cli.context import emit_json, json_option, manager, split_list, table
+from stellakeys_cli.params import KEY_ID
 
 if TYPE_CHECKING:
     from stellakeys.ceremony.actor import Actor
@@ -156,7 +157,9 @@ _sign_options = [
     click.option("--ceremony-id", required=True),
     click.option("--reason", required=True, help="Why: recorded, signed and audited."),
     click.option("--sign", is_flag=True, help="Sign the approval statement (DSSE) with your key."),
-    click.option("--key-id", help="This home's key to sign with (default: your registered one)."),
+    click.option(
+        "--key-id", type=KEY_ID, help="This home's key to sign with (default: your registered one)."
+    ),
     click.option(
         "--envelope",
         "envelope_file",

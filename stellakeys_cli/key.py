@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from stellakeys_cli.context import emit_json, json_option, manager, parse_time_option, table
+from stellakeys_cli.params import KEY_ID
 
 
 @click.group()
@@ -16,7 +17,7 @@ def key() -> None:
 
 @key.command("generate")
 @click.option("--profile", default="default", show_default=True, help="Profile in signer.yaml.")
-@click.option("--key-id", required=True, help="Identifier for the new key.")
+@click.option("--key-id", required=True, type=KEY_ID, help="Identifier for the new key.")
 @click.option("--algorithm", help="Must match the profile's algorithm if given.")
 @json_option
 def generate(profile: str, key_id: str, algorithm: str | None, as_json: bool) -> None:
@@ -30,7 +31,7 @@ def generate(profile: str, key_id: str, algorithm: str | None, as_json: bool) ->
 
 
 @key.command("import")
-@click.option("--key-id", required=True)
+@click.option("--key-id", required=True, type=KEY_ID)
 @click.option(
     "--public-key",
     "public_key_file",
@@ -73,7 +74,7 @@ def list_(as_json: bool) -> None:
 
 
 @key.command("check-validity")
-@click.option("--key-id", required=True)
+@click.option("--key-id", required=True, type=KEY_ID)
 @click.option("--at-time", help="ISO 8601 time (default: now).")
 @json_option
 def check_validity(key_id: str, at_time: str | None, as_json: bool) -> None:

@@ -45,6 +45,14 @@ class LazyGroup(click.Group):
         super().__init__(*args, **kwargs)
         self._lazy = lazy
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # Every invocation passes here first, whatever the command: hostile bytes are a usage
+        # error naming the argument before any command sees them (stellakeys_cli/params.py).
+        from stellakeys_cli.params import check_invocation
+
+        check_invocation(args)
+        return super().parse_args(ctx, args)
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self._lazy})
 
@@ -123,6 +131,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(1)
+    except OSError as exc:
+        # The file system refused (no such directory, permission, a name too long, disk
+        # full): the environment or the path given, not a bug -- one line, like other errors.
+        if os.environ.get("STELLAKEYS_DEBUG"):
+            raise
+        where = f"{_shown_path(exc.filename)}: " if exc.filename is not None else ""
+        click.echo(f"error: {where}{exc.strerror or exc}", err=True)
+        sys.exit(1)
     except Exception as exc:  # the one place that turns errors into exit codes
         from stellakeys.errors import StellaKeysError
 
@@ -137,3 +153,10 @@ def main(argv: list[str] | None = None) -> None:
         )
         sys.exit(70)
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _shown_path(name: object) -> str:
+    from stellakeys_cli.params import shown
+
+    text = os.fsdecode(name) if isinstance(name, str | bytes) else str(name)
+    return shown(text, 120)

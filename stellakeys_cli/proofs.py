@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from stellakeys_cli.context import emit_json, json_option, manager, parse_time_option
+from stellakeys_cli.params import KEY_ID, PROOF_ADDRESS, parse_proof_address, shown
 
 _OCTET_STREAM = "application/octet-stream"
 
@@ -63,7 +64,14 @@ def _guess_payload_type(payload: bytes) -> str:
 
 
 @click.command()
-@click.option("--key-id", "key_ids", required=True, multiple=True, help="Repeat to multi-sign.")
+@click.option(
+    "--key-id",
+    "key_ids",
+    required=True,
+    multiple=True,
+    type=KEY_ID,
+    help="Repeat to multi-sign.",
+)
 @click.option("--input", "input_path", default="-", show_default=True, help="Payload file.")
 @click.option("--payload-type", help="DSSE payloadType (default: in-toto if the input is one).")
 @click.option(
@@ -132,18 +140,26 @@ def _load_proof(proof_bundle: str | None, envelope_path: str | None) -> Any:
     if proof_bundle and envelope_path:
         raise click.UsageError("give --proof-bundle or --envelope, not both")
     if proof_bundle:
-        return proof_bundle.strip()
+        return proof_bundle
     raw = _read_input(envelope_path or "-")
     text = raw.strip()
     if text.startswith(b"sha256:"):
-        return text.decode("ascii")
+        where = "stdin" if (envelope_path or "-") == "-" else envelope_path
+        shown_text = text.decode("utf-8", "replace")
+        address = parse_proof_address(shown_text)
+        if address is None:
+            raise click.UsageError(
+                f"{where} holds {shown(shown_text)}, which is not a proof address:"
+                " expected sha256: and 64 hex digits"
+            )
+        return address
     if not text:
         raise click.UsageError("no proof given: use --proof-bundle, --envelope or stdin")
     return Envelope.from_json(text)
 
 
 @click.command()
-@click.option("--proof-bundle", help="sha256:... address of a stored proof.")
+@click.option("--proof-bundle", type=PROOF_ADDRESS, help="sha256:... address of a stored proof.")
 @click.option("--envelope", "envelope_path", help="DSSE envelope JSON file ('-' for stdin).")
 @click.option("--purl", help="Artifact PURL (default: the statement's PURL subject).")
 @click.option("--at-time", help="Asserted signing time, ISO 8601 (forensics).")

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from stellakeys_cli.context import emit_json, json_option, manager
+from stellakeys_cli.params import PROOF_ADDRESS
 
 if TYPE_CHECKING:
     from stellakeys.timestamp import RFC3161Verifier
@@ -45,7 +46,12 @@ def timestamp() -> None:
 
 
 @timestamp.command("add")
-@click.option("--proof-bundle", required=True, help="sha256:... address of a stored proof.")
+@click.option(
+    "--proof-bundle",
+    required=True,
+    type=PROOF_ADDRESS,
+    help="sha256:... address of a stored proof.",
+)
 @click.option("--tsa", "tsa_url", help="TSA URL to request a token per signature from.")
 @click.option(
     "--token",
@@ -85,7 +91,12 @@ def add(
 
 
 @timestamp.command("list")
-@click.option("--proof-bundle", required=True, help="sha256:... address of a stored proof.")
+@click.option(
+    "--proof-bundle",
+    required=True,
+    type=PROOF_ADDRESS,
+    help="sha256:... address of a stored proof.",
+)
 @tsa_root_option
 @json_option
 def list_(proof_bundle: str, tsa_roots: tuple[str, ...], as_json: bool) -> None:

@@ -34,7 +34,7 @@ from stellakeys.audit import AuditEvent, AuditQuery, AuditRecord, verify_chain
 from stellakeys.errors import ConflictError, NotFoundError, ProofIntegrityError, StorageError
 from stellakeys.keys import KeyOrigin, KeyRecord
 from stellakeys.revocation import RevocationReason
-from stellakeys.storage.ports import ProofRecord, Store, Transaction
+from stellakeys.storage.ports import FeedVersionRecord, ProofRecord, Store, Transaction
 
 __all__ = ["StoreConformance", "anchor", "audit_record", "entry", "key"]
 
@@ -654,6 +654,64 @@ class StoreConformance:
         same_time = sorted([addr("a"), addr("c")])
         assert [p.digest for p in got] == [*same_time, addr("b")]
         assert [p.timestamp_tokens for p in got] == [(), (), (b"t1", b"t2")]
+
+    # --- feed versions ----------------------------------------------------------------------
+
+    def test_feed_versions_one_document_per_version_without_gaps(self, store: Store) -> None:
+        d = ["sha256:" + c * 64 for c in "defg"]
+        with store.transaction() as tx:
+            for digest in d:
+                tx.put_proof(proof(digest))
+            tx.insert_feed_version(FeedVersionRecord(1, d[0], at(1, micros=5)))
+            tx.insert_feed_version(FeedVersionRecord(2, d[1], at(2)))
+        # Version 2 is taken, whatever the digest; 4 would leave a gap; a proof holds one
+        # version; the proof must exist.
+        for bad, error in [
+            (FeedVersionRecord(2, d[2], at(3)), ConflictError),
+            (FeedVersionRecord(1, d[2], at(3)), ConflictError),
+            (FeedVersionRecord(4, d[2], at(3)), ConflictError),
+            (FeedVersionRecord(3, d[0], at(3)), ConflictError),
+            (FeedVersionRecord(3, "sha256:" + "9" * 64, at(3)), NotFoundError),
+        ]:
+            with pytest.raises(error), store.transaction() as tx:
+                tx.insert_feed_version(bad)
+        with store.transaction() as tx:
+            tx.insert_feed_version(FeedVersionRecord(3, d[2], at(3)))
+        with store.read() as tx:
+            assert tx.feed_versions() == [
+                FeedVersionRecord(1, d[0], at(1, micros=5)),
+                FeedVersionRecord(2, d[1], at(2)),
+                FeedVersionRecord(3, d[2], at(3)),
+            ]
+        with pytest.raises(StorageError), store.read() as tx:
+            tx.insert_feed_version(FeedVersionRecord(4, d[3], at(4)))
+
+    def test_concurrent_feed_publishers_get_one_version(self, store: Store) -> None:
+        """Eight threads record version 1 at once, each for its own proof: exactly one does."""
+        digests = ["sha256:" + f"{i:x}" * 64 for i in range(8)]
+        with store.transaction() as tx:
+            for digest in digests:
+                tx.put_proof(proof(digest))
+        barrier = threading.Barrier(len(digests))
+        outcomes: list[str] = []
+
+        def publish(digest: str) -> None:
+            barrier.wait()
+            try:
+                with store.transaction() as tx:
+                    tx.insert_feed_version(FeedVersionRecord(1, digest, at(1)))
+                outcomes.append("ok")
+            except ConflictError:
+                outcomes.append("conflict")
+
+        threads = [threading.Thread(target=publish, args=(d,)) for d in digests]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert sorted(outcomes) == ["conflict"] * 7 + ["ok"]
+        with store.read() as tx:
+            assert len(tx.feed_versions()) == 1
 
     # --- audit ------------------------------------------------------------------------------
 

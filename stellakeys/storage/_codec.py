@@ -42,6 +42,7 @@ __all__ = [
     "check_proof_digest",
     "check_query",
     "dump_json",
+    "feed_version_conflict",
     "from_micros",
     "history_from_row",
     "history_sort_key",
@@ -336,6 +337,13 @@ def proof_from_row(row: Sequence[Any], tokens: tuple[bytes, ...]) -> ProofRecord
         created_at=from_micros(row[2]),
         timestamp_tokens=tokens,
     )
+
+
+def feed_version_conflict(version: int, highest: int) -> str:
+    """The ConflictError text of every adapter for a feed version that is not the next one."""
+    if version <= highest:
+        return f"feed version {version} is already recorded (the latest is {highest})"
+    return f"feed version {version} would leave a gap: the latest recorded is {highest}"
 
 
 # --- audit ----------------------------------------------------------------------------------

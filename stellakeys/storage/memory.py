@@ -30,7 +30,7 @@ from stellakeys.keys import KeyRecord
 from stellakeys.storage import _ceremony_codec as cc
 from stellakeys.storage import _codec as codec
 from stellakeys.storage import _intent_codec as ic
-from stellakeys.storage.ports import ProofRecord
+from stellakeys.storage.ports import FeedVersionRecord, ProofRecord
 
 if TYPE_CHECKING:
     from stellakeys.storage.ports import Store, Transaction
@@ -64,6 +64,8 @@ class _State:
     approval_ids: dict[str, None] = attrs.Factory(dict)
     #: key id -> intent row (stellakeys.storage._intent_codec)
     intents: dict[str, Row] = attrs.Factory(dict)
+    #: feed version -> FeedVersionRecord (immutable, so shared between states)
+    feed_versions: dict[int, FeedVersionRecord] = attrs.Factory(dict)
     #: how many events of the shared audit list are committed
     audit_len: int = 0
 
@@ -315,6 +317,24 @@ class MemoryTransaction:
         self._check()
         hits = sorted(self._s.proofs.values(), key=lambda h: (h[0][2], h[0][0]))
         return (codec.proof_from_row(*h) for h in hits)
+
+    # --- feed versions ----------------------------------------------------------------------
+
+    def feed_versions(self) -> list[FeedVersionRecord]:
+        self._check()
+        return [self._s.feed_versions[v] for v in sorted(self._s.feed_versions)]
+
+    def insert_feed_version(self, record: FeedVersionRecord) -> None:
+        self._require_writable()
+        codec.to_micros(record.published_at)  # refuses a naive time, as the SQL adapters do
+        versions = self._s.feed_versions
+        if record.version != len(versions) + 1:
+            raise ConflictError(codec.feed_version_conflict(record.version, len(versions)))
+        if any(r.digest == record.digest for r in versions.values()):
+            raise ConflictError(f"proof {record.digest} already holds a feed version")
+        if record.digest not in self._s.proofs:
+            raise NotFoundError(f"no proof {record.digest}")
+        self._own("feed_versions")[record.version] = record
 
     # --- ceremonies -------------------------------------------------------------------------
 

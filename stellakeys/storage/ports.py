@@ -28,7 +28,7 @@ from stellakeys.ceremony.model import Approval, Ceremony, CeremonyState
 from stellakeys.intents import KeyIntent
 from stellakeys.keys import KeyRecord
 
-__all__ = ["ProofRecord", "Store", "Transaction"]
+__all__ = ["FeedVersionRecord", "ProofRecord", "Store", "Transaction"]
 
 
 @attrs.frozen
@@ -40,6 +40,21 @@ class ProofRecord:
     created_at: datetime
     #: DER RFC 3161 timestamp tokens over the envelope's signatures (trusted-time issue).
     timestamp_tokens: tuple[bytes, ...] = ()
+
+
+@attrs.frozen
+class FeedVersionRecord:
+    """One published version of the key-material feed: the stored proof that holds it.
+
+    The store holds one document per version and no gaps (version N+1 only after N), so that
+    of two concurrent publishers of N+1 exactly one can record it, in every process and on
+    every host sharing the store (decision 0017).
+    """
+
+    version: int
+    #: the proof address (``sha256:<hex>``) of the feed envelope
+    digest: str
+    published_at: datetime
 
 
 class Transaction(Protocol):
@@ -122,6 +137,18 @@ class Transaction(Protocol):
 
     def iter_proofs(self) -> Iterator[ProofRecord]:
         """Every stored proof, oldest first (anchor status, forensics, feeds)."""
+        ...
+
+    # --- feed versions ----------------------------------------------------------------------
+    def feed_versions(self) -> list[FeedVersionRecord]:
+        """Every recorded feed version, ordered by version (1, 2, ... without gaps)."""
+        ...
+
+    def insert_feed_version(self, record: FeedVersionRecord) -> None:
+        """Record the next feed version. ConflictError unless ``record.version`` is exactly
+        one more than the highest recorded (1 when there is none) -- a version already taken,
+        whatever its digest, is a conflict -- or if the digest already holds another version.
+        NotFoundError if no proof has that digest."""
         ...
 
     # --- ceremonies -------------------------------------------------------------------------

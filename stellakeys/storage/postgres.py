@@ -60,7 +60,7 @@ from stellakeys.errors import ConflictError, NotFoundError, StorageError
 from stellakeys.intents import KeyIntent
 from stellakeys.keys import KeyRecord
 from stellakeys.storage import _codec as codec
-from stellakeys.storage.ports import ProofRecord
+from stellakeys.storage.ports import FeedVersionRecord, ProofRecord
 from stellakeys.storage.sqlite import Migration, load_migrations
 
 if TYPE_CHECKING:
@@ -836,6 +836,42 @@ class PostgresTransaction:
             " ORDER BY p.created_at, p.digest, t.id"
         )
         return codec.group_proofs(rows, _proof_from_pg_row)
+
+    # --- feed versions ----------------------------------------------------------------------
+
+    def feed_versions(self) -> list[FeedVersionRecord]:
+        self._check()
+        rows = self._all(
+            "SELECT version, digest, published_at FROM signer.feed_versions ORDER BY version"
+        )
+        return [FeedVersionRecord(r[0], r[1], r[2]) for r in rows]
+
+    def insert_feed_version(self, record: FeedVersionRecord) -> None:
+        self._check_write()
+        published = _check_aware(record.published_at)
+        # Checked first, under the store_state lock held since BEGIN (so the answers cannot go
+        # stale), because a violated constraint would abort the transaction; the primary key,
+        # the UNIQUE digest and the no-gap trigger enforce the same for any other writer.
+        row = self._one("SELECT coalesce(max(version), 0) FROM signer.feed_versions")
+        highest = int(row[0]) if row else 0
+        if record.version != highest + 1:
+            raise ConflictError(codec.feed_version_conflict(record.version, highest))
+        if self._one("SELECT 1 FROM signer.feed_versions WHERE digest = %s", (record.digest,)):
+            raise ConflictError(f"proof {record.digest} already holds a feed version")
+        if not self._one("SELECT 1 FROM signer.proofs WHERE digest = %s", (record.digest,)):
+            raise NotFoundError(f"no proof {record.digest}")
+        try:
+            self._conn.execute(
+                "INSERT INTO signer.feed_versions (version, digest, published_at)"
+                " VALUES (%s, %s, %s)",
+                (record.version, record.digest, published),
+            )
+        except pg_errors.UniqueViolation:
+            raise ConflictError(
+                codec.feed_version_conflict(record.version, record.version)
+            ) from None
+        except psycopg.Error as exc:
+            raise _storage_error(exc, "statement") from exc
 
     # --- ceremonies -------------------------------------------------------------------------
 

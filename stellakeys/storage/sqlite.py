@@ -61,7 +61,7 @@ from stellakeys.keys import KeyRecord
 from stellakeys.storage import _ceremony_codec as cc
 from stellakeys.storage import _codec as codec
 from stellakeys.storage import _intent_codec as ic
-from stellakeys.storage.ports import ProofRecord
+from stellakeys.storage.ports import FeedVersionRecord, ProofRecord
 
 if TYPE_CHECKING:
     from stellakeys.storage.ports import Store, Transaction
@@ -619,6 +619,33 @@ class SqliteTransaction:
             " ORDER BY p.created_at, p.digest, t.id"
         )
         return codec.group_proofs(rows, codec.proof_from_row)
+
+    # --- feed versions ----------------------------------------------------------------------
+
+    def feed_versions(self) -> list[FeedVersionRecord]:
+        self._check()
+        rows = self._all("SELECT version, digest, published_at FROM feed_versions ORDER BY version")
+        return [FeedVersionRecord(r[0], r[1], codec.from_micros(r[2])) for r in rows]
+
+    def insert_feed_version(self, record: FeedVersionRecord) -> None:
+        self._check_write()
+        published = codec.to_micros(record.published_at)
+        # Checked first for a precise message (the write lock is held since BEGIN IMMEDIATE,
+        # so the answer cannot go stale); the primary key, the UNIQUE digest and the no-gap
+        # trigger enforce the same rules for any other writer.
+        (highest,) = self._one("SELECT coalesce(max(version), 0) FROM feed_versions") or (0,)
+        if record.version != highest + 1:
+            raise ConflictError(codec.feed_version_conflict(record.version, highest))
+        self._exec(
+            "INSERT INTO feed_versions (version, digest, published_at) VALUES (?, ?, ?)",
+            (record.version, record.digest, published),
+            conflict=lambda text: (
+                f"proof {record.digest} already holds a feed version"
+                if "digest" in text
+                else codec.feed_version_conflict(record.version, record.version)
+            ),
+            missing=f"no proof {record.digest}",
+        )
 
     # --- ceremonies -------------------------------------------------------------------------
 

@@ -178,7 +178,7 @@ class PostgresServer:
 
 _TABLES = (
     "signer.key_intents, signer.ceremony_approvals, signer.ceremonies, signer.proof_timestamps,"
-    " signer.proofs,"
+    " signer.feed_versions, signer.proofs,"
     " signer.key_audit_log, signer.key_history, signer.trust_anchors, signer.keys"
 )
 
