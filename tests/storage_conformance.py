@@ -658,10 +658,10 @@ class StoreConformance:
     # --- feed versions ----------------------------------------------------------------------
 
     def test_feed_versions_one_document_per_version_without_gaps(self, store: Store) -> None:
-        d = ["sha256:" + c * 64 for c in "defg"]
+        d = [addr(label) for label in "defg"]
         with store.transaction() as tx:
-            for digest in d:
-                tx.put_proof(proof(digest))
+            for label in "defg":
+                tx.put_proof(proof(label))
             tx.insert_feed_version(FeedVersionRecord(1, d[0], at(1, micros=5)))
             tx.insert_feed_version(FeedVersionRecord(2, d[1], at(2)))
         # Version 2 is taken, whatever the digest; 4 would leave a gap; a proof holds one
@@ -688,10 +688,11 @@ class StoreConformance:
 
     def test_concurrent_feed_publishers_get_one_version(self, store: Store) -> None:
         """Eight threads record version 1 at once, each for its own proof: exactly one does."""
-        digests = ["sha256:" + f"{i:x}" * 64 for i in range(8)]
+        labels = [f"feed-{i}" for i in range(8)]
+        digests = [addr(label) for label in labels]
         with store.transaction() as tx:
-            for digest in digests:
-                tx.put_proof(proof(digest))
+            for label in labels:
+                tx.put_proof(proof(label))
         barrier = threading.Barrier(len(digests))
         outcomes: list[str] = []
 
