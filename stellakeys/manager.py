@@ -40,6 +40,7 @@ from stellakeys.errors import (
 from stellakeys.intoto import PAYLOAD_TYPE as INTOTO_PAYLOAD_TYPE
 from stellakeys.intoto import statement_facts
 from stellakeys.keys import KeyOrigin, KeyRecord
+from stellakeys.limits import check_key_id
 from stellakeys.keystores.ports import KeyHandle, KeyStore, KeyStoreContext
 from stellakeys.profiles import KeyProfile, SignerConfig
 from stellakeys.purl import (
@@ -1189,10 +1190,9 @@ def _anchor_uuid(anchor_id: uuid.UUID | str) -> uuid.UUID:
 
 
 def _check_key_id(key_id: str) -> None:
-    if not key_id or len(key_id) > 200 or not key_id.isprintable() or key_id != key_id.strip():
-        raise PolicyError(f"invalid key id {key_id!r}")
-    if key_id == ALL_ANCHORS:
-        raise PolicyError("'ALL' is reserved")
+    # The same check a ceremony's payload passes at create (stellakeys.limits), so what a
+    # ceremony accepts, execution can run.
+    check_key_id(key_id)
 
 
 def _check_signable(record: KeyRecord, history: list[KeyHistoryEntry], now: datetime) -> None:

@@ -25,6 +25,7 @@ import attrs
 from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
 from stellakeys.audit import AuditEvent, AuditQuery, AuditRecord
 from stellakeys.ceremony.model import Approval, Ceremony, CeremonyState
+from stellakeys.ceremony.policy import PolicyVersion
 from stellakeys.keys import KeyRecord
 
 __all__ = ["ProofRecord", "Store", "Transaction"]
@@ -143,6 +144,16 @@ class Transaction(Protocol):
     def list_ceremonies(self, states: Collection[CeremonyState] | None = None) -> list[Ceremony]:
         """Ceremonies (with approvals) ordered by created_at then id; only those whose stored
         state is in ``states`` when it is given."""
+        ...
+
+    # --- the store's dual-control policy (decision 0015) --------------------------------------
+    def ceremony_policy_versions(self) -> list[PolicyVersion]:
+        """Every recorded version of the policy, oldest (version 1) first."""
+        ...
+
+    def insert_ceremony_policy(self, version: PolicyVersion) -> None:
+        """Append a version. ConflictError if that version number exists. Versions are never
+        changed or deleted."""
         ...
 
     # --- audit ------------------------------------------------------------------------------

@@ -177,7 +177,8 @@ class PostgresServer:
 
 
 _TABLES = (
-    "signer.ceremony_approvals, signer.ceremonies, signer.proof_timestamps, signer.proofs,"
+    "signer.ceremony_policy, signer.ceremony_approvals, signer.ceremonies,"
+    " signer.proof_timestamps, signer.proofs,"
     " signer.key_audit_log, signer.key_history, signer.trust_anchors, signer.keys"
 )
 
