@@ -36,6 +36,7 @@ __all__ = [
     "CeremonyPolicy",
     "PolicyVersion",
     "fold_versions",
+    "normalize_policy_payload",
 ]
 
 #: Audit event written with every recorded version of the policy.
@@ -165,7 +166,9 @@ class CeremonyPolicy:
                 rule.get("minimum", _MIN_THRESHOLD),
                 None if roles is None else tuple(dict.fromkeys(roles)),
             )
-        return cls(frozenset(ops), flags["requireSignedApprovals"], flags["allowSelfApproval"], rules)
+        return cls(
+            frozenset(ops), flags["requireSignedApprovals"], flags["allowSelfApproval"], rules
+        )
 
     def to_json(self) -> bytes:
         return canonical_json(self.to_dict())
@@ -193,7 +196,8 @@ class CeremonyPolicy:
     def weakenings(self, than: CeremonyPolicy) -> list[str]:
         """How this policy is weaker than ``than`` (empty: it is at least as strict)."""
         out = [
-            f"{op} would no longer need a ceremony" for op in sorted(than.protected - self.protected)
+            f"{op} would no longer need a ceremony"
+            for op in sorted(than.protected - self.protected)
         ]
         if than.require_signed_approvals and not self.require_signed_approvals:
             out.append("unsigned approvals would count")
@@ -284,7 +288,22 @@ def fold_versions(
     return FoldedPolicy(current, version, tuple(disregarded))
 
 
-def effective(stored: CeremonyPolicy | None, configured: Iterable[CeremonyPolicy]) -> CeremonyPolicy:
+def normalize_policy_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``ceremony-policy-update`` payload, ``{"policy": {...}}``, in canonical form."""
+    extra = sorted(set(payload) - {"policy"})
+    if extra:
+        raise PolicyError(
+            f"ceremony-policy-update payload: unknown field(s) {', '.join(map(str, extra))};"
+            " allowed: policy"
+        )
+    if "policy" not in payload:
+        raise PolicyError("ceremony-policy-update payload needs policy")
+    return {"policy": CeremonyPolicy.from_dict(payload["policy"]).to_dict()}
+
+
+def effective(
+    stored: CeremonyPolicy | None, configured: Iterable[CeremonyPolicy]
+) -> CeremonyPolicy:
     """The policy a process applies: the store's, made stricter by its own configuration."""
     out = stored or CeremonyPolicy.weakest()
     for extra in configured:
