@@ -92,16 +92,21 @@ def query(
 @click.option("--expect-head", help="Head hash recorded earlier: detects a truncated log.")
 @json_option
 def verify(expect_head: str | None, as_json: bool) -> None:
-    """Check every hash and link of the audit chain."""
+    """Check every hash and link of the audit chain, and that every protected change names
+    the ceremony that authorised it."""
+    from stellakeys_cli.audit_ceremonies import unauthorised_changes
+
     result = manager().verify_audit(expect_head)
+    findings = unauthorised_changes(manager())
     if as_json:
         emit_json(
             {
-                "ok": result.ok,
+                "ok": result.ok and not findings,
                 "events": result.count,
                 "head": result.head_hash,
                 "brokenAt": result.broken_at,
                 "reason": result.reason,
+                "unauthorised": [f.to_dict() for f in findings],
             }
         )
     elif result.ok:
@@ -111,5 +116,8 @@ def verify(expect_head: str | None, as_json: bool) -> None:
             f"BROKEN at event #{result.broken_at}: {result.reason}"
             f" ({result.count} events verified before it)"
         )
-    if not result.ok:
+    if findings and not as_json:
+        for f in findings:
+            click.echo(f"UNAUTHORISED event #{f.seq} ({f.event_type}): {f.reason}")
+    if not result.ok or findings:
         raise SystemExit(1)
