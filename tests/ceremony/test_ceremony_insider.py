@@ -32,13 +32,9 @@ from ceremony_support import (
 
 from stellakeys.audit import AuditQuery, AuditRecord, EventType
 from stellakeys.ceremony._canonical import canonical_json
-from stellakeys.ceremony.approvers import ApproverFile
-from stellakeys.ceremony.audit_check import check_protected_operations
 from stellakeys.ceremony.config import CeremonyConfig
 from stellakeys.ceremony.errors import CeremonyStateError
-from stellakeys.ceremony.model import POLICY_UPDATE, CeremonyState
-from stellakeys.ceremony.policy import CeremonyPolicy, PolicyVersion
-from stellakeys.ceremony.policy_store import record_policy, stored_policy
+from stellakeys.ceremony.model import CeremonyState
 from stellakeys.ceremony.service import CeremonyService
 from stellakeys.config import Settings
 from stellakeys.crypto import get_algorithm
@@ -209,6 +205,9 @@ def test_db_writer_inserts_an_approval_with_a_made_up_signature(
 
 
 def test_db_writer_cannot_weaken_the_policy_with_a_row(world: World, backend: Backend) -> None:
+    from stellakeys.ceremony.policy import CeremonyPolicy
+    from stellakeys.ceremony.policy_store import stored_policy
+
     world.service.record_configured_policy()
     plain = KeyManager(backend.store, config=PROFILES, clock=world.clock)  # no ceremony service
     weak = CeremonyPolicy()
@@ -252,6 +251,11 @@ def test_a_process_without_ceremony_config_obeys_the_stores_policy(tmp_path: Pat
 
 
 def test_weakening_the_policy_is_itself_a_ceremony(tmp_path: Path) -> None:
+    from stellakeys.ceremony.audit_check import check_protected_operations
+    from stellakeys.ceremony.model import POLICY_UPDATE
+    from stellakeys.ceremony.policy import CeremonyPolicy
+    from stellakeys.ceremony.policy_store import record_policy
+
     w = make_world(MemoryStore(), tmp_path)
     doc = approvers_document({k: v.public_key() for k, v in w.keys.items()})
     doc["approverGroups"][0]["operations"].append(POLICY_UPDATE)
@@ -279,6 +283,8 @@ def test_weakening_the_policy_is_itself_a_ceremony(tmp_path: Path) -> None:
 
 
 def test_audit_check_reports_a_protected_change_without_a_ceremony(tmp_path: Path) -> None:
+    from stellakeys.ceremony.audit_check import check_protected_operations
+
     w = make_world(MemoryStore(), tmp_path)
     w.service.record_configured_policy()
     with w.manager.store.transaction() as tx:  # what a direct writer of the log would add
@@ -293,6 +299,8 @@ def test_audit_check_reports_a_protected_change_without_a_ceremony(tmp_path: Pat
 
 
 def test_protected_events_name_their_ceremony(tmp_path: Path) -> None:
+    from stellakeys.ceremony.audit_check import check_protected_operations
+
     w = make_world(MemoryStore(), tmp_path)
     w.service.record_configured_policy()
     cid = _approved(w)
@@ -345,6 +353,8 @@ def test_revoked_approver_key_no_longer_counts(tmp_path: Path) -> None:
 
 
 def test_approver_file_reloads_only_when_it_changed(tmp_path: Path) -> None:
+    from stellakeys.ceremony.approvers import ApproverFile
+
     path = tmp_path / "approvers.yaml"
     path.write_text(yaml.safe_dump({"approverGroups": [{"name": "g", "members": [LEAD]}]}))
     source = ApproverFile(path)
@@ -410,6 +420,9 @@ def test_execution_uses_the_same_limits(tmp_path: Path) -> None:
 
 
 def test_store_minimum_threshold_applies_to_a_laxer_process(tmp_path: Path) -> None:
+    from stellakeys.ceremony.policy import CeremonyPolicy, PolicyVersion
+    from stellakeys.ceremony.policy_store import record_policy
+
     store = SqliteStore(tmp_path / "c.db")
     w = make_world(store, tmp_path)
     with store.transaction() as tx:
