@@ -61,5 +61,9 @@ def test_config_editor_cannot_switch_dual_control_off(tmp_path: Path) -> None:
     assert again["ceremonyPolicy"]["recorded"] is False
     assert any("no longer need a ceremony" in t for t in again["ceremonyPolicy"]["notStrictened"])
 
+    shown = json.loads(cli.run(LEAD, "ceremony", "policy", "--json").stdout)
+    assert shown["storeVersion"] == 1
+    assert "trust-anchor-update" in shown["inForce"]["protectedOperations"]
+
     verified = cli.run(LEAD, "audit", "verify")
     assert verified.stdout.startswith("OK:")
