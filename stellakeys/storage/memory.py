@@ -350,6 +350,8 @@ class MemoryTransaction:
 
     def insert_ceremony_policy(self, version: PolicyVersion) -> None:
         self._require_writable()
+        if version.ceremony_id is not None and version.ceremony_id not in self._s.ceremonies:
+            raise NotFoundError(f"no ceremony {version.ceremony_id}")
         if version.version in self._s.policies:
             raise ConflictError(f"ceremony policy version {version.version} already exists")
         self._own("policies")[version.version] = version

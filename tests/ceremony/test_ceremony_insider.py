@@ -440,3 +440,36 @@ def test_store_minimum_threshold_applies_to_a_laxer_process(tmp_path: Path) -> N
     assert c.threshold == 3
     with store.read() as tx:
         assert isinstance(tx.ceremony_policy_versions()[0], PolicyVersion)
+
+
+def test_policy_versions_are_append_only_in_memory() -> None:
+    _append_only(MemoryStore(), None)
+
+
+def test_policy_versions_are_append_only(backend: Backend) -> None:
+    _append_only(backend.store, backend)
+
+
+def _append_only(store: Any, backend: Backend | None) -> None:
+    from datetime import UTC, datetime
+
+    from stellakeys.ceremony.policy import CeremonyPolicy, PolicyVersion
+    from stellakeys.errors import ConflictError, NotFoundError
+
+    at = datetime(2026, 1, 16, 10, 0, tzinfo=UTC)
+    v1 = PolicyVersion(1, CeremonyPolicy().to_json(), at, "ops")
+    with store.transaction() as tx:
+        tx.insert_ceremony_policy(v1)
+    with pytest.raises(ConflictError), store.transaction() as tx:
+        tx.insert_ceremony_policy(v1)
+    with pytest.raises(NotFoundError), store.transaction() as tx:
+        tx.insert_ceremony_policy(
+            PolicyVersion(2, v1.policy_json, at, "ops", "cer-0000000000000000")
+        )
+    with store.read() as tx:
+        assert tx.ceremony_policy_versions() == [v1]
+    if backend is not None:  # the schema refuses changes, as for the audit log
+        import psycopg
+
+        with pytest.raises((sqlite3.Error, psycopg.Error), match="append-only"):
+            backend.sql(f"UPDATE {backend.table('ceremony_policy')} SET recorded_by = 'dba'")
