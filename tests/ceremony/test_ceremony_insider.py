@@ -382,8 +382,8 @@ def test_approver_file_reloads_only_when_it_changed(tmp_path: Path) -> None:
         ),
         (
             "trust-anchor-update",
-            {"action": "create", "purlPattern": "pkg:npm/*", "predicateTypes": ["a b"]},
-            "white space",
+            {"action": "create", "purlPattern": "pkg:npm/*", "predicateTypes": ["a\u0000b"]},
+            "control characters",
         ),
         (
             "trust-anchor-update",
@@ -411,7 +411,7 @@ def test_execution_uses_the_same_limits(tmp_path: Path) -> None:
     w = make_world(MemoryStore(), tmp_path, config=CeremonyConfig())
     for call in (
         lambda: w.manager.generate_key("k" * 5_000_000),
-        lambda: w.manager.create_anchor("pkg:npm/*", [], ["a b"]),
+        lambda: w.manager.create_anchor("pkg:npm/*", [], ["p" * 501]),
         lambda: w.manager.create_anchor("pkg:npm/" + "a" * 1000, [], []),
     ):
         with pytest.raises(PolicyError):
