@@ -35,6 +35,7 @@ from stellakeys.binding import (
     subject_result,
     subject_targets,
 )
+from stellakeys.ceremony.policy_store import refuse_unless_allowed
 from stellakeys.clock import Clock, SystemClock
 from stellakeys.config import Settings, load_settings
 from stellakeys.crypto import Algorithm, get_algorithm, load_public_key_pem
@@ -57,6 +58,15 @@ from stellakeys.key_lifecycle import (
 )
 from stellakeys.keys import KeyOrigin, KeyRecord
 from stellakeys.keystores.ports import KeyHandle, KeyStore, KeyStoreContext
+from stellakeys.limits import (
+    MAX_POLICY_VERSION,
+    MAX_PURL_PATTERN,
+    MAX_REASON,
+    check_key_id,
+    check_list_size,
+    check_predicate_types,
+    check_text,
+)
 from stellakeys.profiles import KeyProfile, SignerConfig
 from stellakeys.purl import (
     PurlPattern,
@@ -298,6 +308,10 @@ class KeyManager:
         #: or records the ceremony's execution in the same transaction, so an operation and
         #: "ceremony executed" commit together or not at all.
         self.operation_guard: OperationGuard | None = None
+        #: Set by the ceremony service: the id of the ceremony being executed in this context,
+        #: if any. Every audit event written meanwhile names it, so each protected change in
+        #: the log says which ceremony authorised it (``stellaops audit verify`` checks).
+        self.authorising_ceremony: Callable[[], str | None] | None = None
         #: Called once per verification (a temporal key lookup): stellakeys.metrics counts
         #: them, since verification is the one activity that leaves no record in the store.
         self.on_key_lookup: Callable[[], None] | None = None
@@ -335,12 +349,19 @@ class KeyManager:
             keystore_context=KeyStoreContext(home=settings.home, prompt=prompt),
         )
         manager.settings = settings
-        if settings.document.get("ceremonies") is not None:
-            # Gate protected operations from the first call on: the ceremony service installs
-            # itself as this manager's operation_guard.
-            from stellakeys.ceremony.service import CeremonyService
+        # Gate protected operations from the first call on, whatever this configuration says:
+        # the ceremony service installs itself as this manager's operation_guard and applies
+        # the store's recorded policy, made stricter (never weaker) by the configuration.
+        from stellakeys.ceremony.service import CeremonyService
 
-            CeremonyService.from_settings(manager, settings)
+        service = CeremonyService.from_settings(manager, settings)
+        if service.config.enabled:
+            # Store initialisation: the first process configured for dual control records
+            # it in the store (a no-op when the store's policy is already as strict).
+            with store.read() as tx:
+                recorded = bool(tx.ceremony_policy_versions())
+            if not recorded:
+                service.record_configured_policy()
         return manager
 
     settings: Settings | None = None
@@ -369,6 +390,8 @@ class KeyManager:
         return self.clock.now()
 
     def _audit(self, tx: Transaction, event_type: str, **fields: Any) -> AuditEvent:
+        if fields.get("ceremony_id") is None and self.authorising_ceremony is not None:
+            fields["ceremony_id"] = self.authorising_ceremony()
         return tx.append_audit(
             AuditRecord(event_type=event_type, actor=self.actor, timestamp=self._now(), **fields)
         )
@@ -376,12 +399,17 @@ class KeyManager:
     def _guard(self, tx: Transaction, operation: str, details: dict[str, Any]) -> None:
         if self.operation_guard is not None:
             self.operation_guard(tx, operation, details)
+        else:
+            # No ceremony service in this process: the store's recorded policy still holds.
+            refuse_unless_allowed(tx, operation)
 
     def _preflight(self, operation: str, details: dict[str, Any]) -> None:
         """Ask the guard before doing anything expensive or external (key generation)."""
-        if self.operation_guard is not None:
-            with self.store.read() as tx:
+        with self.store.read() as tx:
+            if self.operation_guard is not None:
                 self.operation_guard(tx, operation, {**details, "preflight": True})
+            else:
+                refuse_unless_allowed(tx, operation)
 
     def _key_store(self, uri: str) -> KeyStore:
         base = uri.split("#", 1)[0]
@@ -708,6 +736,13 @@ class KeyManager:
         policy_version: str = "v1",
         anchor_id: uuid.UUID | None = None,
     ) -> TrustAnchor:
+        # The limits a trust-anchor-update ceremony's payload was checked against at create.
+        check_text(purl_pattern, "purlPattern", MAX_PURL_PATTERN)
+        check_list_size(key_ids, "keyIds")
+        for key_id in key_ids:
+            check_key_id(key_id)
+        check_predicate_types(predicate_types)
+        check_text(policy_version, "policyVersion", MAX_POLICY_VERSION)
         pattern = PurlPattern.parse(purl_pattern)
         now = self._now()
         new_id = anchor_id or uuid.uuid4()
@@ -852,8 +887,10 @@ class KeyManager:
         every anchor holding the key (active or not), whichever anchor was named. Returns the
         anchors whose entry changed.
         """
-        if isinstance(reason, str) and not reason.strip():
-            raise PolicyError("a revocation needs a reason")
+        if isinstance(reason, str):
+            if not reason.strip():
+                raise PolicyError("a revocation needs a reason")
+            check_text(reason, "a revocation reason", MAX_REASON)
         parsed = parse_reason(reason)
         now = self._now()
         when = effective_at or now
@@ -1366,10 +1403,9 @@ def _anchor_uuid(anchor_id: uuid.UUID | str) -> uuid.UUID:
 
 
 def _check_key_id(key_id: str) -> None:
-    if not key_id or len(key_id) > 200 or not key_id.isprintable() or key_id != key_id.strip():
-        raise PolicyError(f"invalid key id {key_id!r}")
-    if key_id == ALL_ANCHORS:
-        raise PolicyError("'ALL' is reserved")
+    # The same check a ceremony's payload passes at create (stellakeys.limits), so what a
+    # ceremony accepts, execution can run.
+    check_key_id(key_id)
 
 
 def _check_signable(record: KeyRecord, history: list[KeyHistoryEntry], now: datetime) -> None:

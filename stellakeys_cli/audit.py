@@ -99,18 +99,23 @@ def query(
 @json_option
 def verify(expect_head: str | None, chain_only: bool, as_json: bool) -> None:
     """Check every hash and link of the audit chain, then replay the events into the keys,
-    anchors, key history and ceremony states they imply and compare with the tables."""
+    anchors, key history and ceremony states they imply and compare with the tables, and
+    check that every protected change names the ceremony that authorised it."""
+    from stellakeys_cli.audit_ceremonies import unauthorised_changes
+
     result = manager().verify_audit(expect_head, check_state=not chain_only)
+    findings = unauthorised_changes(manager())
     if as_json:
         emit_json(
             {
-                "ok": result.ok,
+                "ok": result.ok and not findings,
                 "events": result.count,
                 "head": result.head_hash,
                 "brokenAt": result.broken_at,
                 "reason": result.reason,
                 "stateChecked": result.state_checked,
                 "stateDifferences": list(result.state_differences),
+                "unauthorised": [f.to_dict() for f in findings],
             }
         )
     else:
@@ -124,8 +129,10 @@ def verify(expect_head: str | None, chain_only: bool, as_json: bool) -> None:
             )
             for line in result.state_differences:
                 click.echo(f"  {line}")
-        if result.ok:
+        for f in findings:
+            click.echo(f"UNAUTHORISED event #{f.seq} ({f.event_type}): {f.reason}")
+        if result.ok and not findings:
             checked = ", tables match the replayed events" if result.state_checked else ""
             click.echo(f"OK: {result.count} events, head {result.head_hash}{checked}")
-    if not result.ok:
+    if not result.ok or findings:
         raise SystemExit(1)

@@ -29,6 +29,7 @@ _TYPES = (
     "key-revocation",
     "hsm-key-generation",
     "recovery-key-activation",
+    "ceremony-policy-update",
 )
 
 
@@ -302,3 +303,39 @@ def sweep(as_json: bool) -> None:
             "reminders": [{"ceremonyId": c, "reminder": m} for c, m in report.reminders],
         }
     )
+
+
+@ceremony.command("policy")
+@json_option
+def policy(as_json: bool) -> None:
+    """Show the store's recorded dual-control policy and the one in force for this process
+    (the store's, made stricter by this configuration). To weaken the store's policy, create
+    a ceremony-policy-update ceremony with --payload '{"policy": {...}}'."""
+    from stellakeys.ceremony.policy_store import stored_policy
+
+    svc = service()
+    with svc.manager.store.read() as tx:
+        folded = stored_policy(tx)
+        in_force = svc.policy(tx)
+    body = {
+        "storeVersion": folded.version,
+        "store": folded.policy.to_dict() if folded.policy is not None else None,
+        "inForce": in_force.to_dict(),
+        "inForceDigest": in_force.digest,
+        "disregardedVersions": [{"version": v, "reason": r} for v, r in folded.disregarded],
+    }
+    if as_json:
+        emit_json(body)
+        return
+    if folded.policy is None:
+        click.echo("store: no dual-control policy recorded (stellaops db migrate records one)")
+    else:
+        click.echo(f"store: policy version {folded.version} ({folded.policy.digest})")
+    protected = ", ".join(sorted(in_force.protected)) or "none"
+    click.echo(f"in force: protected operations: {protected}")
+    click.echo(
+        f"  signed approvals required: {in_force.require_signed_approvals};"
+        f" self-approval allowed: {in_force.allow_self_approval}"
+    )
+    for v, reason in folded.disregarded:
+        click.echo(f"  WARNING: version {v} disregarded: {reason}")

@@ -9,21 +9,30 @@ Neither command opens a KeyManager: that would refuse an outdated PostgreSQL sch
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from stellakeys_cli.context import emit_json, json_option, state
 
+if TYPE_CHECKING:
+    from stellakeys.config import Settings
+
 _URL_HELP = "postgresql://... (overrides the global --database-url and STELLAKEYS_DATABASE_URL)."
+
+
+def _settings(database_url: str | None) -> Settings:
+    from stellakeys.config import load_settings
+
+    st = state()
+    return load_settings(st.home, st.config_path, database_url or st.database_url, st.actor)
 
 
 def _target(database_url: str | None) -> tuple[str, str | Path]:
     """("postgres", url) or ("sqlite", path), resolved like every other command."""
-    from stellakeys.config import load_settings
     from stellakeys.errors import ConfigError
 
-    st = state()
-    settings = load_settings(st.home, st.config_path, database_url or st.database_url, st.actor)
+    settings = _settings(database_url)
     url = settings.database_url
     if url is None:
         from stellakeys.storage.sqlite import DB_FILENAME
@@ -78,6 +87,7 @@ def migrate(database_url: str | None, as_json: bool) -> None:
             current = store.schema_version()
         applied = [f"{m.version:04d}_{m.name}" for m in load_migrations() if m.version > previous]
         shown = str(path)
+    policy = _record_policy(_settings(database_url))
     if as_json:
         emit_json(
             {
@@ -86,6 +96,7 @@ def migrate(database_url: str | None, as_json: bool) -> None:
                 "previousVersion": previous,
                 "version": current,
                 "applied": applied,
+                "ceremonyPolicy": policy,
             }
         )
         return
@@ -95,6 +106,43 @@ def migrate(database_url: str | None, as_json: bool) -> None:
             click.echo(f"  applied {name}")
     else:
         click.echo(f"{shown}: schema version {current}, up to date")
+    if policy is not None:
+        verb = "recorded" if policy["recorded"] else "unchanged"
+        click.echo(f"ceremony policy {verb}: version {policy['version']}, {policy['digest']}")
+        for text in policy["notStrictened"]:
+            click.echo(f"  kept the store's stricter rule: {text}")
+
+
+def _record_policy(settings: Settings) -> dict[str, Any] | None:
+    """Record the ``ceremonies`` section of the configuration as the store's dual-control
+    policy (store initialisation), made stricter by what the store already has: migrating
+    never weakens it (decision 0015). None when the configuration has no such section."""
+    if settings.document.get("ceremonies") is None:
+        return None
+    from stellakeys.ceremony.config import CeremonyConfig
+    from stellakeys.ceremony.policy import CeremonyPolicy
+    from stellakeys.ceremony.policy_store import record_policy, stored_policy
+    from stellakeys.clock import SystemClock
+    from stellakeys.storage import open_store
+
+    configured = CeremonyPolicy.from_config(
+        CeremonyConfig.from_document(settings.document, settings.home)
+    )
+    store = open_store(settings)
+    try:
+        with store.transaction() as tx:
+            before = stored_policy(tx).policy
+            merged = configured if before is None else before.stricter(configured)
+            done = record_policy(tx, merged, settings.actor, SystemClock().now())
+            version = stored_policy(tx).version
+    finally:
+        store.close()
+    return {
+        "recorded": done is not None,
+        "version": version,
+        "digest": merged.digest,
+        "notStrictened": configured.weakenings(before) if before is not None else [],
+    }
 
 
 @db.command("status")

@@ -32,8 +32,9 @@ from stellakeys.ceremony.model import (
 )
 
 if TYPE_CHECKING:
-    from stellakeys.ceremony.approvers import ApproverRegistry
+    from stellakeys.ceremony.approvers import ApproverFile, ApproverRegistry
     from stellakeys.ceremony.config import CeremonyConfig
+    from stellakeys.ceremony.policy import CeremonyPolicy
     from stellakeys.ceremony.service import CeremonyService
     from stellakeys.ceremony.statement import ApprovalStatement
 
@@ -45,10 +46,12 @@ __all__ = [
     "Approval",
     "ApprovalRejectedError",
     "ApprovalStatement",
+    "ApproverFile",
     "ApproverRegistry",
     "Ceremony",
     "CeremonyConfig",
     "CeremonyExpiredError",
+    "CeremonyPolicy",
     "CeremonyService",
     "CeremonyState",
     "CeremonyStateError",
@@ -58,7 +61,9 @@ __all__ = [
 ]
 
 _LAZY = {
+    "ApproverFile": "stellakeys.ceremony.approvers",
     "ApproverRegistry": "stellakeys.ceremony.approvers",
+    "CeremonyPolicy": "stellakeys.ceremony.policy",
     "CeremonyConfig": "stellakeys.ceremony.config",
     "CeremonyService": "stellakeys.ceremony.service",
     "ApprovalStatement": "stellakeys.ceremony.statement",

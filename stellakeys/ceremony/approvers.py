@@ -17,10 +17,17 @@
               ...
           - keyId: lead-hsm-key
             publicKeyFile: keys/lead-hsm.pem   # ...or a file, relative to this file
+          - keyId: lost-laptop-key
+            publicKey: ...
+            revoked: true    # no longer verifies approvals, including ones already recorded
 
 Scopes: a member listed without ``scopes`` holds ``ceremony:approve`` (being put in an approver
 group is the grant); a ``scopes`` list, when present, is exactly what the member holds, so a
 member can be kept in a group but suspended with ``scopes: []``.
+
+A running service re-reads this file when it changes (:class:`ApproverFile`): removing an
+approver, a group membership or a key takes effect at the next decision, and execution
+re-checks every recorded approval against the file as it is then (decision 0015).
 
 One public key may be registered for one approver only: two approvers sharing a key would be
 one person as far as the signatures can tell, and dual control would be void.
@@ -28,6 +35,8 @@ one person as far as the signatures can tell, and dual control would be void.
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,7 +49,13 @@ from stellakeys.config import load_yaml
 from stellakeys.crypto import PublicKey, get_algorithm, load_public_key_pem
 from stellakeys.errors import ConfigError, PolicyError, StellaKeysError
 
-__all__ = ["ApproverGroup", "ApproverKey", "ApproverRegistry", "RegisteredApprover"]
+__all__ = [
+    "ApproverFile",
+    "ApproverGroup",
+    "ApproverKey",
+    "ApproverRegistry",
+    "RegisteredApprover",
+]
 
 
 @attrs.frozen
@@ -49,6 +64,8 @@ class ApproverKey:
     algorithm: str
     fingerprint: str
     public_key_pem: str
+    #: A revoked key verifies nothing, not even approvals recorded before it was revoked.
+    revoked: bool = False
 
     def public_key(self) -> PublicKey:
         return load_public_key_pem(self.public_key_pem)
@@ -107,11 +124,13 @@ class ApproverRegistry:
         return ()
 
     def keys_of(self, identity: str) -> tuple[ApproverKey, ...]:
+        """The approver's keys that are not revoked."""
         entry = self.approvers.get(identity)
-        return entry.keys if entry is not None else ()
+        return tuple(k for k in entry.keys if not k.revoked) if entry is not None else ()
 
     def keyring_of(self, identity: str) -> dict[str, PublicKey]:
-        """keyId -> public key, for DSSE verification of that approver's statements."""
+        """keyId -> public key of the approver's unrevoked keys, for DSSE verification of
+        that approver's statements."""
         return {k.key_id: k.public_key() for k in self.keys_of(identity)}
 
     def scopes_of(self, identity: str) -> frozenset[str]:
@@ -149,7 +168,10 @@ class ApproverRegistry:
 
     @classmethod
     def load(cls, path: Path) -> ApproverRegistry:
-        document = load_yaml(path)
+        return cls._from_document(load_yaml(path), path)
+
+    @classmethod
+    def _from_document(cls, document: Any, path: Path) -> ApproverRegistry:
         if document is None:
             return cls(source=path)
         if not isinstance(document, Mapping):
@@ -268,7 +290,7 @@ def _approver(identity: str, raw: object, base_dir: Path | None) -> RegisteredAp
 def _key(raw: object, where: str, base_dir: Path | None) -> ApproverKey:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where} must be a mapping")
-    extra = sorted(set(raw) - {"keyId", "algorithm", "publicKey", "publicKeyFile"})
+    extra = sorted(set(raw) - {"keyId", "algorithm", "publicKey", "publicKeyFile", "revoked"})
     if extra:
         raise ConfigError(f"{where}: unknown field(s) {', '.join(map(str, extra))}")
     key_id = raw.get("keyId")
@@ -304,4 +326,44 @@ def _key(raw: object, where: str, base_dir: Path | None) -> ApproverKey:
             raise ConfigError(
                 f"{where}: algorithm says {declared} but the key is {public.algorithm.id}"
             )
-    return ApproverKey(key_id, public.algorithm.id, public.fingerprint, public.to_pem())
+    revoked = raw.get("revoked", False)
+    if not isinstance(revoked, bool):
+        raise ConfigError(f"{where}.revoked must be true or false")
+    return ApproverKey(key_id, public.algorithm.id, public.fingerprint, public.to_pem(), revoked)
+
+
+class ApproverFile:
+    """``approvers.yaml`` as it is *now*: :meth:`get` reads the file on every call and parses
+    it again when its modification time, size or SHA-256 changed, so a long-lived service
+    never acts on a removed approver (nothing is cached for the life of the process).
+
+    A file that does not exist gives an empty registry (nobody may approve)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int, str] | None = None
+        self._registry = ApproverRegistry(source=path)
+
+    def get(self) -> ApproverRegistry:
+        import yaml
+
+        try:
+            stat = self.path.stat()
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return ApproverRegistry(source=self.path)
+        except OSError as exc:
+            raise ConfigError(f"cannot read {self.path}: {exc.strerror}") from None
+        stamp = (stat.st_mtime_ns, stat.st_size, hashlib.sha256(data).hexdigest())
+        with self._lock:
+            if stamp == self._stamp:
+                return self._registry
+        try:
+            document = yaml.safe_load(data.decode("utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError):
+            raise ConfigError(f"{self.path}: invalid YAML") from None
+        registry = ApproverRegistry._from_document(document, self.path)
+        with self._lock:
+            self._stamp, self._registry = stamp, registry
+        return registry

@@ -10,7 +10,8 @@
       allowSelfApproval: false   # may the initiator approve their own ceremony?
       approvers: approvers.yaml  # file with approverGroups/approvers (relative to the home)
       thresholds:
-        key-rotation: {minimum: 2, default: 2, maximum: 5, requiredApprovers: 3}
+        key-rotation: {minimum: 2, default: 2, maximum: 5, requiredApprovers: 3,
+                       roles: [key-custodians]}   # optional: approver groups allowed
 
 Every field is optional. Thresholds not given keep the runbook's defaults (2-of-3 for
 key-rotation, key-revocation and trust-anchor-update, 2-of-4 for hsm-key-generation, 3-of-5 for
@@ -18,8 +19,10 @@ recovery-key-activation); a type given in part keeps the defaults of the fields 
 means a default threshold of M and N ``requiredApprovers``: the ceremony needs at least N
 eligible approvers, of whom M must approve.
 
-Without a ``ceremonies`` section, or with ``enabled: false``, protected operations run
-directly; ceremonies can still be created and executed.
+This section is the *process's* policy. The store records its own (decision 0015) and the
+stricter of the two applies: ``enabled: false`` (or no section at all) cannot switch off dual
+control on a store whose recorded policy protects an operation. Without either, protected
+operations run directly; ceremonies can still be created and executed.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from stellakeys.ceremony.model import (
     HSM_KEY_GENERATION,
     KEY_REVOCATION,
     KEY_ROTATION,
+    POLICY_UPDATE,
     RECOVERY_KEY_ACTIVATION,
     TRUST_ANCHOR_UPDATE,
 )
@@ -53,6 +57,8 @@ class ThresholdPolicy:
     default: int
     maximum: int
     required_approvers: int
+    #: Approver groups whose members may approve (None: any group listing the type).
+    roles: tuple[str, ...] | None = None
 
     def __attrs_post_init__(self) -> None:
         if not 2 <= self.minimum <= self.default <= self.maximum:
@@ -82,6 +88,7 @@ DEFAULT_THRESHOLDS: Mapping[str, ThresholdPolicy] = {
     KEY_REVOCATION: ThresholdPolicy(2, 2, 5, 3),
     HSM_KEY_GENERATION: ThresholdPolicy(2, 2, 4, 4),
     RECOVERY_KEY_ACTIVATION: ThresholdPolicy(3, 3, 5, 5),
+    POLICY_UPDATE: ThresholdPolicy(2, 2, 5, 3),
 }
 
 
@@ -166,7 +173,9 @@ class CeremonyConfig:
                 )
             if not isinstance(raw, Mapping):
                 raise ConfigError(f"{where} must be a mapping")
-            extra = sorted(set(raw) - {"minimum", "default", "maximum", "requiredApprovers"})
+            extra = sorted(
+                set(raw) - {"minimum", "default", "maximum", "requiredApprovers", "roles"}
+            )
             if extra:
                 raise ConfigError(f"{where}: unknown field(s) {', '.join(map(str, extra))}")
             base = DEFAULT_THRESHOLDS[name]
@@ -177,8 +186,14 @@ class CeremonyConfig:
                 raw.get("requiredApprovers", max(base.required_approvers, default)),
                 f"{where}.requiredApprovers",
             )
+            roles_raw = raw.get("roles")
+            if roles_raw is not None and (
+                not isinstance(roles_raw, list) or not all(isinstance(r, str) for r in roles_raw)
+            ):
+                raise ConfigError(f"{where}.roles must be a list of approver group names")
+            roles = None if roles_raw is None else tuple(dict.fromkeys(roles_raw))
             try:
-                thresholds[name] = ThresholdPolicy(minimum, default, maximum, required)
+                thresholds[name] = ThresholdPolicy(minimum, default, maximum, required, roles)
             except ConfigError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
         approvers = section.get("approvers")

@@ -50,6 +50,7 @@ __all__ = [
     "HSM_KEY_GENERATION",
     "KEY_REVOCATION",
     "KEY_ROTATION",
+    "POLICY_UPDATE",
     "RECOVERY_KEY_ACTIVATION",
     "TERMINAL_STATES",
     "TRANSITIONS",
@@ -68,13 +69,16 @@ KEY_REVOCATION = "key-revocation"
 TRUST_ANCHOR_UPDATE = "trust-anchor-update"
 HSM_KEY_GENERATION = "hsm-key-generation"
 RECOVERY_KEY_ACTIVATION = "recovery-key-activation"
-#: The ceremony types of the runbook, in its table's order.
+#: Weakening the store's dual-control policy is itself dual-controlled (decision 0015).
+POLICY_UPDATE = "ceremony-policy-update"
+#: The ceremony types of the runbook, in its table's order, then stellakeys' own.
 CEREMONY_TYPES: tuple[str, ...] = (
     KEY_ROTATION,
     TRUST_ANCHOR_UPDATE,
     KEY_REVOCATION,
     HSM_KEY_GENERATION,
     RECOVERY_KEY_ACTIVATION,
+    POLICY_UPDATE,
 )
 
 MAX_SUBJECT = 500

@@ -33,10 +33,12 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from stellakeys.ceremony._canonical import canonical_json, check_canonical_value
 from stellakeys.ceremony.model import (
     HSM_KEY_GENERATION,
     KEY_REVOCATION,
     KEY_ROTATION,
+    POLICY_UPDATE,
     RECOVERY_KEY_ACTIVATION,
     TRUST_ANCHOR_UPDATE,
     Ceremony,
@@ -48,6 +50,16 @@ from stellakeys.errors import (
     NotFoundError,
     PolicyError,
     StellaKeysError,
+)
+from stellakeys.limits import (
+    MAX_PAYLOAD_BYTES,
+    MAX_POLICY_VERSION,
+    MAX_PURL_PATTERN,
+    MAX_REASON,
+    check_key_id,
+    check_list_size,
+    check_predicate_types,
+    check_text,
 )
 from stellakeys.times import format_time, parse_time
 
@@ -107,7 +119,9 @@ class _Fields:
                 f" allowed: {', '.join(allowed)}"
             )
 
-    def text(self, name: str, *, required: bool = True) -> str | None:
+    def text(self, name: str, *, required: bool = True, maximum: int = 100) -> str | None:
+        """A non-empty printable string of at most ``maximum`` characters (stellakeys.limits:
+        the same checks the facade applies when the ceremony executes)."""
         value = self.payload.get(name)
         if value is None:
             if required:
@@ -115,10 +129,24 @@ class _Fields:
             return None
         if not isinstance(value, str) or not value.strip():
             raise PolicyError(f"{self.type} payload: {name} must be a non-empty string")
-        return value
+        try:
+            return check_text(value, name, maximum)
+        except PolicyError as exc:
+            raise PolicyError(f"{self.type} payload: {exc}") from None
 
-    def req(self, name: str) -> str:
-        value = self.text(name)
+    def key_id(self, name: str, *, required: bool = True) -> str | None:
+        value = self.payload.get(name)
+        if value is None and not required:
+            return None
+        if value is None:
+            raise PolicyError(f"{self.type} payload needs {name}")
+        try:
+            return check_key_id(value)
+        except PolicyError as exc:
+            raise PolicyError(f"{self.type} payload: {name}: {exc}") from None
+
+    def req(self, name: str, *, maximum: int = 100) -> str:
+        value = self.text(name, maximum=maximum)
         assert value is not None
         return value
 
@@ -128,6 +156,12 @@ class _Fields:
             return []
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise PolicyError(f"{self.type} payload: {name} must be a list of strings")
+        try:
+            check_list_size(value, name)
+            for item in value:
+                check_text(item, f"an item of {name}", MAX_PURL_PATTERN)
+        except PolicyError as exc:
+            raise PolicyError(f"{self.type} payload: {exc}") from None
         return list(dict.fromkeys(value))
 
     def time(self, name: str) -> str | None:
@@ -206,6 +240,17 @@ def normalize_payload(
     """
     if not isinstance(payload, Mapping):
         raise PolicyError("the ceremony payload must be a JSON object")
+    # Bounded before anything else looks at it: nothing unbounded reaches the audit log.
+    check_canonical_value(payload)
+    size = len(canonical_json(payload))
+    if size > MAX_PAYLOAD_BYTES:
+        raise PolicyError(
+            f"the ceremony payload is {size} bytes of JSON; the limit is {MAX_PAYLOAD_BYTES}"
+        )
+    if ceremony_type == POLICY_UPDATE:
+        from stellakeys.ceremony.policy import normalize_policy_payload
+
+        return normalize_policy_payload(payload)
     with manager.store.read() as tx:
         if ceremony_type == KEY_ROTATION:
             return _rotation(payload, manager, tx)
@@ -226,7 +271,8 @@ def normalize_payload(
                     raise NotFoundError(f"key {key_id} is not in trust anchor {anchor}")
             elif not tx.history_of_key(key_id):
                 raise NotFoundError(f"key {key_id} is in no trust anchor")
-            out = {"keyId": key_id, "anchorId": anchor, "reason": f.req("reason").strip()}
+            reason = f.req("reason", maximum=MAX_REASON).strip()
+            out = {"keyId": key_id, "anchorId": anchor, "reason": reason}
             effective = f.time("effectiveAt")
             if effective is not None:
                 out["effectiveAt"] = effective
@@ -248,7 +294,8 @@ def normalize_payload(
 
 
 def _new_key_id(f: _Fields, tx: Transaction) -> str:
-    key_id = f.req("keyId")
+    key_id = f.key_id("keyId")
+    assert key_id is not None
     if tx.get_key(key_id) is not None:
         from stellakeys.errors import ConflictError
 
@@ -257,7 +304,8 @@ def _new_key_id(f: _Fields, tx: Transaction) -> str:
 
 
 def _existing_key(f: _Fields, tx: Transaction) -> str:
-    key_id = f.req("keyId")
+    key_id = f.key_id("keyId")
+    assert key_id is not None
     if tx.get_key(key_id) is None:
         raise NotFoundError(f"no key {key_id!r}")
     return key_id
@@ -298,7 +346,7 @@ def _rotation(payload: Mapping[str, Any], manager: KeyManager, tx: Transaction) 
         "algorithm": alg,
         "anchorIds": anchors,
     }
-    replaces = f.text("replacesKeyId", required=False)
+    replaces = f.key_id("replacesKeyId", required=False)
     if replaces is not None:
         if tx.get_key(replaces) is None:
             raise NotFoundError(f"no key {replaces!r} to replace")
@@ -308,7 +356,8 @@ def _rotation(payload: Mapping[str, Any], manager: KeyManager, tx: Transaction) 
         if replaces is None:
             raise PolicyError("key-rotation payload: revokeReplacedAt needs replacesKeyId")
         out["revokeReplacedAt"] = revoke_at
-        out["revokeReason"] = (f.text("revokeReason", required=False) or "rotation").strip()
+        reason = f.text("revokeReason", required=False, maximum=MAX_REASON) or "rotation"
+        out["revokeReason"] = reason.strip()
     elif "revokeReason" in payload:
         raise PolicyError("key-rotation payload: revokeReason needs revokeReplacedAt")
     return out
@@ -325,10 +374,17 @@ def _anchor_update(payload: Mapping[str, Any], tx: Transaction) -> dict[str, Any
             ["action", "anchorId", "purlPattern", "keyIds", "predicateTypes", "policyVersion"],
         )
         try:
-            pattern = PurlPattern.parse(f.req("purlPattern")).text
+            pattern = PurlPattern.parse(f.req("purlPattern", maximum=MAX_PURL_PATTERN)).text
         except MalformedPurlError as exc:
             raise PolicyError(f"trust-anchor-update payload: {exc}") from None
         key_ids = f.str_list("keyIds")
+        predicate_types = f.str_list("predicateTypes")
+        try:
+            for key_id in key_ids:
+                check_key_id(key_id)
+            check_predicate_types(predicate_types)
+        except PolicyError as exc:
+            raise PolicyError(f"trust-anchor-update payload: {exc}") from None
         for key_id in key_ids:
             if tx.get_key(key_id) is None:
                 raise NotFoundError(f"no key {key_id!r}")
@@ -343,8 +399,9 @@ def _anchor_update(payload: Mapping[str, Any], tx: Transaction) -> dict[str, Any
             "anchorId": anchor,
             "purlPattern": pattern,
             "keyIds": key_ids,
-            "predicateTypes": f.str_list("predicateTypes"),
-            "policyVersion": f.text("policyVersion", required=False) or "v1",
+            "predicateTypes": predicate_types,
+            "policyVersion": f.text("policyVersion", required=False, maximum=MAX_POLICY_VERSION)
+            or "v1",
         }
     if action == "add-key":
         f = _Fields(TRUST_ANCHOR_UPDATE, payload, ["action", "anchorId", "keyId"])
@@ -436,7 +493,7 @@ def plan_for(ceremony: Ceremony) -> Plan:
             {"action": "add-key", "anchorId": p["anchorId"], "keyId": p["keyId"]},
             lambda m: m.add_key(p["anchorId"], p["keyId"]),
         )
-    raise PolicyError(f"ceremony type {kind!r} cannot be executed")
+    raise PolicyError(f"ceremony type {kind!r} is not executed through the facade")
 
 
 def _key_result(tx: Transaction, key_id: str, activated_at: str) -> dict[str, Any]:

@@ -34,7 +34,7 @@ import attrs
 
 from stellakeys.audit import AuditRecord, EventType
 from stellakeys.ceremony.actor import SCOPE_APPROVE, SCOPE_CANCEL, Actor
-from stellakeys.ceremony.approvers import ApproverRegistry
+from stellakeys.ceremony.approvers import ApproverFile, ApproverRegistry
 from stellakeys.ceremony.config import CeremonyConfig
 from stellakeys.ceremony.errors import (
     ApprovalRejectedError,
@@ -43,6 +43,7 @@ from stellakeys.ceremony.errors import (
     UnauthorizedError,
 )
 from stellakeys.ceremony.model import (
+    POLICY_UPDATE,
     Approval,
     Ceremony,
     CeremonyState,
@@ -52,12 +53,18 @@ from stellakeys.ceremony.model import (
     new_ceremony_id,
 )
 from stellakeys.ceremony.operations import (
-    CEREMONY_FOR_OPERATION,
     PROTECTED_OPERATIONS,
     normalize_payload,
     plan_for,
     result_for,
 )
+from stellakeys.ceremony.policy import (
+    EVENT_APPROVAL_DISCOUNTED,
+    EVENT_EXECUTION_REFUSED,
+    CeremonyPolicy,
+)
+from stellakeys.ceremony.policy_store import effective_policy, protected_message, record_policy
+from stellakeys.ceremony.recheck import Recheck, eligible_now, recheck_approvals
 from stellakeys.ceremony.statement import ApprovalStatement, verify_statement
 from stellakeys.dsse import Envelope
 from stellakeys.errors import (
@@ -98,6 +105,9 @@ class _Execution:
     expected: Mapping[str, Any]
     actor: str
     recorded: bool = False
+    #: Set by the guard when re-verification left too few approvals: execute() records why
+    #: after the operation's transaction has rolled back.
+    refusal: tuple[Ceremony, Recheck] | None = None
 
 
 _EXECUTING: contextvars.ContextVar[_Execution | None] = contextvars.ContextVar(
@@ -117,7 +127,11 @@ class CeremonyService:
 
     Constructing one installs its guard on the manager (``install_guard=False`` to opt out,
     e.g. for a read-only tool). ``approvers`` may be a registry or a zero-argument loader,
-    called on first use, so that a process that only needs the guard never reads the file.
+    called at every decision (:class:`~stellakeys.ceremony.approvers.ApproverFile` re-reads
+    approvers.yaml when it changed), so a removed approver never counts in a running service.
+
+    The policy applied is the store's recorded one made stricter by ``config``
+    (:meth:`policy`): a configuration can add protection, never remove it.
     """
 
     def __init__(
@@ -135,6 +149,7 @@ class CeremonyService:
         self._notifier_source = notifier
         if install_guard:
             manager.operation_guard = self.guard
+            manager.authorising_ceremony = self._executing_ceremony
 
     @classmethod
     def from_settings(
@@ -147,14 +162,13 @@ class CeremonyService:
         config = CeremonyConfig.from_document(settings.document, settings.home)
         document = settings.document
 
-        def approvers() -> ApproverRegistry:
-            if config.approvers_path is not None:
-                return ApproverRegistry.load(config.approvers_path)
-            inline = {k: document[k] for k in ("approverGroups", "approvers") if k in document}
-            if inline:
-                return ApproverRegistry.from_dict(inline, base_dir=settings.home)
-            default = settings.home / "approvers.yaml"
-            return ApproverRegistry.load(default) if default.exists() else ApproverRegistry()
+        inline = {k: document[k] for k in ("approverGroups", "approvers") if k in document}
+        approvers: ApproverRegistry | Callable[[], ApproverRegistry]
+        if config.approvers_path is None and inline:
+            approvers = ApproverRegistry.from_dict(inline, base_dir=settings.home)
+        else:
+            # Re-read at every decision when it changed (never cached for the process's life).
+            approvers = ApproverFile(config.approvers_path or settings.home / "approvers.yaml").get
 
         def notifier() -> Notifier | None:
             from stellakeys.notify.router import load_router
@@ -167,16 +181,49 @@ class CeremonyService:
         self_ref = cls(manager, config, approvers, notifier, install_guard=install_guard)
         return self_ref
 
-    # --- lazily loaded collaborators ------------------------------------------------------
+    # --- collaborators ---------------------------------------------------------------------
 
-    @cached_property
+    @property
     def approvers(self) -> ApproverRegistry:
+        """The approvers as they are now: a loader is asked again on every access (take one
+        snapshot per decision)."""
         source = self._approvers_source
         if source is None:
             return ApproverRegistry()
         if isinstance(source, ApproverRegistry):
             return source
         return source()
+
+    @approvers.setter
+    def approvers(self, registry: ApproverRegistry | Callable[[], ApproverRegistry]) -> None:
+        self._approvers_source = registry
+
+    @property
+    def _configured_policy(self) -> CeremonyPolicy:
+        return CeremonyPolicy.from_config(self.config)
+
+    def policy(self, tx: Transaction | None = None) -> CeremonyPolicy:
+        """The policy in force: the store's recorded policy, made stricter by this service's
+        configuration (never weaker)."""
+        if tx is not None:
+            return effective_policy(tx, self._configured_policy)
+        with self._store.read() as own:
+            return effective_policy(own, self._configured_policy)
+
+    def record_configured_policy(self, actor: str | None = None) -> CeremonyPolicy | None:
+        """Record in the store the stored policy made stricter by this configuration (``db
+        migrate`` and store initialisation). Never weakens: returns the recorded policy, or
+        None when nothing changed."""
+        with self._store.transaction() as tx:
+            merged = self.policy(tx)
+            done = record_policy(tx, merged, actor or self.manager.actor, self._now())
+        return merged if done is not None else None
+
+    def _executing_ceremony(self) -> str | None:
+        execution = _EXECUTING.get()
+        return (
+            execution.ceremony_id if execution is not None and execution.service is self else None
+        )
 
     @cached_property
     def notifier(self) -> Notifier | None:
@@ -366,17 +413,27 @@ class CeremonyService:
 
     # --- create ---------------------------------------------------------------------------
 
-    def eligible_approvers(self, ceremony_type: str, initiator: str) -> tuple[str, ...]:
+    def eligible_approvers(
+        self,
+        ceremony_type: str,
+        initiator: str,
+        *,
+        registry: ApproverRegistry | None = None,
+        policy: CeremonyPolicy | None = None,
+    ) -> tuple[str, ...]:
         """Who could approve a ceremony of this type started by ``initiator``: members of an
-        allowed group, holding ``ceremony:approve``, with a registered key when signed
-        approvals are required, and not the initiator unless self-approval is allowed."""
-        registry = self.approvers
+        allowed group (and of the policy's roles), holding ``ceremony:approve``, with a
+        registered key when signed approvals are required, and not the initiator unless
+        self-approval is allowed."""
+        registry = registry or self.approvers
+        policy = policy or self.policy()
         return tuple(
             a
             for a in registry.eligible_for(ceremony_type)
-            if (self.config.allow_self_approval or a != initiator)
+            if (policy.allow_self_approval or a != initiator)
+            and eligible_now(registry, policy, a, ceremony_type)
             and SCOPE_APPROVE in registry.scopes_of(a)
-            and (not self.config.require_signed_approvals or registry.keys_of(a))
+            and (not policy.require_signed_approvals or registry.keys_of(a))
         )
 
     def create(
@@ -395,11 +452,15 @@ class CeremonyService:
         :mod:`stellakeys.ceremony.operations`), so approvers sign exactly what will run."""
         who = self._as_actor(actor)
         policy = self.config.policy(ceremony_type)
-        m = policy.default if threshold is None else threshold
-        if not policy.minimum <= m <= policy.maximum:
+        in_force = self.policy()
+        # The store's minimum may be higher than this configuration's: it wins.
+        floor = max(policy.minimum, in_force.rule(ceremony_type).minimum)
+        m = max(policy.default, floor) if threshold is None else threshold
+        ceiling = max(policy.maximum, floor)
+        if not floor <= m <= ceiling:
             raise PolicyError(
-                f"threshold {m} for {ceremony_type} is outside {policy.minimum}..{policy.maximum}"
-                " (ceremonies.thresholds)"
+                f"threshold {m} for {ceremony_type} is outside {floor}..{ceiling}"
+                " (ceremonies.thresholds and the store's recorded policy)"
             )
         n = max(policy.required_approvers, m) if required_approvers is None else required_approvers
         if n < m:
@@ -420,16 +481,21 @@ class CeremonyService:
             raise PolicyError(
                 f"the timeout ({window}) exceeds ceremonies.maxTimeout ({self.config.max_timeout})"
             )
+        # Everything execution will require is checked here, before anything is written
+        # (stellakeys.limits: the same checks the facade applies).
         normalized = normalize_payload(ceremony_type, payload, self.manager)
-        eligible = self.eligible_approvers(ceremony_type, who.identity)
+        registry = self.approvers
+        eligible = self.eligible_approvers(
+            ceremony_type, who.identity, registry=registry, policy=in_force
+        )
         if len(eligible) < n:
-            where = self.approvers.source or "approvers.yaml"
+            where = registry.source or "approvers.yaml"
             raise PolicyError(
                 f"{ceremony_type} needs {n} eligible approvers but {where} gives"
                 f" {len(eligible)} ({', '.join(eligible) or 'none'}): approvers must be in a"
                 f" group whose operations include {ceremony_type}, hold {SCOPE_APPROVE}"
-                + (", and have a registered key" if self.config.require_signed_approvals else "")
-                + ("" if self.config.allow_self_approval else ", and not be the initiator")
+                + (", and have a registered key" if in_force.require_signed_approvals else "")
+                + ("" if in_force.allow_self_approval else ", and not be the initiator")
             )
         ceremony = Ceremony(
             ceremony_id=new_ceremony_id(),
@@ -571,10 +637,12 @@ class CeremonyService:
     ) -> tuple[Ceremony, Approval]:
         with self._store.read() as tx:
             ceremony = tx.get_ceremony(ceremony_id)
+            policy = self.policy(tx)
         if ceremony is None:
             raise self._refuse(
                 actor, None, ceremony_id, "unknown-ceremony", f"no ceremony {ceremony_id!r}"
             )
+        registry = self.approvers  # one snapshot for this decision
         who = actor.identity
         # Authorisation first: it needs nothing from the request.
         if not actor.has(SCOPE_APPROVE):
@@ -585,7 +653,7 @@ class CeremonyService:
                 "missing-scope",
                 f"{who} does not hold the {SCOPE_APPROVE} scope",
             )
-        if who == ceremony.initiator and not self.config.allow_self_approval:
+        if who == ceremony.initiator and not policy.allow_self_approval:
             raise self._refuse(
                 actor,
                 ceremony,
@@ -594,8 +662,8 @@ class CeremonyService:
                 f"{who} initiated {ceremony_id} and cannot approve it: a different approver"
                 " must approve",
             )
-        if who not in ceremony.allowed_approvers or not self.approvers.is_eligible(
-            who, ceremony.type
+        if who not in ceremony.allowed_approvers or not eligible_now(
+            registry, policy, who, ceremony.type
         ):
             raise self._refuse(
                 actor,
@@ -608,7 +676,7 @@ class CeremonyService:
         signature: dict[str, Any] = {}
         envelope_json: bytes | None = None
         if envelope is None:
-            if self.config.require_signed_approvals:
+            if policy.require_signed_approvals:
                 raise self._refuse(
                     actor,
                     ceremony,
@@ -651,7 +719,7 @@ class CeremonyService:
                     f"the signed statement names {statement.approver}, but {who} submitted it",
                 )
             try:
-                verified = verify_statement(envelope, self.approvers.keyring_of(who))
+                verified = verify_statement(envelope, registry.keyring_of(who))
             except InvalidSignatureError as exc:
                 raise self._refuse(
                     actor,
@@ -855,6 +923,12 @@ class CeremonyService:
     def execute(self, actor: Actor | str, ceremony_id: str) -> Ceremony:
         """Run the ceremony's operation through the facade, exactly once.
 
+        Every approval is verified again first, and again inside the operation's own
+        transaction (:mod:`stellakeys.ceremony.recheck`): against the ceremony's current
+        terms, the approvers as they are now and the policy in force. Approvals that fail are
+        left out, each with a ``signer.ceremony.approval_discounted`` event; below the
+        threshold, execution is refused (``signer.ceremony.execution_refused``).
+
         Raises CeremonyStateError when the threshold is not met or the ceremony was already
         executed (by anyone, in any process), CeremonyExpiredError after its timeout, and
         whatever the operation itself raises (then nothing is recorded and the ceremony stays
@@ -865,6 +939,9 @@ class CeremonyService:
             raise PolicyError("a ceremony is already executing in this context")
         ceremony = self.get(ceremony_id)
         ceremony.require_executable(self._now())
+        self._precheck(who.identity, ceremony_id)
+        if ceremony.type == POLICY_UPDATE:
+            return self._execute_policy_update(who.identity, ceremony_id, ceremony.digest)
         plan = plan_for(ceremony)
         execution = _Execution(
             self, ceremony_id, ceremony.digest, plan.operation, plan.expected, who.identity
@@ -876,6 +953,11 @@ class CeremonyService:
             self._expire_overdue([ceremony_id])
             raise
         except StellaKeysError as exc:
+            if execution.refusal is not None:
+                # The guard found too few valid approvals; its transaction rolled back, so
+                # the reasons are recorded now, in a transaction of their own.
+                seen, check = execution.refusal
+                raise self._record_refusal(who.identity, seen, check) from None
             # A concurrent executor may have won between our check and the operation's own
             # (e.g. "key already exists"): report that, not the operation's symptom of it.
             with self._store.read() as tx:
@@ -899,17 +981,115 @@ class CeremonyService:
         with self._store.read() as tx:
             return self._load(tx, ceremony_id)
 
+    # --- re-verification ------------------------------------------------------------------
+
+    def recheck(self, ceremony_id: str) -> Recheck:
+        """Which approvals of the ceremony would count if it executed now (read-only)."""
+        with self._store.read() as tx:
+            ceremony = self._load(tx, ceremony_id)
+            policy = self.policy(tx)
+        return recheck_approvals(ceremony, self.approvers, policy)
+
+    def _precheck(self, actor: str, ceremony_id: str) -> None:
+        """Refuse (recording why) before touching anything when too few approvals survive."""
+        with self._store.read() as tx:
+            ceremony = self._load(tx, ceremony_id)
+            policy = self.policy(tx)
+        check = recheck_approvals(ceremony, self.approvers, policy)
+        if not check.ok:
+            raise self._record_refusal(actor, ceremony, check)
+
+    @staticmethod
+    def _refusal_text(ceremony: Ceremony, check: Recheck) -> str:
+        why = "; ".join(f"{d.approval.approver}: {d.reason}" for d in check.discounted)
+        return (
+            f"cannot execute ceremony {ceremony.ceremony_id}: {len(check.counted)} of the"
+            f" {check.needed} approvals needed verify now"
+            + (f" (not counted: {why})" if why else "")
+        )
+
+    def _audit_discounted(
+        self, tx: Transaction, actor: str, ceremony: Ceremony, check: Recheck, now: datetime
+    ) -> None:
+        for d in check.discounted:
+            self._audit(
+                tx,
+                EVENT_APPROVAL_DISCOUNTED,
+                actor,
+                ceremony.ceremony_id,
+                now,
+                {"ceremonyType": ceremony.type, **d.to_dict()},
+            )
+
+    def _record_refusal(self, actor: str, ceremony: Ceremony, check: Recheck) -> CeremonyStateError:
+        with self._store.transaction() as tx:
+            now = self._now()
+            self._audit_discounted(tx, actor, ceremony, check, now)
+            self._audit(
+                tx,
+                EVENT_EXECUTION_REFUSED,
+                actor,
+                ceremony.ceremony_id,
+                now,
+                {
+                    "ceremonyType": ceremony.type,
+                    "validApprovals": len(check.counted),
+                    "needed": check.needed,
+                    "discounted": [d.to_dict() for d in check.discounted],
+                },
+            )
+        _log.warning(
+            "execution of %s refused: approvals failed re-verification", ceremony.ceremony_id
+        )
+        return CeremonyStateError(self._refusal_text(ceremony, check))
+
+    def _execute_policy_update(self, actor: str, ceremony_id: str, digest: str) -> Ceremony:
+        """Record the ceremony's policy as the store's new version, and the ceremony as
+        executed, in one transaction (the weakening is authorised by this very ceremony)."""
+        refusal: tuple[Ceremony, Recheck] | None = None
+        with self._store.transaction() as tx:
+            now = self._now()
+            current = self._load(tx, ceremony_id)
+            if current.digest != digest:
+                raise CeremonyStateError(f"ceremony {ceremony_id} changed during execution")
+            current.require_executable(now)
+            check = recheck_approvals(current, self.approvers, self.policy(tx))
+            if not check.ok:
+                refusal = (current, check)
+            else:
+                new = CeremonyPolicy.from_dict(current.payload["policy"])
+                executed = current.executed({"policyDigest": new.digest}, now)
+                tx.update_ceremony(executed)  # first: the new version names an executed ceremony
+                self._audit_discounted(tx, actor, current, check, now)
+                self._audit(
+                    tx,
+                    EventType.CEREMONY_EXECUTED,
+                    actor,
+                    ceremony_id,
+                    now,
+                    {
+                        "ceremonyType": current.type,
+                        "operation": POLICY_UPDATE,
+                        "currentApprovals": len(check.counted),
+                        "threshold": current.threshold,
+                        "approvals": [a.approver for a in check.counted],
+                        "result": executed.result,
+                    },
+                )
+                record_policy(tx, new, actor, now, ceremony_id=ceremony_id)
+        if refusal is not None:
+            raise self._record_refusal(actor, *refusal)
+        with self._store.read() as tx:
+            return self._load(tx, ceremony_id)
+
     def guard(self, tx: Transaction, operation: str, details: dict[str, Any]) -> None:
         """The KeyManager's ``operation_guard``: refuse protected operations outside an
-        executing ceremony (when enabled), and record the execution of the one that is."""
+        executing ceremony (when the policy in force protects them), and record the execution
+        of the one that is, after verifying its approvals again inside ``tx``."""
         execution = _EXECUTING.get()
         if execution is None or execution.service is not self:
-            if operation in PROTECTED_OPERATIONS and self.config.enabled:
-                kind = CEREMONY_FOR_OPERATION[operation]
-                raise PolicyError(
-                    f"{operation} is protected by dual control: create a ceremony (stella"
-                    f" ceremony create --type {kind} ...) and execute it once approved"
-                )
+            if operation in PROTECTED_OPERATIONS and self.policy(tx).requires(operation):
+                raise PolicyError(protected_message(operation))
             return
         if operation != execution.operation or any(
             details.get(k) != v for k, v in execution.expected.items()
@@ -925,11 +1105,17 @@ class CeremonyService:
         if ceremony.digest != execution.digest:
             raise CeremonyStateError(f"ceremony {execution.ceremony_id} changed during execution")
         ceremony.require_executable(now)  # a concurrent executor committed first: refused here
+        policy = self.policy(tx)
+        check = recheck_approvals(ceremony, self.approvers, policy)
+        if not check.ok:
+            execution.refusal = (ceremony, check)
+            raise CeremonyStateError(self._refusal_text(ceremony, check))
         if details.get("preflight"):
             return
         result = result_for(ceremony, details, tx, now)
         executed = ceremony.executed(result, now)
         tx.update_ceremony(executed)
+        self._audit_discounted(tx, execution.actor, ceremony, check, now)
         self._audit(
             tx,
             EventType.CEREMONY_EXECUTED,
@@ -939,8 +1125,10 @@ class CeremonyService:
             {
                 "ceremonyType": ceremony.type,
                 "operation": operation,
-                "currentApprovals": ceremony.current_approvals,
+                "currentApprovals": len(check.counted),
                 "threshold": ceremony.threshold,
+                "approvals": [a.approver for a in check.counted],
+                "policyDigest": policy.digest,
                 "result": result,
             },
             key_id=result.get("keyId") if isinstance(result.get("keyId"), str) else None,

@@ -24,6 +24,7 @@ import attrs
 from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
 from stellakeys.audit import AuditEvent, AuditQuery, AuditRecord, chain_event
 from stellakeys.ceremony.model import Approval, Ceremony, CeremonyState
+from stellakeys.ceremony.policy import PolicyVersion
 from stellakeys.errors import ConflictError, NotFoundError, StorageError
 from stellakeys.intents import KeyIntent
 from stellakeys.keys import KeyRecord
@@ -66,6 +67,8 @@ class _State:
     intents: dict[str, Row] = attrs.Factory(dict)
     #: feed version -> FeedVersionRecord (immutable, so shared between states)
     feed_versions: dict[int, FeedVersionRecord] = attrs.Factory(dict)
+    #: version -> PolicyVersion (decision 0015)
+    policies: dict[int, PolicyVersion] = attrs.Factory(dict)
     #: how many events of the shared audit list are committed
     audit_len: int = 0
 
@@ -394,6 +397,20 @@ class MemoryTransaction:
         )
         out = [self._ceremony(r[0]) for r in rows]
         return [c for c in out if c is not None]
+
+    # --- dual-control policy ---------------------------------------------------------------
+
+    def ceremony_policy_versions(self) -> list[PolicyVersion]:
+        self._check()
+        return [self._s.policies[v] for v in sorted(self._s.policies)]
+
+    def insert_ceremony_policy(self, version: PolicyVersion) -> None:
+        self._require_writable()
+        if version.ceremony_id is not None and version.ceremony_id not in self._s.ceremonies:
+            raise NotFoundError(f"no ceremony {version.ceremony_id}")
+        if version.version in self._s.policies:
+            raise ConflictError(f"ceremony policy version {version.version} already exists")
+        self._own("policies")[version.version] = version
 
     # --- audit ------------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ import attrs
 from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
 from stellakeys.audit import AuditEvent, AuditQuery, AuditRecord
 from stellakeys.ceremony.model import Approval, Ceremony, CeremonyState
+from stellakeys.ceremony.policy import PolicyVersion
 from stellakeys.intents import KeyIntent
 from stellakeys.keys import KeyRecord
 
@@ -193,6 +194,16 @@ class Transaction(Protocol):
 
     def delete_intent(self, key_id: str) -> None:
         """Remove the intent (no error if there is none)."""
+        ...
+
+    # --- the store's dual-control policy (decision 0015) --------------------------------------
+    def ceremony_policy_versions(self) -> list[PolicyVersion]:
+        """Every recorded version of the policy, oldest (version 1) first."""
+        ...
+
+    def insert_ceremony_policy(self, version: PolicyVersion) -> None:
+        """Append a version. ConflictError if that version number exists. Versions are never
+        changed or deleted."""
         ...
 
     # --- audit ------------------------------------------------------------------------------

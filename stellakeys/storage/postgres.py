@@ -41,7 +41,7 @@ import os
 import threading
 import uuid
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
@@ -56,6 +56,7 @@ from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
 from stellakeys.audit import AuditEvent, AuditQuery, AuditRecord, chain_event
 from stellakeys.ceremony.model import Approval, Ceremony, CeremonyState, Decision
+from stellakeys.ceremony.policy import PolicyVersion
 from stellakeys.errors import ConflictError, NotFoundError, StorageError
 from stellakeys.intents import KeyIntent
 from stellakeys.keys import KeyRecord
@@ -992,6 +993,40 @@ class PostgresTransaction:
                 f"{_CEREMONIES_JOIN} WHERE c.state = ANY(%s){_CEREMONIES_ORDER}", (values,)
             )
         return _group_ceremonies(rows)
+
+    # --- dual-control policy ---------------------------------------------------------------
+
+    def ceremony_policy_versions(self) -> list[PolicyVersion]:
+        self._check()
+        rows = self._all(
+            "SELECT version, policy, recorded_at, recorded_by, ceremony_id"
+            " FROM signer.ceremony_policy ORDER BY version"
+        )
+        return [
+            PolicyVersion(r[0], r[1].encode("utf-8"), r[2].astimezone(UTC), r[3], r[4])
+            for r in rows
+        ]
+
+    def insert_ceremony_policy(self, version: PolicyVersion) -> None:
+        self._check_write()
+        if version.ceremony_id is not None and not self._one(
+            "SELECT 1 FROM signer.ceremonies WHERE id = %s", (version.ceremony_id,)
+        ):
+            raise NotFoundError(f"no ceremony {version.ceremony_id}")
+        row = self._one(
+            "INSERT INTO signer.ceremony_policy"
+            " (version, policy, recorded_at, recorded_by, ceremony_id)"
+            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1",
+            (
+                version.version,
+                version.policy_json.decode("utf-8"),
+                _check_aware(version.recorded_at),
+                version.recorded_by,
+                version.ceremony_id,
+            ),
+        )
+        if row is None:
+            raise ConflictError(f"ceremony policy version {version.version} already exists")
 
     # --- audit ------------------------------------------------------------------------------
 

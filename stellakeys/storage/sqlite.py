@@ -55,6 +55,7 @@ import attrs
 from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
 from stellakeys.audit import AuditEvent, AuditQuery, AuditRecord, chain_event
 from stellakeys.ceremony.model import Approval, Ceremony, CeremonyState
+from stellakeys.ceremony.policy import PolicyVersion
 from stellakeys.errors import ConflictError, NotFoundError, StorageError
 from stellakeys.intents import KeyIntent
 from stellakeys.keys import KeyRecord
@@ -727,6 +728,35 @@ class SqliteTransaction:
                 values,
             )
         return self._with_approvals(rows)
+
+    # --- dual-control policy ---------------------------------------------------------------
+
+    def ceremony_policy_versions(self) -> list[PolicyVersion]:
+        self._check()
+        rows = self._all(
+            "SELECT version, policy, recorded_at, recorded_by, ceremony_id"
+            " FROM ceremony_policy ORDER BY version"
+        )
+        return [
+            PolicyVersion(r[0], r[1].encode("utf-8"), codec.from_micros(r[2]), r[3], r[4])
+            for r in rows
+        ]
+
+    def insert_ceremony_policy(self, version: PolicyVersion) -> None:
+        self._check_write()
+        self._exec(
+            "INSERT INTO ceremony_policy (version, policy, recorded_at, recorded_by, ceremony_id)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (
+                version.version,
+                version.policy_json.decode("utf-8"),
+                codec.to_micros(version.recorded_at),
+                version.recorded_by,
+                version.ceremony_id,
+            ),
+            conflict=lambda _: f"ceremony policy version {version.version} already exists",
+            missing=f"no ceremony {version.ceremony_id}",
+        )
 
     # --- audit ------------------------------------------------------------------------------
 
