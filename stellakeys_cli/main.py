@@ -32,6 +32,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
         "Dual-control ceremonies: create, approve, execute.",
     ),
     "auth": ("stellakeys_cli.auth", "auth", "Approver identities and signing keys."),
+    "serve": ("stellakeys_cli.serve", "serve", "Serve the signer HTTP API (server extra)."),
     "doctor": (
         "stellakeys_cli.doctor",
         "doctor",
