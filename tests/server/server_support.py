@@ -27,12 +27,14 @@ from stellakeys.clock import FrozenClock
 from stellakeys.crypto import PrivateKey, get_algorithm
 from stellakeys.intoto import Statement, Subject
 from stellakeys.manager import KeyManager
+from stellakeys_server.auth import hash_password
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 1, 16, 10, 0, tzinfo=UTC)
 ISSUER = "http://127.0.0.1/test-issuer"
 AUDIENCE = "stellaops-signer"
 PASSPHRASE = "server-test-passphrase"
+BREAK_GLASS_PASSWORD = "correct horse battery staple"
 
 INITIATOR = "admin@company.com"
 LEAD = "security-lead@company.com"
@@ -188,6 +190,17 @@ def prepare_home(tmp: Path, issuer: Issuer) -> tuple[Path, dict[str, Any]]:
             "jwksFile": "jwks.json",
             "algorithms": ["ES256", "EdDSA"],
             "leewaySeconds": 30,
+        },
+        "breakGlass": {
+            "enabled": True,
+            "accounts": [
+                {
+                    "name": "bg-oncall",
+                    "passwordHash": hash_password(BREAK_GLASS_PASSWORD),
+                    "scopes": ["proofs:verify"],
+                    "validUntil": (T0 + timedelta(days=1)).isoformat(),
+                }
+            ],
         },
         "maxBodyBytes": 65536,
     }

@@ -246,3 +246,25 @@ def test_hostile_bodies(server: Server, issuer: Issuer) -> None:
     assert not_json.status_code == 422
     with server.manager() as m:
         assert {"a-key", "b-key", "x-key"}.isdisjoint(k.key_id for k in m.list_keys())
+
+
+def test_break_glass_is_audited_and_limited_to_its_scopes(
+    server: Server, world: dict[str, Any]
+) -> None:
+    from tests.server.server_support import BREAK_GLASS_PASSWORD
+
+    good = base64.b64encode(f"bg-oncall:{BREAK_GLASS_PASSWORD}".encode()).decode()
+    h = {"Authorization": f"Basic {good}"}
+    r = server.client.post("/v1/verify", headers=h, json={"proofBundle": world["proof"]})
+    assert r.status_code == 200 and r.json()["ok"] is True
+    with server.manager() as m:
+        used = m.audit_events(AuditQuery(event_type="signer.breakglass.used"))
+    assert [e.actor for e in used][-1:] == ["break-glass:bg-oncall"]
+    assert "signer_breakglass_used_total 1.0" in server.client.get("/metrics").text
+    # Beyond its scopes: 403.
+    assert server.client.get("/v1/audit", headers=h).status_code == 403
+    bad = base64.b64encode(b"bg-oncall:guess").decode()
+    r = server.client.post(
+        "/v1/verify", headers={"Authorization": f"Basic {bad}"}, json={"proofBundle": "x"}
+    )
+    assert r.status_code == 401 and r.json()["reason"] == "bad-credentials"
