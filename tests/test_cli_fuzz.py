@@ -8,7 +8,7 @@ anchor and a proof. A few subprocess cases pass bytes that are not UTF-8 in argv
 real process receives (Python hands them over as lone surrogates).
 
 Nothing generated reaches the network: options that name a server (TSA, Dask, database URLs)
-and ``metrics serve`` are left out, generated values contain no ``/`` (so every path is
+and ``metrics serve`` and ``serve`` are left out, generated values contain no ``/`` (so every path is
 relative to an isolated working directory), and integers stay small.
 """
 
@@ -40,7 +40,7 @@ PASSPHRASE = "cli-fuzz-passphrase"
 #: Parameters whose values would make the CLI contact a server, or choose where state lives.
 NOT_FUZZED = {"timestamp_url", "tsa_url", "dask_scheduler", "database_url", "home"}
 #: Commands that do not return by themselves.
-NOT_RUN = {("metrics", "serve")}
+NOT_RUN = {("metrics", "serve"), ("serve",)}
 
 
 def leaf_commands() -> list[tuple[tuple[str, ...], click.Command]]:
