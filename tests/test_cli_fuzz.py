@@ -8,8 +8,8 @@ anchor and a proof. A few subprocess cases pass bytes that are not UTF-8 in argv
 real process receives (Python hands them over as lone surrogates).
 
 Nothing generated reaches the network: options that name a server (TSA, Dask, database URLs)
-and ``metrics serve`` and ``serve`` are left out, generated values contain no ``/`` (so every path is
-relative to an isolated working directory), and integers stay small.
+and ``metrics serve`` and ``serve`` are left out, generated values contain no ``/`` (so every
+path is relative to an isolated working directory), and integers stay small.
 """
 
 from __future__ import annotations
