@@ -35,7 +35,8 @@ from stellakeys.binding import (
     subject_result,
     subject_targets,
 )
-from stellakeys.ceremony.policy_store import refuse_unless_allowed
+from stellakeys.ceremony.authorization import CeremonyAuthorizer
+from stellakeys.ceremony.ports import Authorization
 from stellakeys.clock import Clock, SystemClock
 from stellakeys.config import Settings, load_settings
 from stellakeys.crypto import Algorithm, get_algorithm, load_public_key_pem
@@ -92,10 +93,8 @@ from stellakeys.verification import (
 if TYPE_CHECKING:
     from stellakeys.timestamp import AddedTimestamp, TimestampingConfig, TimestampVerifier
 
-#: (transaction, operation, details) -> None; raises to refuse. See KeyManager.operation_guard.
-OperationGuard = Callable[[Transaction, str, dict[str, Any]], None]
-
-#: Operation names given to the guard; they are the ceremony types of the dual-control runbook.
+#: Operation names given to the authorizer; they are the ceremony types of the dual-control
+#: runbook (stellakeys.ceremony.operations names the same ones).
 OP_HSM_KEY_GENERATION = "hsm-key-generation"
 OP_KEY_GENERATION = "key-generation"
 OP_KEY_REVOCATION = "key-revocation"
@@ -288,6 +287,7 @@ class KeyManager:
         actor: str = "stellakeys",
         keystore_context: KeyStoreContext | None = None,
         open_key_store: Callable[[str, KeyStoreContext], KeyStore] | None = None,
+        authorizer: CeremonyAuthorizer | None = None,
     ) -> None:
         self.store = store
         self.config = config or SignerConfig.from_dict(None)
@@ -303,15 +303,12 @@ class KeyManager:
         self._handles: dict[str, KeyHandle] = {}
         self._ks_lock = threading.Lock()
         self._anchors = _AnchorCache(store)
-        #: Set by the ceremony service: called inside the write transaction of every protected
-        #: operation with (transaction, operation, details). It raises to refuse the operation,
-        #: or records the ceremony's execution in the same transaction, so an operation and
-        #: "ceremony executed" commit together or not at all.
-        self.operation_guard: OperationGuard | None = None
-        #: Set by the ceremony service: the id of the ceremony being executed in this context,
-        #: if any. Every audit event written meanwhile names it, so each protected change in
-        #: the log says which ceremony authorised it (``stellaops audit verify`` checks).
-        self.authorising_ceremony: Callable[[], str | None] | None = None
+        #: Asked inside the write transaction of every protected operation, with the
+        #: operation's explicit ``authorization`` (an executing ceremony) or None. It raises to
+        #: refuse, or records the ceremony's execution in that same transaction, so an
+        #: operation and "ceremony executed" commit together or not at all. The default one
+        #: has no ceremony configuration of its own: the store's recorded policy still holds.
+        self.authorizer = authorizer or CeremonyAuthorizer()
         #: Called once per verification (a temporal key lookup): stellakeys.metrics counts
         #: them, since verification is the one activity that leaves no record in the store.
         self.on_key_lookup: Callable[[], None] | None = None
@@ -341,27 +338,26 @@ class KeyManager:
         from stellakeys.storage import open_store
 
         store = open_store(settings)
+        # Protected operations are gated from the first call on: the authorizer applies the
+        # store's recorded policy, made stricter (never weaker) by this configuration.
+        authorizer = CeremonyAuthorizer.from_settings(settings)
         manager = cls(
             store,
             config=settings.signer,
             clock=clock,
             actor=settings.actor,
             keystore_context=KeyStoreContext(home=settings.home, prompt=prompt),
+            authorizer=authorizer,
         )
         manager.settings = settings
-        # Gate protected operations from the first call on, whatever this configuration says:
-        # the ceremony service installs itself as this manager's operation_guard and applies
-        # the store's recorded policy, made stricter (never weaker) by the configuration.
-        from stellakeys.ceremony.service import CeremonyService
-
-        service = CeremonyService.from_settings(manager, settings)
-        if service.config.enabled:
+        if authorizer.config.enabled:
             # Store initialisation: the first process configured for dual control records
             # it in the store (a no-op when the store's policy is already as strict).
             with store.read() as tx:
                 recorded = bool(tx.ceremony_policy_versions())
             if not recorded:
-                service.record_configured_policy()
+                with store.transaction() as tx:
+                    authorizer.record_configured_policy(tx, manager.actor, manager._now())
         return manager
 
     settings: Settings | None = None
@@ -390,26 +386,30 @@ class KeyManager:
         return self.clock.now()
 
     def _audit(self, tx: Transaction, event_type: str, **fields: Any) -> AuditEvent:
-        if fields.get("ceremony_id") is None and self.authorising_ceremony is not None:
-            fields["ceremony_id"] = self.authorising_ceremony()
         return tx.append_audit(
             AuditRecord(event_type=event_type, actor=self.actor, timestamp=self._now(), **fields)
         )
 
-    def _guard(self, tx: Transaction, operation: str, details: dict[str, Any]) -> None:
-        if self.operation_guard is not None:
-            self.operation_guard(tx, operation, details)
-        else:
-            # No ceremony service in this process: the store's recorded policy still holds.
-            refuse_unless_allowed(tx, operation)
+    def _guard(
+        self,
+        tx: Transaction,
+        operation: str,
+        details: dict[str, Any],
+        authorization: Authorization | None,
+    ) -> str | None:
+        """Ask the authorizer inside the operation's write transaction; returns the id of
+        the authorising ceremony, which every audit event of the operation names (``stellaops
+        audit verify`` checks that each protected change says which ceremony allowed it)."""
+        return self.authorizer.authorize(tx, operation, details, authorization, now=self._now())
 
-    def _preflight(self, operation: str, details: dict[str, Any]) -> None:
-        """Ask the guard before doing anything expensive or external (key generation)."""
+    def _preflight(
+        self, operation: str, details: dict[str, Any], authorization: Authorization | None
+    ) -> None:
+        """Ask before doing anything expensive or external (key generation)."""
         with self.store.read() as tx:
-            if self.operation_guard is not None:
-                self.operation_guard(tx, operation, {**details, "preflight": True})
-            else:
-                refuse_unless_allowed(tx, operation)
+            self.authorizer.authorize(
+                tx, operation, details, authorization, now=self._now(), preflight=True
+            )
 
     def _key_store(self, uri: str) -> KeyStore:
         base = uri.split("#", 1)[0]
@@ -503,13 +503,16 @@ class KeyManager:
         )
         return handle, record
 
-    def _insert_generated(self, tx: Transaction, record: KeyRecord, **details: Any) -> None:
+    def _insert_generated(
+        self, tx: Transaction, record: KeyRecord, ceremony_id: str | None, **details: Any
+    ) -> None:
         tx.insert_key(record)
         tx.delete_intent(record.key_id)
         self._audit(
             tx,
             EventType.KEY_GENERATED,
             key_id=record.key_id,
+            ceremony_id=ceremony_id,
             details={
                 "profile": record.profile,
                 "algorithm": record.algorithm,
@@ -520,9 +523,18 @@ class KeyManager:
         )
 
     def generate_key(
-        self, key_id: str, profile: str = "default", algorithm: str | None = None
+        self,
+        key_id: str,
+        profile: str = "default",
+        algorithm: str | None = None,
+        *,
+        authorization: Authorization | None = None,
     ) -> KeyRecord:
-        """A new key in the profile's key store, recorded with its pinned URI and public key."""
+        """A new key in the profile's key store, recorded with its pinned URI and public key.
+
+        An HSM profile's key generation is protected by dual control when the policy in force
+        says so: pass the executing ceremony's ``authorization`` (the ceremony service does).
+        """
         _check_key_id(key_id)
         prof, alg = self._profile_algorithm(profile, algorithm)
         operation = OP_HSM_KEY_GENERATION if _is_hsm(prof.key_store) else OP_KEY_GENERATION
@@ -532,13 +544,13 @@ class KeyManager:
             "keyStore": prof.key_store,
             "algorithm": alg.id,
         }
-        self._preflight(operation, guard_details)
+        self._preflight(operation, guard_details, authorization)
         with self.store.read() as tx:
             if tx.get_key(key_id) is not None:
                 raise ConflictError(f"key {key_id!r} already exists")
         handle, record = self._generate_in_store(prof, alg, key_id)
         with self.store.transaction() as tx:
-            self._guard(
+            cid = self._guard(
                 tx,
                 operation,
                 {
@@ -547,8 +559,9 @@ class KeyManager:
                     "fingerprint": record.fingerprint,
                     "activatedAt": format_time(record.created_at),
                 },
+                authorization,
             )
-            self._insert_generated(tx, record)
+            self._insert_generated(tx, record, cid)
             crash_point("before-commit")  # test-only (stellakeys._crashpoints)
         crash_point("committed")
         with self._ks_lock:
@@ -565,6 +578,7 @@ class KeyManager:
         replaces: str | None = None,
         revoke_replaced_at: datetime | None = None,
         revoke_reason: str = "rotation",
+        authorization: Authorization | None = None,
     ) -> KeyRecord:
         """The key rotation runbook's steps 1, 2 and (scheduled) 4 as one atomic change.
 
@@ -573,7 +587,8 @@ class KeyManager:
         still valid) and, if ``revoke_replaced_at`` is given, revokes the replaced key there
         from that time (usually the end of the transition period). Everything after key
         generation commits in one transaction, which is what lets a dual-control ceremony
-        execute a rotation exactly once (guard operation ``key-rotation``).
+        execute a rotation exactly once (operation ``key-rotation``; pass the executing
+        ceremony's ``authorization`` when dual control protects it).
         """
         _check_key_id(key_id)
         if revoke_replaced_at is not None and replaces is None:
@@ -592,7 +607,7 @@ class KeyManager:
             "replacesKeyId": replaces,
             "revokeReplacedAt": format_time(revoke_replaced_at) if revoke_replaced_at else None,
         }
-        self._preflight(OP_KEY_ROTATION, guard_details)
+        self._preflight(OP_KEY_ROTATION, guard_details, authorization)
         with self.store.read() as tx:
             if tx.get_key(key_id) is not None:
                 raise ConflictError(f"key {key_id!r} already exists")
@@ -622,7 +637,7 @@ class KeyManager:
                 ]
             else:
                 targets = []
-            self._guard(
+            cid = self._guard(
                 tx,
                 OP_KEY_ROTATION,
                 {
@@ -632,8 +647,9 @@ class KeyManager:
                     "fingerprint": record.fingerprint,
                     "activatedAt": format_time(now),
                 },
+                authorization,
             )
-            self._insert_generated(tx, record, replaces=replaces)
+            self._insert_generated(tx, record, cid, replaces=replaces)
             for anchor in targets:
                 tx.insert_history(_entry(anchor.anchor_id, record, now))
                 self._audit(
@@ -641,6 +657,7 @@ class KeyManager:
                     EventType.KEY_ADDED,
                     key_id=key_id,
                     anchor_id=anchor.anchor_id,
+                    ceremony_id=cid,
                     details={"addedAt": format_time(now), "replaces": replaces},
                 )
                 old = anchor.entry(replaces) if replaces is not None else None
@@ -649,7 +666,7 @@ class KeyManager:
                 # Never postponed, never weakened: a key already revoked earlier, or for a
                 # stronger reason (compromise), keeps that (stellakeys.revocation).
                 self._record_revocation(
-                    tx, old, old.revoke(revoke_replaced_at, reason), now, replacedBy=key_id
+                    tx, old, old.revoke(revoke_replaced_at, reason), now, cid, replacedBy=key_id
                 )
             if reason.is_compromise and revoke_replaced_at is not None and replaces is not None:
                 # Compromise is a fact about the key: every other anchor holding it too.
@@ -661,6 +678,7 @@ class KeyManager:
                             other,
                             other.revoke(revoke_replaced_at, reason),
                             now,
+                            cid,
                             replacedBy=key_id,
                             compromiseRecordedVia=f"rotation to {key_id}",
                         )
@@ -735,6 +753,8 @@ class KeyManager:
         predicate_types: Sequence[str],
         policy_version: str = "v1",
         anchor_id: uuid.UUID | None = None,
+        *,
+        authorization: Authorization | None = None,
     ) -> TrustAnchor:
         # The limits a trust-anchor-update ceremony's payload was checked against at create.
         check_text(purl_pattern, "purlPattern", MAX_PURL_PATTERN)
@@ -747,7 +767,7 @@ class KeyManager:
         now = self._now()
         new_id = anchor_id or uuid.uuid4()
         with self.store.transaction() as tx:
-            self._guard(
+            cid = self._guard(
                 tx,
                 OP_TRUST_ANCHOR_UPDATE,
                 {
@@ -758,6 +778,7 @@ class KeyManager:
                     "predicateTypes": list(predicate_types),
                     "policyVersion": policy_version,
                 },
+                authorization,
             )
             # Only anchors on the new pattern's key chain or nested under its index key can
             # match the same artifacts (decision 0003); the store finds them by index.
@@ -789,6 +810,7 @@ class KeyManager:
                 tx,
                 EventType.ANCHOR_CREATED,
                 anchor_id=new_id,
+                ceremony_id=cid,
                 details={
                     "purlPattern": pattern.text,
                     "keyIds": [e.key_id for e in history],
@@ -802,6 +824,7 @@ class KeyManager:
                     EventType.KEY_ADDED,
                     key_id=e.key_id,
                     anchor_id=new_id,
+                    ceremony_id=cid,
                     details={"addedAt": format_time(e.added_at)},
                 )
         return anchor
@@ -822,10 +845,17 @@ class KeyManager:
         """The one anchor that applies to an artifact PURL, if any."""
         return self._anchors.lookup(purl)[0]
 
-    def deactivate_anchor(self, anchor_id: uuid.UUID | str) -> TrustAnchor:
+    def deactivate_anchor(
+        self, anchor_id: uuid.UUID | str, *, authorization: Authorization | None = None
+    ) -> TrustAnchor:
         aid = _anchor_uuid(anchor_id)
         with self.store.transaction() as tx:
-            self._guard(tx, OP_TRUST_ANCHOR_UPDATE, {"action": "deactivate", "anchorId": str(aid)})
+            cid = self._guard(
+                tx,
+                OP_TRUST_ANCHOR_UPDATE,
+                {"action": "deactivate", "anchorId": str(aid)},
+                authorization,
+            )
             anchor = tx.get_anchor(aid)
             if anchor is None:
                 raise NotFoundError(f"no trust anchor {aid}")
@@ -836,21 +866,28 @@ class KeyManager:
                 tx,
                 EventType.ANCHOR_DEACTIVATED,
                 anchor_id=aid,
+                ceremony_id=cid,
                 details={"purlPattern": anchor.purl_pattern},
             )
         return attrs.evolve(anchor, active=False)
 
     def add_key(
-        self, anchor_id: uuid.UUID | str, key_id: str, added_at: datetime | None = None
+        self,
+        anchor_id: uuid.UUID | str,
+        key_id: str,
+        added_at: datetime | None = None,
+        *,
+        authorization: Authorization | None = None,
     ) -> list[uuid.UUID]:
         """Add a key to one anchor, or to every active anchor (``ALL``) that lacks it."""
         when = added_at or self._now()
         changed: list[uuid.UUID] = []
         with self.store.transaction() as tx:
-            self._guard(
+            cid = self._guard(
                 tx,
                 OP_TRUST_ANCHOR_UPDATE,
                 {"action": "add-key", "anchorId": str(anchor_id), "keyId": key_id},
+                authorization,
             )
             record = self._require_key(tx, key_id)
             for anchor in self._targets(tx, anchor_id, for_add=True):
@@ -864,6 +901,7 @@ class KeyManager:
                     EventType.KEY_ADDED,
                     key_id=key_id,
                     anchor_id=anchor.anchor_id,
+                    ceremony_id=cid,
                     details={"addedAt": format_time(when)},
                 )
                 changed.append(anchor.anchor_id)
@@ -875,6 +913,8 @@ class KeyManager:
         key_id: str,
         reason: str | RevocationReason,
         effective_at: datetime | None = None,
+        *,
+        authorization: Authorization | None = None,
     ) -> list[uuid.UUID]:
         """Revoke a key in one anchor or in every anchor holding it (``ALL``).
 
@@ -896,7 +936,7 @@ class KeyManager:
         when = effective_at or now
         changed: list[uuid.UUID] = []
         with self.store.transaction() as tx:
-            self._guard(
+            cid = self._guard(
                 tx,
                 OP_KEY_REVOCATION,
                 {
@@ -905,6 +945,7 @@ class KeyManager:
                     "reason": reason if isinstance(reason, str) else reason.value,
                     "effectiveAt": format_time(when),
                 },
+                authorization,
             )
             self._require_key(tx, key_id)
             named = [a for a in self._targets(tx, anchor_id, for_add=False) if a.entry(key_id)]
@@ -933,7 +974,7 @@ class KeyManager:
                 extra: dict[str, Any] = {}
                 if anchor.anchor_id not in seen:
                     extra["compromiseRecordedVia"] = str(anchor_id)
-                self._record_revocation(tx, entry, revoked, now, **extra)
+                self._record_revocation(tx, entry, revoked, now, cid, **extra)
                 changed.append(anchor.anchor_id)
         return changed
 
@@ -943,6 +984,7 @@ class KeyManager:
         before: KeyHistoryEntry,
         after: KeyHistoryEntry,
         now: datetime,
+        ceremony_id: str | None,
         **extra: Any,
     ) -> None:
         """Store a revocation (when it changes anything) and audit the resulting state: the
@@ -956,6 +998,7 @@ class KeyManager:
             EventType.KEY_REVOKED,
             key_id=after.key_id,
             anchor_id=after.anchor_id,
+            ceremony_id=ceremony_id,
             details={
                 "reason": after.revoke_reason,
                 "effectiveAt": format_time(after.revoked_at),

@@ -42,7 +42,7 @@ def service() -> CeremonyService:
 
 
 def actor(svc: CeremonyService) -> Actor:
-    return svc.actor(svc.manager.actor)
+    return svc.actor(svc.operations.actor)
 
 
 def _payload(text: str) -> dict[str, Any]:
@@ -106,7 +106,7 @@ def create(
 def _local_signing_key(svc: CeremonyService, identity: str, key_id: str | None) -> str:
     """The id of a key in this home that can sign for ``identity``."""
     registered = {k.fingerprint: k for k in svc.approvers.keys_of(identity)}
-    m = svc.manager
+    m = manager()
     if key_id is not None:
         record = m.get_key(key_id)
         if record.fingerprint not in registered:
@@ -144,7 +144,7 @@ def _decide(
     elif sign or key_id is not None:
         signing_key = _local_signing_key(svc, who.identity, key_id)
         statement = svc.statement(ceremony_id, who.identity, decision, reason)
-        m = svc.manager
+        m = manager()
         digest = m.sign(statement.to_json(), [signing_key], payload_type=PAYLOAD_TYPE)
         envelope = m.get_proof(digest)
     if decision.value == "approve":
@@ -314,7 +314,7 @@ def policy(as_json: bool) -> None:
     from stellakeys.ceremony.policy_store import stored_policy
 
     svc = service()
-    with svc.manager.store.read() as tx:
+    with manager().store.read() as tx:
         folded = stored_policy(tx)
         in_force = svc.policy(tx)
     body = {

@@ -5,10 +5,13 @@
 >>> c = service.create(Actor("admin@company.com"), "key-rotation", "Root key Q1",
 ...                    {"keyId": "root-2026-q1"})                          # doctest: +SKIP
 
-The model (states, transitions, approvals) is pure; :class:`CeremonyService` persists it
-through the storage ports and gates the KeyManager's protected operations. The service is
-imported lazily: the storage ports import this package's model, and the service imports the
-facade, which imports the storage ports.
+The model (states, transitions, approvals) and the rules that decide approvals
+(:mod:`stellakeys.ceremony.rules`) are pure. :class:`CeremonyService` persists ceremonies
+through the storage ports and executes them through the facade's protected operations, each
+given an explicit :class:`Authorization`, which the :class:`CeremonyAuthorizer` the facade was
+built with checks inside the operation's own transaction (decision 0020). This package never
+imports the facade. The service is imported lazily: the storage ports import this package's
+model, and the service imports the storage ports.
 """
 
 from __future__ import annotations
@@ -33,8 +36,11 @@ from stellakeys.ceremony.model import (
 
 if TYPE_CHECKING:
     from stellakeys.ceremony.approvers import ApproverFile, ApproverRegistry
+    from stellakeys.ceremony.authorization import CeremonyAuthorizer, ExecutionRefusedError
     from stellakeys.ceremony.config import CeremonyConfig
     from stellakeys.ceremony.policy import CeremonyPolicy
+    from stellakeys.ceremony.ports import Authorization, ProtectedOperations
+    from stellakeys.ceremony.rules import Refusal, RefusalCode, Submission, check_decision
     from stellakeys.ceremony.service import CeremonyService
     from stellakeys.ceremony.statement import ApprovalStatement
 
@@ -45,10 +51,12 @@ __all__ = [
     "Actor",
     "Approval",
     "ApprovalRejectedError",
+    "Authorization",
     "ApprovalStatement",
     "ApproverFile",
     "ApproverRegistry",
     "Ceremony",
+    "CeremonyAuthorizer",
     "CeremonyConfig",
     "CeremonyExpiredError",
     "CeremonyPolicy",
@@ -56,8 +64,14 @@ __all__ = [
     "CeremonyState",
     "CeremonyStateError",
     "Decision",
+    "ExecutionRefusedError",
     "InvalidTransitionError",
+    "ProtectedOperations",
+    "Refusal",
+    "RefusalCode",
+    "Submission",
     "UnauthorizedError",
+    "check_decision",
 ]
 
 _LAZY = {
@@ -67,6 +81,14 @@ _LAZY = {
     "CeremonyConfig": "stellakeys.ceremony.config",
     "CeremonyService": "stellakeys.ceremony.service",
     "ApprovalStatement": "stellakeys.ceremony.statement",
+    "Authorization": "stellakeys.ceremony.ports",
+    "CeremonyAuthorizer": "stellakeys.ceremony.authorization",
+    "ExecutionRefusedError": "stellakeys.ceremony.authorization",
+    "ProtectedOperations": "stellakeys.ceremony.ports",
+    "Refusal": "stellakeys.ceremony.rules",
+    "RefusalCode": "stellakeys.ceremony.rules",
+    "Submission": "stellakeys.ceremony.rules",
+    "check_decision": "stellakeys.ceremony.rules",
 }
 
 

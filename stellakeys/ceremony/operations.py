@@ -64,7 +64,7 @@ from stellakeys.limits import (
 from stellakeys.times import format_time, parse_time
 
 if TYPE_CHECKING:
-    from stellakeys.manager import KeyManager
+    from stellakeys.ceremony.ports import Authorization, ProtectedOperations
     from stellakeys.profiles import KeyProfile
     from stellakeys.storage.ports import Transaction
 
@@ -72,9 +72,10 @@ __all__ = ["ALL", "Plan", "normalize_payload", "plan_for", "result_for"]
 
 ALL = "ALL"
 
-# Guard operation names, as stellakeys.manager defines them (repeated here so that this module
-# does not import the facade, which imports the storage ports, which import the model).
+# Operation names the facade gives its authorizer (stellakeys.manager uses these; the facade
+# imports this package, never the other way round).
 OP_HSM_KEY_GENERATION = "hsm-key-generation"
+OP_KEY_GENERATION = "key-generation"
 OP_KEY_REVOCATION = "key-revocation"
 OP_KEY_ROTATION = "key-rotation"
 OP_TRUST_ANCHOR_UPDATE = "trust-anchor-update"
@@ -93,12 +94,13 @@ CEREMONY_FOR_OPERATION = {
 
 @attrs.frozen
 class Plan:
-    """The one facade call a ceremony executes: the guard operation it will raise, the guard
-    details that must equal the payload's, and the call itself."""
+    """The one facade call a ceremony executes: the operation name it gives its authorizer,
+    the details that must equal the payload's, and the call itself (given the authorization
+    to pass on)."""
 
     operation: str
     expected: Mapping[str, Any]
-    run: Callable[[KeyManager], object]
+    run: Callable[[ProtectedOperations, Authorization], object]
 
 
 # --- payload validation -------------------------------------------------------------------
@@ -188,7 +190,9 @@ def _is_hsm(profile: KeyProfile) -> bool:
     return profile.key_store.startswith(("hsm:", "pkcs11:"))
 
 
-def _resolve_profile(manager: KeyManager, f: _Fields, *, hsm_only: bool) -> tuple[KeyProfile, str]:
+def _resolve_profile(
+    manager: ProtectedOperations, f: _Fields, *, hsm_only: bool
+) -> tuple[KeyProfile, str]:
     name = f.text("profile", required=False)
     algorithm = f.text("algorithm", required=False)
     alg_id = None
@@ -232,7 +236,7 @@ def _resolve_profile(manager: KeyManager, f: _Fields, *, hsm_only: bool) -> tupl
 
 
 def normalize_payload(
-    ceremony_type: str, payload: Mapping[str, Any], manager: KeyManager
+    ceremony_type: str, payload: Mapping[str, Any], manager: ProtectedOperations
 ) -> dict[str, Any]:
     """The payload checked against the current keys, anchors and profiles, in canonical form.
 
@@ -319,7 +323,9 @@ def _active_anchor(tx: Transaction, anchor_id: str) -> None:
         raise PolicyError(f"trust anchor {anchor_id} is inactive")
 
 
-def _rotation(payload: Mapping[str, Any], manager: KeyManager, tx: Transaction) -> dict[str, Any]:
+def _rotation(
+    payload: Mapping[str, Any], manager: ProtectedOperations, tx: Transaction
+) -> dict[str, Any]:
     f = _Fields(
         KEY_ROTATION,
         payload,
@@ -437,7 +443,7 @@ def plan_for(ceremony: Ceremony) -> Plan:
                 "replacesKeyId": p.get("replacesKeyId"),
                 "revokeReplacedAt": revoke_at,
             },
-            lambda m: m.rotate_key(
+            lambda m, a: m.rotate_key(
                 p["keyId"],
                 profile=p["profile"],
                 algorithm=p["algorithm"],
@@ -445,13 +451,16 @@ def plan_for(ceremony: Ceremony) -> Plan:
                 replaces=p.get("replacesKeyId"),
                 revoke_replaced_at=parse_time(revoke_at) if revoke_at else None,
                 revoke_reason=p.get("revokeReason", "rotation"),
+                authorization=a,
             ),
         )
     if kind == HSM_KEY_GENERATION:
         return Plan(
             OP_HSM_KEY_GENERATION,
             {"keyId": p["keyId"], "profile": p["profile"], "algorithm": p["algorithm"]},
-            lambda m: m.generate_key(p["keyId"], profile=p["profile"], algorithm=p["algorithm"]),
+            lambda m, a: m.generate_key(
+                p["keyId"], profile=p["profile"], algorithm=p["algorithm"], authorization=a
+            ),
         )
     if kind == KEY_REVOCATION:
         expected = {"keyId": p["keyId"], "anchorId": p["anchorId"], "reason": p["reason"]}
@@ -461,11 +470,12 @@ def plan_for(ceremony: Ceremony) -> Plan:
         return Plan(
             OP_KEY_REVOCATION,
             expected,
-            lambda m: m.revoke_key(
+            lambda m, a: m.revoke_key(
                 p["anchorId"],
                 p["keyId"],
                 p["reason"],
                 parse_time(effective) if effective else None,
+                authorization=a,
             ),
         )
     if kind == TRUST_ANCHOR_UPDATE:
@@ -474,24 +484,31 @@ def plan_for(ceremony: Ceremony) -> Plan:
             return Plan(
                 OP_TRUST_ANCHOR_UPDATE,
                 dict(p),
-                lambda m: m.create_anchor(
+                lambda m, a: m.create_anchor(
                     p["purlPattern"],
                     p["keyIds"],
                     p["predicateTypes"],
                     p["policyVersion"],
                     anchor_id=uuid.UUID(p["anchorId"]),
+                    authorization=a,
                 ),
             )
         if action == "add-key":
             return Plan(
-                OP_TRUST_ANCHOR_UPDATE, dict(p), lambda m: m.add_key(p["anchorId"], p["keyId"])
+                OP_TRUST_ANCHOR_UPDATE,
+                dict(p),
+                lambda m, a: m.add_key(p["anchorId"], p["keyId"], authorization=a),
             )
-        return Plan(OP_TRUST_ANCHOR_UPDATE, dict(p), lambda m: m.deactivate_anchor(p["anchorId"]))
+        return Plan(
+            OP_TRUST_ANCHOR_UPDATE,
+            dict(p),
+            lambda m, a: m.deactivate_anchor(p["anchorId"], authorization=a),
+        )
     if kind == RECOVERY_KEY_ACTIVATION:
         return Plan(
             OP_TRUST_ANCHOR_UPDATE,
             {"action": "add-key", "anchorId": p["anchorId"], "keyId": p["keyId"]},
-            lambda m: m.add_key(p["anchorId"], p["keyId"]),
+            lambda m, a: m.add_key(p["anchorId"], p["keyId"], authorization=a),
         )
     raise PolicyError(f"ceremony type {kind!r} is not executed through the facade")
 

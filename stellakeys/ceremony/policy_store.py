@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 __all__ = [
     "effective_policy",
     "record_policy",
-    "refuse_unless_allowed",
     "stored_policy",
 ]
 
@@ -49,13 +48,6 @@ def protected_message(operation: str) -> str:
         f"{operation} is protected by dual control: create a ceremony (stella ceremony create"
         f" --type {kind} ...) and execute it once approved"
     )
-
-
-def refuse_unless_allowed(tx: Transaction, operation: str) -> None:
-    """For a process with no ceremony service: refuse what the store's policy protects."""
-    folded = stored_policy(tx)
-    if folded.policy is not None and folded.policy.requires(operation):
-        raise PolicyError(protected_message(operation) + " (the store's recorded policy)")
 
 
 def record_policy(

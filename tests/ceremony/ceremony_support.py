@@ -17,6 +17,7 @@ from typing import Any
 from stellakeys.audit import AuditEvent, AuditQuery
 from stellakeys.ceremony.actor import Actor
 from stellakeys.ceremony.approvers import ApproverRegistry
+from stellakeys.ceremony.authorization import CeremonyAuthorizer
 from stellakeys.ceremony.config import CeremonyConfig
 from stellakeys.ceremony.model import Approval, Ceremony, Decision
 from stellakeys.ceremony.service import CeremonyService
@@ -267,6 +268,15 @@ def make_world(
             stores[scheme] = MemoryKeyStore(scheme)
         return stores[scheme]
 
+    keys = shared_approver_keys()
+    registry = ApproverRegistry.from_dict(
+        approvers_document(
+            {k: v.public_key() for k, v in keys.items()}, initiator_in_group=initiator_in_group
+        )
+    )
+    # Composed at construction, as KeyManager.from_settings does: one authorizer, given to
+    # the facade and shared by the service.
+    authorizer = CeremonyAuthorizer(config or CeremonyConfig(enabled=True), registry)
     manager = KeyManager(
         store,
         config=PROFILES,
@@ -274,16 +284,9 @@ def make_world(
         actor=INITIATOR,
         keystore_context=KeyStoreContext(home=home),
         open_key_store=opener,
+        authorizer=authorizer,
     )
-    keys = shared_approver_keys()
-    registry = ApproverRegistry.from_dict(
-        approvers_document(
-            {k: v.public_key() for k, v in keys.items()}, initiator_in_group=initiator_in_group
-        )
-    )
-    service = CeremonyService(
-        manager, config or CeremonyConfig(enabled=True), registry, notifier=notifier
-    )
+    service = CeremonyService(manager, authorizer, notifier=notifier)
     return World(manager, service, clock, keys, ks)
 
 

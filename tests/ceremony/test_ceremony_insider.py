@@ -32,6 +32,7 @@ from ceremony_support import (
 
 from stellakeys.audit import AuditQuery, AuditRecord, EventType
 from stellakeys.ceremony._canonical import canonical_json
+from stellakeys.ceremony.authorization import CeremonyAuthorizer
 from stellakeys.ceremony.config import CeremonyConfig
 from stellakeys.ceremony.errors import CeremonyStateError
 from stellakeys.ceremony.model import CeremonyState
@@ -39,6 +40,7 @@ from stellakeys.ceremony.service import CeremonyService
 from stellakeys.config import Settings
 from stellakeys.crypto import get_algorithm
 from stellakeys.errors import PolicyError
+from stellakeys.keystores.ports import KeyStoreContext
 from stellakeys.manager import KeyManager
 from stellakeys.storage.memory import MemoryStore
 from stellakeys.storage.sqlite import SqliteStore
@@ -325,7 +327,18 @@ def _file_world(tmp_path: Path) -> tuple[World, Path, dict[str, Any]]:
         actor=INITIATOR,
         document={"ceremonies": {"enabled": True, "approvers": str(path)}},
     )
-    # The long-lived service of a server process, built the way the CLI and apps build it.
+    # The long-lived service of a server process, built the way the CLI and apps build it:
+    # the facade composed from the settings (its authorizer reads approvers.yaml), the
+    # service over that facade.
+    w.manager = KeyManager(
+        w.manager.store,
+        config=PROFILES,
+        clock=w.clock,
+        actor=INITIATOR,
+        keystore_context=KeyStoreContext(home=tmp_path),
+        open_key_store=w.manager._open_key_store,
+        authorizer=CeremonyAuthorizer.from_settings(settings),
+    )
     w.service = CeremonyService.from_settings(w.manager, settings)
     return w, path, doc
 

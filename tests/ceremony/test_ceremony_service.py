@@ -548,20 +548,18 @@ def test_a_ceremony_authorises_only_its_own_operation(world: World) -> None:
     c = world.create(payload={"keyId": "root-x"})
     world.approve(c.ceremony_id, LEAD)
     world.approve(c.ceremony_id, CISO)
-    from stellakeys.ceremony import service as svc_module
-    from stellakeys.ceremony.operations import plan_for
+    from stellakeys.ceremony.ports import Authorization
 
-    execution = svc_module._Execution(
-        world.service, c.ceremony_id, c.digest, "key-rotation", plan_for(c).expected, INITIATOR
-    )
-    token = svc_module._EXECUTING.set(execution)
-    try:
-        with pytest.raises(PolicyError, match="authorises key-rotation"):
-            world.manager.revoke_key(anchor, "signing-2025", "compromise")
-        with pytest.raises(PolicyError, match="authorises"):
-            world.manager.rotate_key("other-key")
-    finally:
-        svc_module._EXECUTING.reset(token)
+    # The authorization of an Approved rotation, handed to other operations: each one checks
+    # the call against the ceremony's stored payload, inside its own transaction.
+    approved = world.service.get(c.ceremony_id)
+    authorization = Authorization(approved, approved.approvals, INITIATOR)
+    with pytest.raises(PolicyError, match="authorises key-rotation"):
+        world.manager.revoke_key(anchor, "signing-2025", "compromise", authorization=authorization)
+    with pytest.raises(PolicyError, match="authorises"):
+        world.manager.rotate_key("other-key", authorization=authorization)
+    with pytest.raises(PolicyError, match="authorises"):
+        world.manager.rotate_key("root-x", profile="root", authorization=authorization)
     assert world.service.get(c.ceremony_id).state is S.APPROVED
 
 
