@@ -64,6 +64,9 @@ class Library:
                     clock=self.clock,
                     actor=identity,
                     keystore_context=KeyStoreContext(home=self.settings.home),
+                    # One authorizer for every identity: the ceremonies section, approvers
+                    # and the store's policy, as composed from the settings.
+                    authorizer=self.base.authorizer,
                 )
                 manager.settings = self.settings
                 service = CeremonyService.from_settings(manager, self.settings)
