@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from stellakeys_cli.context import (
@@ -13,6 +15,7 @@ from stellakeys_cli.context import (
     table,
 )
 from stellakeys_cli.params import KEY_ID
+from stellakeys_cli.remote import remote_options
 
 
 @click.group()
@@ -94,8 +97,20 @@ def status(anchor_id: str, as_json: bool) -> None:
 @click.option("--anchor-id", required=True, help="Anchor UUID, or ALL for every active anchor.")
 @click.option("--key-id", required=True, type=KEY_ID)
 @json_option
-def add_key(anchor_id: str, key_id: str, as_json: bool) -> None:
+@remote_options
+def add_key(
+    anchor_id: str, key_id: str, as_json: bool, server: str | None, token_file: Path | None
+) -> None:
     """Add a key to an anchor (the old keys stay)."""
+    if server:
+        from stellakeys_cli import remote
+
+        done = remote.anchor_add_key(remote.Remote.open(server, token_file), anchor_id, key_id)
+        if as_json:
+            emit_json(done)
+        for a in [] if as_json else done.get("anchorIds", []):
+            click.echo(f"Added {key_id} to anchor {a}")
+        return
     changed = manager().add_key(anchor_id, key_id)
     if as_json:
         emit_json({"keyId": key_id, "anchors": [str(a) for a in changed]})
@@ -120,7 +135,16 @@ def add_key(anchor_id: str, key_id: str, as_json: bool) -> None:
     "--effective-at", default="NOW", show_default=True, help="ISO 8601 time, past or future."
 )
 @json_option
-def revoke_key(anchor_id: str, key_id: str, reason: str, effective_at: str, as_json: bool) -> None:
+@remote_options
+def revoke_key(
+    anchor_id: str,
+    key_id: str,
+    reason: str,
+    effective_at: str,
+    as_json: bool,
+    server: str | None,
+    token_file: Path | None,
+) -> None:
     """Revoke a key; proofs signed before the effective time keep verifying.
 
     A revocation is only ever made earlier or stronger; compromise is recorded in every
@@ -132,6 +156,16 @@ def revoke_key(anchor_id: str, key_id: str, reason: str, effective_at: str, as_j
         parsed = parse_reason(reason)
     except UnknownRevocationReasonError as exc:
         raise click.ClickException(f"--reason: {exc}") from None
+    if server:
+        from stellakeys_cli import remote
+
+        r = remote.Remote.open(server, token_file)
+        done = remote.anchor_revoke_key(r, anchor_id, key_id, parsed.value, effective_at)
+        if as_json:
+            emit_json(done)
+        for a in [] if as_json else done.get("anchorIds", []):
+            click.echo(f"Revoked {key_id} in anchor {a} effective {done.get('effectiveAt')}")
+        return
     m = manager()
     when = parse_time_option(effective_at, allow_now=True)
     changed = m.revoke_key(anchor_id, key_id, parsed, when)

@@ -16,6 +16,7 @@ import click
 
 from stellakeys_cli.context import emit_json, json_option, manager, split_list, table
 from stellakeys_cli.params import KEY_ID
+from stellakeys_cli.remote import remote_options
 
 if TYPE_CHECKING:
     from stellakeys.ceremony.actor import Actor
@@ -76,6 +77,7 @@ def ceremony() -> None:
 @click.option("--expires-at", help="Expiry as ISO 8601 (instead of --expires-in).")
 @click.option("--payload", "payload_text", required=True, help="JSON object, or @file with one.")
 @json_option
+@remote_options
 def create(
     ceremony_type: str,
     subject: str,
@@ -85,10 +87,28 @@ def create(
     expires_at: str | None,
     payload_text: str,
     as_json: bool,
+    server: str | None,
+    token_file: Path | None,
 ) -> None:
     """Start a ceremony; eligible approvers are notified."""
     from stellakeys.times import parse_duration, parse_time
 
+    if server:
+        from stellakeys_cli import remote
+
+        emit_json(
+            remote.ceremony_create(
+                remote.Remote.open(server, token_file),
+                ceremony_type,
+                subject,
+                _payload(payload_text),
+                threshold,
+                required_approvers,
+                expires_in,
+                expires_at,
+            )
+        )
+        return
     svc = service()
     created = svc.create(
         actor(svc),
@@ -179,6 +199,7 @@ def _with_sign_options(f: Any) -> Any:
 @ceremony.command("approve")
 @_with_sign_options
 @json_option
+@remote_options
 def approve(
     ceremony_id: str,
     reason: str,
@@ -186,10 +207,22 @@ def approve(
     key_id: str | None,
     envelope_file: Path | None,
     as_json: bool,
+    server: str | None,
+    token_file: Path | None,
 ) -> None:
     """Approve a ceremony (--sign: a DSSE-signed approval statement)."""
     from stellakeys.ceremony.model import Decision
 
+    if server:
+        from stellakeys_cli import remote
+
+        r = remote.Remote.open(server, token_file)
+        emit_json(
+            remote.ceremony_approve(
+                r, ceremony_id, reason, sign=sign, key_id=key_id, envelope_file=envelope_file
+            )
+        )
+        return
     _decide(Decision.APPROVE, ceremony_id, reason, sign, key_id, envelope_file)
 
 
@@ -227,8 +260,14 @@ def statement(ceremony_id: str, decision: str, reason: str) -> None:
 @ceremony.command("execute")
 @click.option("--ceremony-id", required=True)
 @json_option
-def execute(ceremony_id: str, as_json: bool) -> None:
+@remote_options
+def execute(ceremony_id: str, as_json: bool, server: str | None, token_file: Path | None) -> None:
     """Run an Approved ceremony's operation (exactly once)."""
+    if server:
+        from stellakeys_cli import remote
+
+        emit_json(remote.ceremony_execute(remote.Remote.open(server, token_file), ceremony_id))
+        return
     svc = service()
     done = svc.execute(actor(svc), ceremony_id)
     emit_json(done.execution_response())
@@ -237,11 +276,21 @@ def execute(ceremony_id: str, as_json: bool) -> None:
 @ceremony.command("list")
 @click.option("--state", "states", help="Comma-separated, e.g. pending,partially-approved.")
 @json_option
-def list_(states: str | None, as_json: bool) -> None:
+@remote_options
+def list_(states: str | None, as_json: bool, server: str | None, token_file: Path | None) -> None:
     """List ceremonies (expired ones are marked so as they are read)."""
     from stellakeys.ceremony.model import states_of
     from stellakeys.times import format_time
 
+    if server:
+        from stellakeys_cli import remote
+
+        rows = remote.ceremony_list(remote.Remote.open(server, token_file), states)
+        if as_json:
+            emit_json(rows)
+        else:
+            remote.ceremony_table(rows)
+        return
     wanted = states_of(split_list(states)) if states else None
     found = service().list(wanted)
     if as_json:
@@ -267,8 +316,14 @@ def list_(states: str | None, as_json: bool) -> None:
 @ceremony.command("status")
 @click.option("--ceremony-id", required=True)
 @json_option
-def status(ceremony_id: str, as_json: bool) -> None:
+@remote_options
+def status(ceremony_id: str, as_json: bool, server: str | None, token_file: Path | None) -> None:
     """One ceremony: state, payload, approvals, result."""
+    if server:
+        from stellakeys_cli import remote
+
+        emit_json(remote.ceremony_status(remote.Remote.open(server, token_file), ceremony_id))
+        return
     emit_json(service().get(ceremony_id).to_dict())
 
 
@@ -276,10 +331,19 @@ def status(ceremony_id: str, as_json: bool) -> None:
 @click.option("--ceremony-id", required=True)
 @click.option("--reason", required=True)
 @json_option
-def cancel(ceremony_id: str, reason: str, as_json: bool) -> None:
+@remote_options
+def cancel(
+    ceremony_id: str, reason: str, as_json: bool, server: str | None, token_file: Path | None
+) -> None:
     """Cancel before execution (initiator, or the ceremony:cancel scope)."""
     from stellakeys.times import format_time
 
+    if server:
+        from stellakeys_cli import remote
+
+        r = remote.Remote.open(server, token_file)
+        emit_json(remote.ceremony_cancel(r, ceremony_id, reason))
+        return
     svc = service()
     done = svc.cancel(actor(svc), ceremony_id, reason)
     emit_json(

@@ -8,6 +8,7 @@ import click
 
 from stellakeys_cli.context import emit_json, json_option, manager, parse_time_option, table
 from stellakeys_cli.params import KEY_ID
+from stellakeys_cli.remote import remote_options
 
 
 @click.group()
@@ -20,8 +21,28 @@ def key() -> None:
 @click.option("--key-id", required=True, type=KEY_ID, help="Identifier for the new key.")
 @click.option("--algorithm", help="Must match the profile's algorithm if given.")
 @json_option
-def generate(profile: str, key_id: str, algorithm: str | None, as_json: bool) -> None:
-    """Generate a key in the profile's key store."""
+@remote_options
+def generate(
+    profile: str,
+    key_id: str,
+    algorithm: str | None,
+    as_json: bool,
+    server: str | None,
+    token_file: Path | None,
+) -> None:
+    """Generate a key in the profile's key store (--server: in the service's)."""
+    if server:
+        from stellakeys_cli import remote
+
+        made = remote.key_generate(
+            remote.Remote.open(server, token_file), profile, key_id, algorithm
+        )
+        if as_json:
+            emit_json(made)
+        else:
+            click.echo(f"Generated {made.get('keyId')} ({made.get('algorithm')}) via {server}")
+            click.echo(f"Fingerprint: {made.get('fingerprint')}")
+        return
     record = manager().generate_key(key_id, profile=profile, algorithm=algorithm)
     if as_json:
         emit_json(record.to_dict())
