@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     )
     from stellakeys.dsse import Envelope, EnvelopeVerification, sign_envelope, verify_envelope
     from stellakeys.errors import (
+        AlgorithmOptionError,
         ConfigError,
         ConflictError,
         DuplicateConfigKeyError,
@@ -144,6 +145,7 @@ __all__ = [
     "sign_envelope",
     "verify_envelope",
     # issue 18: ecosystem formats
+    "AlgorithmOptionError",
     "algorithm_of_spki",
     "anchor_jwks",
     "anchor_pem",
@@ -221,6 +223,7 @@ _EXPORTS: dict[str, str] = {
     "UnknownRevocationReasonError": "stellakeys.errors",
     "parse_reason": "stellakeys.revocation",
     # issue 18: ecosystem formats
+    "AlgorithmOptionError": "stellakeys.errors",
     "algorithm_of_spki": "stellakeys.crypto",
     "anchor_jwks": "stellakeys.jwk",
     "anchor_pem": "stellakeys.jwk",
