@@ -37,7 +37,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUNDLE_MEDIA_TYPE",
+    "MalformedBundleError",
     "SigstoreBundle",
+    "bundle_json",
     "export_bundle",
     "read_bundle",
     "to_bundle",
