@@ -26,13 +26,17 @@ if TYPE_CHECKING:
         Algorithm,
         PrivateKey,
         PublicKey,
+        algorithm_of_spki,
         algorithms,
+        fingerprint_of_spki,
         get_algorithm,
         load_private_key_pem,
+        load_public_key_der,
         load_public_key_pem,
     )
     from stellakeys.dsse import Envelope, EnvelopeVerification, sign_envelope, verify_envelope
     from stellakeys.errors import (
+        AlgorithmOptionError,
         ConfigError,
         ConflictError,
         DuplicateConfigKeyError,
@@ -58,6 +62,7 @@ if TYPE_CHECKING:
     )
     from stellakeys.intents import KeyIntent
     from stellakeys.intoto import Statement, Subject
+    from stellakeys.jwk import anchor_jwks, anchor_pem, public_key_jwk
     from stellakeys.keys import KeyRecord
     from stellakeys.manager import ALL_ANCHORS, AnchorStatus, KeyManager, KeyValidity
     from stellakeys.profiles import KeyProfile, RotationPolicy, SignerConfig
@@ -139,6 +144,14 @@ __all__ = [
     "parse_reason",
     "sign_envelope",
     "verify_envelope",
+    # issue 18: ecosystem formats
+    "AlgorithmOptionError",
+    "algorithm_of_spki",
+    "anchor_jwks",
+    "anchor_pem",
+    "fingerprint_of_spki",
+    "load_public_key_der",
+    "public_key_jwk",
 ]
 
 #: public name -> module that defines it
@@ -209,6 +222,14 @@ _EXPORTS: dict[str, str] = {
     "StateDifference": "stellakeys.audit_replay",
     "UnknownRevocationReasonError": "stellakeys.errors",
     "parse_reason": "stellakeys.revocation",
+    # issue 18: ecosystem formats
+    "AlgorithmOptionError": "stellakeys.errors",
+    "algorithm_of_spki": "stellakeys.crypto",
+    "anchor_jwks": "stellakeys.jwk",
+    "anchor_pem": "stellakeys.jwk",
+    "fingerprint_of_spki": "stellakeys.crypto",
+    "load_public_key_der": "stellakeys.crypto",
+    "public_key_jwk": "stellakeys.jwk",
 }
 
 

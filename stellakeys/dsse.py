@@ -178,14 +178,24 @@ def sign_envelope(
     signers: Sequence[Signer],
     keyids: Sequence[str | None] | None = None,
 ) -> Envelope:
-    """An envelope signed by every signer (of any mix of algorithms), in order."""
+    """An envelope signed by every signer (of any mix of algorithms), in order.
+
+    Every signature carries a ``keyid`` (docs/decisions/0022): the one given in ``keyids``
+    (``KeyManager.sign`` and the CLI give the key id ``stellaops key list`` shows), else the
+    signer's public-key fingerprint ``SHA256:<hex of the DER SubjectPublicKeyInfo>``. Verifiers
+    that match signatures to keys by keyid (securesystemslib, in-toto) need one; our own
+    verification never trusts it (see :func:`verify_envelope`).
+    """
     if not signers:
         raise ValueError("at least one signer is required")
     if keyids is not None and len(keyids) != len(signers):
         raise ValueError("keyids must match signers one to one")
     message = pae(payload_type, payload)
     hints = keyids if keyids is not None else [None] * len(signers)
-    sigs = tuple(Signature(s.sign(message), k) for s, k in zip(signers, hints, strict=True))
+    sigs = tuple(
+        Signature(s.sign(message), k or s.public_key().fingerprint)
+        for s, k in zip(signers, hints, strict=True)
+    )
     return Envelope(payload_type, payload, sigs)
 
 

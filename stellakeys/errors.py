@@ -151,3 +151,8 @@ class ProofIntegrityError(StellaKeysError):
             f"stored proof {address} does not match its address: its bytes hash to {actual}"
             " (the store was changed outside stellakeys)"
         )
+
+
+class AlgorithmOptionError(StellaKeysError, ValueError):
+    """An algorithm option the algorithm does not have (``paramset`` for Ed25519, ...), or a
+    value it does not accept (an unknown GOST paramset, an SM2 ID over 8190 bytes)."""

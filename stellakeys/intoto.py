@@ -4,7 +4,8 @@ Parsing is strict where verification depends on it (decision 0012): ``_type`` mu
 the two Statement URIs; ``subject`` a non-empty list of objects, each with a non-empty
 ``digest`` of strings (lowercase hex for the spec's named hash algorithms) and, in v0.1, a
 ``name``; ``name`` is a string when present; ``predicateType`` a non-empty string; and
-``predicate`` an object when present. Unrecognised fields are ignored, as the spec's parsing
+``predicate`` an object when present (omitted means empty, and an empty predicate is written
+by omitting it). Unrecognised fields are ignored, as the spec's parsing
 rules require. ``predicateType`` is not held to URI syntax: the runbook's own types
 (``evidence.stella/v1``) are not URIs, and anchors list the exact types they accept.
 """
@@ -111,12 +112,17 @@ class Statement:
     statement_type: str = STATEMENT_TYPE
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """The statement as the spec writes it. ``predicate`` is optional in Statement v1
+        ("unset is treated the same as set-but-empty"), so an empty one is left out; parsing
+        accepts both forms (docs/decisions/0022)."""
+        out: dict[str, Any] = {
             "_type": self.statement_type,
             "subject": [s.to_dict() for s in self.subjects],
             "predicateType": self.predicate_type,
-            "predicate": dict(self.predicate),
         }
+        if self.predicate:
+            out["predicate"] = dict(self.predicate)
+        return out
 
     def to_json(self) -> bytes:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()

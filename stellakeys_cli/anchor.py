@@ -209,3 +209,35 @@ def deactivate(anchor_id: str) -> None:
     """Deactivate an anchor (anchors are never deleted)."""
     done = manager().deactivate_anchor(anchor_id)
     click.echo(f"Deactivated trust anchor {done.anchor_id}")
+
+
+@anchor.command("export")
+@click.option("--anchor-id", required=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jwks", "pem"]),
+    default="jwks",
+    show_default=True,
+    help="RFC 7517 JWK Set, or PEM public keys with '#' comment lines.",
+)
+@click.option("--at-time", help="Keys trusted at this ISO 8601 time (default: now).")
+@click.option("--output", type=click.Path(dir_okay=False), help="Write here instead of stdout.")
+def export(anchor_id: str, fmt: str, at_time: str | None, output: str | None) -> None:
+    """Export the anchor's currently trusted keys for other verifiers (docs/interop.md)."""
+    import json
+    from pathlib import Path
+
+    from stellakeys.jwk import anchor_jwks, anchor_pem
+
+    m = manager()
+    at = parse_time_option(at_time) or m.clock.now()
+    found = m.get_anchor(anchor_id)
+    if fmt == "jwks":
+        text = json.dumps(anchor_jwks(found, at), indent=2, ensure_ascii=False) + "\n"
+    else:
+        text = anchor_pem(found, at)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        Path(output).write_text(text, encoding="utf-8")

@@ -17,6 +17,11 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "anchor": ("stellakeys_cli.anchor", "anchor", "Manage trust anchors and their keys."),
     "sign": ("stellakeys_cli.proofs", "sign", "Sign a payload into a DSSE proof."),
     "verify": ("stellakeys_cli.proofs", "verify", "Verify a proof against trust anchors."),
+    "proof": (
+        "stellakeys_cli.proof",
+        "proof",
+        "Export stored proofs for other tools (Sigstore bundle).",
+    ),
     "audit": ("stellakeys_cli.audit", "audit", "Query and verify the audit log."),
     "timestamp": (
         "stellakeys_cli.timestamp",

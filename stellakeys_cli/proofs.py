@@ -161,6 +161,11 @@ def _load_proof(proof_bundle: str | None, envelope_path: str | None) -> Any:
 @click.command()
 @click.option("--proof-bundle", type=PROOF_ADDRESS, help="sha256:... address of a stored proof.")
 @click.option("--envelope", "envelope_path", help="DSSE envelope JSON file ('-' for stdin).")
+@click.option(
+    "--bundle",
+    "bundle_path",
+    help="Sigstore bundle JSON file from any producer; its RFC 3161 timestamps give trusted time.",
+)
 @click.option("--purl", help="Artifact PURL (default: the statement's PURL subject).")
 @click.option("--at-time", help="Asserted signing time, ISO 8601 (forensics).")
 @click.option(
@@ -208,6 +213,7 @@ def _load_proof(proof_bundle: str | None, envelope_path: str | None) -> Any:
 def verify(
     proof_bundle: str | None,
     envelope_path: str | None,
+    bundle_path: str | None,
     purl: str | None,
     at_time: str | None,
     require_trusted_time: bool,
@@ -235,7 +241,7 @@ def verify(
     if batch_path:
         from stellakeys_cli.batch import run_batch
 
-        if proof_bundle or envelope_path or token_paths:
+        if proof_bundle or envelope_path or bundle_path or token_paths:
             raise click.UsageError("--batch takes its proofs from the file or directory")
         run_batch(
             batch_path,
@@ -253,7 +259,17 @@ def verify(
             factory=feed_factory,
         )
         return
-    proof = _load_proof(proof_bundle, envelope_path)
+    bundle_tokens: list[bytes] = []
+    if bundle_path:
+        # A Sigstore bundle is an envelope plus timestamps; its key hint selects nothing.
+        from stellakeys.sigstore_bundle import read_bundle
+
+        if proof_bundle or envelope_path:
+            raise click.UsageError("give --bundle alone, not with --proof-bundle or --envelope")
+        parsed = read_bundle(_read_input(bundle_path))
+        proof, bundle_tokens = parsed.envelope, list(parsed.timestamps)
+    else:
+        proof = _load_proof(proof_bundle, envelope_path)
     policy = VerificationPolicy(
         threshold=threshold,
         require_trusted_time=require_trusted_time,
@@ -265,7 +281,7 @@ def verify(
     m = manager()
     # Stored tokens come with a proof given by address; an envelope given as JSON brings the
     # tokens stored for it (if it is stored) and any given with --timestamp.
-    tokens = [Path(p).read_bytes() for p in token_paths]
+    tokens = [*bundle_tokens, *(Path(p).read_bytes() for p in token_paths)]
     if isinstance(proof, Envelope):
         tokens = [*m.proof_timestamps(proof.digest()), *tokens]
     result = m.verify(

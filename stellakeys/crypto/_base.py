@@ -12,7 +12,7 @@ import hashlib
 import hmac
 from typing import ClassVar
 
-from stellakeys.errors import InvalidSignatureError, MalformedKeyError
+from stellakeys.errors import AlgorithmOptionError, InvalidSignatureError, MalformedKeyError
 
 FINGERPRINT_PREFIX = "SHA256:"
 
@@ -63,6 +63,41 @@ class Algorithm(abc.ABC):
     deprecated: bool = False
     #: Human name for tables and docs.
     display_name: str = ""
+
+    #: The options this algorithm takes, as keyword arguments of :meth:`with_options`,
+    #: ``get_algorithm`` and the key loaders: ``distinguishing_id`` (SM2: the user ID hashed
+    #: into every signature) and ``paramset`` (GOST: the curve new keys are generated on, and
+    #: the curve a loaded key must be on). Every other algorithm has none.
+    options: ClassVar[tuple[str, ...]] = ()
+
+    def with_options(
+        self, *, distinguishing_id: bytes | str | None = None, paramset: str | None = None
+    ) -> Algorithm:
+        """This algorithm with the given options (None means "not given").
+
+        ``distinguishing_id``: SM2 only; bytes, or text encoded as UTF-8.
+        ``paramset``: GOST only; the gost engine's name (256-bit: A, B, C, XA, XB, TCA, TCB,
+        TCC, TCD; 512-bit: A, B, C).
+
+        Raises AlgorithmOptionError for an option this algorithm does not have or a value it
+        does not accept. With no option given, returns ``self``.
+        """
+        given: dict[str, object] = {
+            name: value
+            for name, value in (("distinguishing_id", distinguishing_id), ("paramset", paramset))
+            if value is not None
+        }
+        unsupported = sorted(set(given) - set(self.options))
+        if unsupported:
+            has = ", ".join(self.options) if self.options else "no options"
+            raise AlgorithmOptionError(
+                f"{self.id} has no option {', '.join(unsupported)} (it takes {has})"
+            )
+        return self._with_options(given) if given else self
+
+    def _with_options(self, given: dict[str, object]) -> Algorithm:
+        """Subclasses with :attr:`options` return their configured copy here."""
+        return self
 
     @abc.abstractmethod
     def generate(self) -> PrivateKey:

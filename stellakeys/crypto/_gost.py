@@ -31,6 +31,7 @@ from stellakeys.crypto import _libcrypto as native
 from stellakeys.crypto._base import Algorithm, PrivateKey, PublicKey
 from stellakeys.crypto._ecsig import check_scalars
 from stellakeys.errors import (
+    AlgorithmOptionError,
     InvalidSignatureError,
     MalformedKeyError,
     UnsupportedKeyError,
@@ -41,6 +42,22 @@ from stellakeys.errors import (
 PARAMSETS: dict[int, tuple[str, ...]] = {
     256: ("A", "B", "C", "XA", "XB", "TCA", "TCB", "TCC", "TCD"),
     512: ("A", "B", "C"),
+}
+
+#: The curve OID a key generated on each paramset name reports (checked by the tests).
+PARAMSET_OIDS: dict[int, dict[str, str]] = {
+    256: {
+        "A": "1.2.643.2.2.35.1",
+        "B": "1.2.643.2.2.35.2",
+        "C": "1.2.643.2.2.35.3",
+        "XA": "1.2.643.2.2.36.0",
+        "XB": "1.2.643.2.2.36.1",
+        "TCA": "1.2.643.7.1.2.1.1.1",
+        "TCB": "1.2.643.7.1.2.1.1.2",
+        "TCC": "1.2.643.7.1.2.1.1.3",
+        "TCD": "1.2.643.7.1.2.1.1.4",
+    },
+    512: {"A": "1.2.643.7.1.2.1.2.1", "B": "1.2.643.7.1.2.1.2.2", "C": "1.2.643.7.1.2.1.2.3"},
 }
 
 
@@ -59,7 +76,27 @@ class Gost(Algorithm):
         self.size = bits // 8
         self.digest_name = f"md_gost12_{bits}"
         self.default_paramset = default_paramset
+        #: Set by ``with_options(paramset=...)``: loaded keys must be on this paramset.
+        self.required_paramset: str | None = None
         self.display_name = f"GOST R 34.10-2012 {bits}-bit with Streebog-{bits}"
+
+    options = ("paramset",)
+
+    def _with_options(self, given: dict[str, object]) -> Gost:
+        chosen = given["paramset"]
+        if not isinstance(chosen, str) or chosen not in PARAMSETS[self.bits]:
+            raise AlgorithmOptionError(
+                f"unknown paramset {chosen!r} for {self.id}; "
+                f"choose one of {', '.join(PARAMSETS[self.bits])}"
+            )
+        configured = Gost(self.bits, self.spki_oid, self.aliases, chosen)
+        configured.required_paramset = chosen
+        return configured
+
+    def __repr__(self) -> str:
+        if self.required_paramset is None:
+            return f"<Algorithm {self.id}>"
+        return f"<Algorithm {self.id} paramset={self.required_paramset}>"
 
     def _nid(self) -> int:
         native.ensure_gost_engine()
@@ -104,7 +141,14 @@ class Gost(Algorithm):
         if order.bit_length() > self.bits:
             raise UnsupportedKeyError(f"curve order does not fit {self.id}")
         spki = native.spki_der(key)
-        return GostPublicKey(self, key, spki, order, native.oid_of_nid(curve))
+        curve_oid = native.oid_of_nid(curve)
+        if self.required_paramset is not None:
+            expected = PARAMSET_OIDS[self.bits][self.required_paramset]
+            if curve_oid != expected:
+                raise UnsupportedKeyError(
+                    f"{self.id} key is on paramset {curve_oid}, not {self.required_paramset}"
+                )
+        return GostPublicKey(self, key, spki, order, curve_oid)
 
     def wrap_private(self, key: native.Pkey) -> GostPrivateKey:
         """Validate a GOST EVP_PKEY and wrap it; refuses d = 0, d >= q and Q != d*G."""

@@ -54,12 +54,20 @@ def algorithms() -> tuple[Algorithm, ...]:
     return _ALGORITHMS
 
 
-def get_algorithm(name: str) -> Algorithm:
-    """The algorithm with this canonical id or alias (case-insensitive)."""
+def get_algorithm(
+    name: str, *, distinguishing_id: bytes | str | None = None, paramset: str | None = None
+) -> Algorithm:
+    """The algorithm with this canonical id or alias (case-insensitive), with options.
+
+    ``distinguishing_id`` (SM2) and ``paramset`` (GOST) are described on
+    :meth:`Algorithm.with_options`; an algorithm without the option raises
+    AlgorithmOptionError. UnknownAlgorithmError for a name that is not registered.
+    """
     try:
-        return _BY_NAME[name.casefold()]
+        alg = _BY_NAME[name.casefold()]
     except (KeyError, AttributeError):
         raise UnknownAlgorithmError(str(name), [a.id for a in _ALGORITHMS]) from None
+    return alg.with_options(distinguishing_id=distinguishing_id, paramset=paramset)
 
 
 def algorithm_of_spki(spki_der: bytes) -> Algorithm:
@@ -71,24 +79,51 @@ def algorithm_of_spki(spki_der: bytes) -> Algorithm:
     return alg
 
 
-def load_public_key_der(spki_der: bytes) -> PublicKey:
-    return algorithm_of_spki(spki_der).load_public_der(spki_der)
+def load_public_key_der(
+    spki_der: bytes, *, distinguishing_id: bytes | str | None = None, paramset: str | None = None
+) -> PublicKey:
+    """A public key from DER SubjectPublicKeyInfo, whatever its algorithm.
+
+    Options as in :func:`get_algorithm`: an SM2 key verifies with ``distinguishing_id``; a
+    GOST key must be on ``paramset``; a key whose algorithm has no such option is refused
+    with AlgorithmOptionError.
+    """
+    alg = algorithm_of_spki(spki_der)
+    return alg.with_options(distinguishing_id=distinguishing_id, paramset=paramset).load_public_der(
+        spki_der
+    )
 
 
-def load_public_key_pem(pem: str | bytes) -> PublicKey:
-    """A public key from PEM SubjectPublicKeyInfo, whatever its algorithm."""
-    return load_public_key_der(der_from_pem(pem, "PUBLIC KEY"))
+def load_public_key_pem(
+    pem: str | bytes, *, distinguishing_id: bytes | str | None = None, paramset: str | None = None
+) -> PublicKey:
+    """A public key from PEM SubjectPublicKeyInfo, whatever its algorithm (options as in
+    :func:`load_public_key_der`)."""
+    return load_public_key_der(
+        der_from_pem(pem, "PUBLIC KEY"), distinguishing_id=distinguishing_id, paramset=paramset
+    )
 
 
-def load_private_key_pem(pem: bytes, passphrase: bytes | None) -> PrivateKey:
+def load_private_key_pem(
+    pem: bytes,
+    passphrase: bytes | None,
+    *,
+    distinguishing_id: bytes | str | None = None,
+    paramset: str | None = None,
+) -> PrivateKey:
     """A private key from PKCS#8 PEM (encrypted when a passphrase is given), any algorithm.
 
-    The PEM is decrypted once by ``cryptography``; only the key types it does not support
-    (SM2, GOST) are handed to the native backend.
+    Options as in :func:`load_public_key_der`. The PEM is decrypted once by ``cryptography``;
+    only the key types it does not support (SM2, GOST) are handed to the native backend.
     """
     if b"-----BEGIN" not in pem:
         raise MalformedKeyError("not a PEM private key")
     try:
-        return load_pyca_private_pem(pem, passphrase)
+        key = load_pyca_private_pem(pem, passphrase)
     except NotPycaKeyError:
-        return load_native_private_pem(pem, passphrase)
+        key = load_native_private_pem(pem, passphrase)
+    if distinguishing_id is None and paramset is None:
+        return key
+    configured = key.algorithm.with_options(distinguishing_id=distinguishing_id, paramset=paramset)
+    # Re-load through the configured algorithm: it signs with the ID / checks the paramset.
+    return configured.load_private_pem(pem, passphrase)

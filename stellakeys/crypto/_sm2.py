@@ -29,6 +29,7 @@ from stellakeys.crypto._ecpoint import SM2_CURVE, check_sec1_point
 from stellakeys.crypto._ecsig import parse_strict_der
 from stellakeys.crypto._spki import read_spki_algorithm, read_spki_key_bits
 from stellakeys.errors import (
+    AlgorithmOptionError,
     InvalidSignatureError,
     MalformedKeyError,
     UnsupportedKeyError,
@@ -69,9 +70,26 @@ class Sm2(Algorithm):
             )
         self.distinguishing_id = distinguishing_id
 
+    options = ("distinguishing_id",)
+
     def with_distinguishing_id(self, distinguishing_id: bytes) -> Sm2:
-        """The same algorithm with another ID: its keys sign and verify with that ID."""
+        """The same algorithm with another ID: its keys sign and verify with that ID.
+
+        Kept for compatibility; ``get_algorithm("sm2-sm3", distinguishing_id=...)`` and
+        ``with_options`` are the documented spelling."""
         return Sm2(distinguishing_id)
+
+    def _with_options(self, given: dict[str, object]) -> Sm2:
+        value = given["distinguishing_id"]
+        if isinstance(value, str):
+            value = value.encode("utf-8")
+        if not isinstance(value, bytes):
+            raise AlgorithmOptionError("the SM2 distinguishing_id must be bytes or text")
+        if len(value) > MAX_DISTINGUISHING_ID_BYTES:
+            raise AlgorithmOptionError(
+                f"the SM2 distinguishing_id is limited to {MAX_DISTINGUISHING_ID_BYTES} bytes"
+            )
+        return Sm2(value)
 
     def __repr__(self) -> str:
         if self.distinguishing_id == DEFAULT_DISTINGUISHING_ID:
