@@ -34,8 +34,6 @@ version:
 from __future__ import annotations
 
 import contextlib
-import functools
-import importlib.resources
 import json
 import os
 import threading
@@ -61,8 +59,8 @@ from stellakeys.errors import ConflictError, NotFoundError, StorageError
 from stellakeys.intents import KeyIntent
 from stellakeys.keys import KeyRecord
 from stellakeys.storage import _codec as codec
+from stellakeys.storage._migrations import Migration, check_not_newer, packaged_migrations
 from stellakeys.storage.ports import FeedVersionRecord, ProofRecord
-from stellakeys.storage.sqlite import Migration, load_migrations
 
 if TYPE_CHECKING:
     from stellakeys.storage.ports import Store, Transaction
@@ -175,11 +173,9 @@ def _opt_json_text(value: bytes | None) -> str | None:
 # --- migrations -----------------------------------------------------------------------------
 
 
-@functools.cache
 def load_postgres_migrations() -> tuple[Migration, ...]:
     """The packaged ``migrations/postgres/NNNN_name.sql`` files, in order."""
-    root = importlib.resources.files("stellakeys.storage").joinpath("migrations", "postgres")
-    return load_migrations(root)
+    return packaged_migrations("postgres")
 
 
 @attrs.frozen
@@ -196,14 +192,6 @@ def schema_version(conn: Conn) -> int | None:
         return None
     row = conn.execute("SELECT max(version) FROM signer.schema_migrations").fetchone()
     return int(row[0]) if row is not None and row[0] is not None else 0
-
-
-def _check_not_newer(current: int, latest: int) -> None:
-    if current > latest:
-        raise StorageError(
-            f"the PostgreSQL schema is version {current}, newer than this stellakeys knows"
-            f" ({latest}): upgrade stellakeys"
-        )
 
 
 def migrate(conn: Conn, migrations: Sequence[Migration] | None = None) -> MigrationResult:
@@ -224,7 +212,7 @@ def migrate(conn: Conn, migrations: Sequence[Migration] | None = None) -> Migrat
         # Lock-free fast path: an up-to-date database needs no privileges beyond reading.
         current = schema_version(conn)
         if current is not None and current >= latest:
-            _check_not_newer(current, latest)
+            check_not_newer(current, latest, "PostgreSQL")
             return MigrationResult(current, current, ())
         doing = "schema migration"
         with conn.transaction():
@@ -243,7 +231,7 @@ def migrate(conn: Conn, migrations: Sequence[Migration] | None = None) -> Migrat
                 int(r[0]) for r in conn.execute("SELECT version FROM signer.schema_migrations")
             }
             previous = max(applied, default=0)
-            _check_not_newer(previous, latest)
+            check_not_newer(previous, latest, "PostgreSQL")
             done: list[str] = []
             for migration in migrations:
                 if migration.version in applied:
@@ -1455,7 +1443,7 @@ def _check_schema(conn: Conn, display_url: str) -> int:
             f"{display_url} has no stellakeys schema yet: run"
             " `stellaops db migrate --database-url <url>` first"
         )
-    _check_not_newer(current, latest)
+    check_not_newer(current, latest, "PostgreSQL")
     if current < latest:
         raise StorageError(
             f"the PostgreSQL schema at {display_url} is version {current}; this stellakeys"

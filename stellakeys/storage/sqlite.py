@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import importlib.resources
 import os
 import re
 import sqlite3
@@ -45,12 +44,9 @@ import urllib.parse
 import uuid
 import weakref
 from collections.abc import Callable, Collection, Iterator, Sequence
-from importlib.resources.abc import Traversable
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypeVar
-
-import attrs
 
 from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
 from stellakeys.audit import AuditEvent, AuditQuery, AuditRecord, chain_event
@@ -62,6 +58,12 @@ from stellakeys.keys import KeyRecord
 from stellakeys.storage import _ceremony_codec as cc
 from stellakeys.storage import _codec as codec
 from stellakeys.storage import _intent_codec as ic
+from stellakeys.storage._migrations import (
+    Migration,
+    check_not_newer,
+    load_migrations,
+    packaged_migrations,
+)
 from stellakeys.storage.ports import FeedVersionRecord, ProofRecord
 
 if TYPE_CHECKING:
@@ -153,64 +155,6 @@ def _storage_error(exc: sqlite3.Error, doing: str) -> StorageError:
 # --- migrations -----------------------------------------------------------------------------
 
 
-@attrs.frozen
-class Migration:
-    """One numbered schema change, ``NNNN_name.sql``."""
-
-    version: int
-    name: str
-    sql: str
-
-    def statements(self) -> list[str]:
-        """The file split into statements, using SQLite's own notion of a complete one (so
-        semicolons inside strings and trigger bodies are handled)."""
-        out: list[str] = []
-        start = 0
-        for match in re.finditer(";", self.sql):
-            chunk = self.sql[start : match.end()]
-            if sqlite3.complete_statement(chunk):
-                out.append(chunk.strip())
-                start = match.end()
-        rest = "\n".join(
-            line
-            for line in self.sql[start:].splitlines()
-            if line.strip() and not line.strip().startswith("--")
-        )
-        if rest:
-            raise StorageError(f"migration {self.version:04d}_{self.name}: incomplete statement")
-        return out
-
-
-_MIGRATION_FILE = re.compile(r"^(\d{4})_([A-Za-z0-9_]+)\.sql$")
-
-
-def load_migrations(directory: Traversable | Path | None = None) -> tuple[Migration, ...]:
-    """The migrations in ``directory`` (default: the packaged ``migrations/sqlite``), in
-    order. Versions must run 1, 2, 3, ... without gaps or duplicates."""
-    if directory is None:
-        return _packaged_migrations()
-    found: list[Migration] = []
-    for entry in directory.iterdir():
-        match = _MIGRATION_FILE.match(entry.name)
-        if match:
-            text = entry.read_text(encoding="utf-8")
-            found.append(Migration(int(match.group(1)), match.group(2), text))
-    found.sort(key=lambda m: m.version)
-    for expected, migration in enumerate(found, start=1):
-        if migration.version != expected:
-            raise StorageError(
-                f"schema migrations must be numbered 1, 2, 3, ...: found {migration.version:04d}"
-                f" where {expected:04d} was expected"
-            )
-    return tuple(found)
-
-
-@functools.cache
-def _packaged_migrations() -> tuple[Migration, ...]:
-    root = importlib.resources.files("stellakeys.storage").joinpath("migrations", "sqlite")
-    return load_migrations(root)
-
-
 def _schema_version(conn: sqlite3.Connection) -> int | None:
     """The highest applied version, or None when the database has no migrations table."""
     try:
@@ -222,14 +166,6 @@ def _schema_version(conn: sqlite3.Connection) -> int | None:
     return int(row[0]) if row[0] is not None else 0
 
 
-def _check_not_newer(current: int, latest: int) -> None:
-    if current > latest:
-        raise StorageError(
-            f"the database schema is version {current}, newer than this stellakeys knows"
-            f" ({latest}): upgrade stellakeys"
-        )
-
-
 def apply_migrations(
     conn: sqlite3.Connection, migrations: Sequence[Migration] | None = None
 ) -> int:
@@ -238,14 +174,14 @@ def apply_migrations(
     ``BEGIN IMMEDIATE`` makes the second migrator wait, then it finds nothing to do.
 
     ``conn`` must be in autocommit mode (``isolation_level=None``)."""
-    migrations = _packaged_migrations() if migrations is None else tuple(migrations)
+    migrations = packaged_migrations("sqlite") if migrations is None else tuple(migrations)
     latest = migrations[-1].version if migrations else 0
     try:
         # Fast path without the write lock: opening an up-to-date store never waits behind
         # another process's long write transaction.
         current = _schema_version(conn)
         if current is not None and current >= latest:
-            _check_not_newer(current, latest)
+            check_not_newer(current, latest)
             return current
         conn.execute("BEGIN IMMEDIATE")
     except sqlite3.Error as exc:
@@ -259,7 +195,7 @@ def apply_migrations(
             " applied_at INTEGER NOT NULL)"
         )
         applied = {int(r[0]) for r in conn.execute("SELECT version FROM schema_migrations")}
-        _check_not_newer(max(applied, default=0), latest)
+        check_not_newer(max(applied, default=0), latest)
         for migration in migrations:
             if migration.version in applied:
                 continue
@@ -946,7 +882,7 @@ class SqliteStore:
                 current = _schema_version(conn) or 0
             except sqlite3.Error as exc:
                 raise _storage_error(exc, "schema check") from exc
-            _check_not_newer(current, _packaged_migrations()[-1].version)
+            check_not_newer(current, packaged_migrations("sqlite")[-1].version)
             self._schema = current
 
     @classmethod
