@@ -25,17 +25,35 @@ what it did before (one class attribute lookup, no delegation hop on the hot pat
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+import os
+import uuid
+from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import datetime
-from typing import Any, ClassVar, Final, Protocol, TypeVar
+from typing import Any, ClassVar, Final, Protocol, Self, TypeVar
 
 import attrs
 
 from stellakeys.audit import AuditEvent, AuditQuery
-from stellakeys.errors import StorageError
+from stellakeys.ceremony.policy import PolicyVersion
+from stellakeys.errors import NotFoundError, StorageError
+from stellakeys.intents import KeyIntent
 from stellakeys.storage import _codec as codec
+from stellakeys.storage import _intent_codec as ic
+from stellakeys.storage.ports import ProofRecord
 
-__all__ = ["AuditReads", "Dialect", "SqlCore", "chunks", "glob_to_like", "one_line"]
+__all__ = [
+    "AnchorCommon",
+    "AuditReads",
+    "CeremonyCommon",
+    "Dialect",
+    "IntentRepository",
+    "ProofCommon",
+    "SqlCore",
+    "SqlStore",
+    "chunks",
+    "glob_to_like",
+    "one_line",
+]
 
 _T = TypeVar("_T")
 Row = tuple[Any, ...]
@@ -87,12 +105,21 @@ class Dialect:
     param: str
     #: prefix of every table name: "" / "signer."
     schema: str
+    #: True when the driver binds and returns datetimes, lists and JSON natively (the codecs'
+    #: ``native`` flag); False for microseconds and JSON text
+    native: bool
+    #: appended to the placeholder of a JSON column ("::jsonb" on PostgreSQL)
+    json_cast: str
     #: the case-sensitive shell-pattern operator and the pattern converter for it
     glob_op: str
     glob: Callable[[str], str]
-    #: an instant / a UUID as a bound parameter
+    #: an instant / a UUID / a boolean as a bound parameter, and an instant read back
     time: Callable[[datetime], Any]
     uuid: Callable[[Any], Any]
+    bool: Callable[[bool], Any]
+    time_out: Callable[[Any], datetime]
+    #: a proofs LEFT JOIN proof_timestamps row and its tokens -> ProofRecord
+    proof_row: Callable[[Sequence[Any], tuple[bytes, ...]], ProofRecord]
     #: the columns selected for an AuditEvent and the row decoder
     audit_select: str
     audit_row: Callable[[Sequence[Any]], AuditEvent]
@@ -102,6 +129,17 @@ class Dialect:
 
     def table(self, name: str) -> str:
         return self.schema + name
+
+    def upsert(self, table: str, columns: str, key: str, json_columns: Collection[str] = ()) -> str:
+        """``INSERT ... ON CONFLICT (key) DO UPDATE`` of every other column: the same words on
+        SQLite (3.24+) and PostgreSQL; a REPLACE would delete and re-insert the row."""
+        names = [c.strip() for c in columns.split(",")]
+        marks = ", ".join(self.param + (self.json_cast if n in json_columns else "") for n in names)
+        updates = ", ".join(f"{n} = excluded.{n}" for n in names if n != key)
+        return (
+            f"INSERT INTO {self.table(table)} ({columns}) VALUES ({marks})"
+            f" ON CONFLICT ({key}) DO UPDATE SET {updates}"
+        )
 
 
 class _Cursor(Protocol):
@@ -158,6 +196,13 @@ class SqlCore:
     def _stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[Row]:
         raise NotImplementedError  # pragma: no cover - every dialect defines it
 
+    def _write(self, sql: str, params: Any = ()) -> int:
+        """A statement that cannot violate a constraint; the number of rows it changed."""
+        try:
+            return int(self._conn.execute(sql, params).rowcount)
+        except self.dialect.error_type as exc:
+            raise self.dialect.storage_error(exc, "statement") from exc
+
     def _rows(self, cursor: _Cursor) -> Iterator[Row]:
         while True:
             if not self.open:
@@ -177,6 +222,120 @@ class SqlCore:
             with contextlib.suppress(self.dialect.error_type):  # gone with the transaction
                 cursor.close()
         self._cursors.clear()
+
+
+class IntentRepository(SqlCore):
+    """Key lifecycle intents (decision 0016): the whole repository, one text for both."""
+
+    __slots__ = ()
+
+    def put_intent(self, intent: KeyIntent) -> None:
+        self._check_write()
+        d = self.dialect
+        sql = d.upsert("key_intents", ic.INTENT_COLUMNS, "key_id", ("params",))
+        self._write(sql, ic.intent_to_row(intent, native=d.native))
+
+    def get_intent(self, key_id: str) -> KeyIntent | None:
+        self._check()
+        d = self.dialect
+        row = self._one(
+            f"SELECT {ic.INTENT_COLUMNS} FROM {d.table('key_intents')} WHERE key_id = {d.param}",
+            (key_id,),
+        )
+        return None if row is None else ic.intent_from_row(row, native=d.native)
+
+    def list_intents(self) -> list[KeyIntent]:
+        self._check()
+        d = self.dialect
+        rows = self._all(
+            f"SELECT {ic.INTENT_COLUMNS} FROM {d.table('key_intents')} ORDER BY created_at, key_id"
+        )
+        return [ic.intent_from_row(r, native=d.native) for r in rows]
+
+    def delete_intent(self, key_id: str) -> None:
+        self._check_write()
+        d = self.dialect
+        self._write(f"DELETE FROM {d.table('key_intents')} WHERE key_id = {d.param}", (key_id,))
+
+
+class AnchorCommon(SqlCore):
+    """The part of the anchor repository whose SQL is the same on both dialects."""
+
+    __slots__ = ()
+
+    def set_anchor_active(self, anchor_id: uuid.UUID, active: bool) -> None:
+        self._check_write()
+        d = self.dialect
+        changed = self._write(
+            f"UPDATE {d.table('trust_anchors')} SET active = {d.param} WHERE id = {d.param}",
+            (d.bool(active), d.uuid(anchor_id)),
+        )
+        if changed == 0:
+            raise NotFoundError(f"no trust anchor {anchor_id}")
+
+
+class ProofCommon(SqlCore):
+    """The part of the proof repository whose SQL is the same on both dialects."""
+
+    __slots__ = ()
+
+    def iter_proofs(self) -> Iterator[ProofRecord]:
+        self._check()
+        d = self.dialect
+        rows = self._stream(
+            "SELECT p.digest, p.envelope_json, p.created_at, t.token"
+            f" FROM {d.table('proofs')} AS p"
+            f" LEFT JOIN {d.table('proof_timestamps')} AS t ON t.digest = p.digest"
+            " ORDER BY p.created_at, p.digest, t.id"
+        )
+        return codec.group_proofs(rows, d.proof_row)
+
+
+class CeremonyCommon(SqlCore):
+    """The part of the ceremony repository whose SQL is the same on both dialects."""
+
+    __slots__ = ()
+
+    def ceremony_policy_versions(self) -> list[PolicyVersion]:
+        self._check()
+        d = self.dialect
+        rows = self._all(
+            "SELECT version, policy, recorded_at, recorded_by, ceremony_id"
+            f" FROM {d.table('ceremony_policy')} ORDER BY version"
+        )
+        return [
+            PolicyVersion(r[0], r[1].encode("utf-8"), d.time_out(r[2]), r[3], r[4]) for r in rows
+        ]
+
+
+class SqlStore:
+    """What the SQL stores share: closing once, and never in a forked child (the parent's
+    connections are not the child's to close: docs/decisions/0011)."""
+
+    _closed: bool
+    _pid: int
+    _schema: int
+
+    def _close_connections(self) -> None:
+        raise NotImplementedError  # pragma: no cover - every store defines it
+
+    def schema_version(self) -> int:
+        return self._schema
+
+    def close(self) -> None:
+        """Close this store's connections. Call it when no transaction is running."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._pid != os.getpid():
+            return
+        self._close_connections()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class AuditReads(SqlCore):

@@ -23,12 +23,21 @@ from stellakeys.audit import AuditEvent, AuditRecord, chain_event
 from stellakeys.ceremony.model import Approval, Ceremony, CeremonyState
 from stellakeys.ceremony.policy import PolicyVersion
 from stellakeys.errors import ConflictError, NotFoundError, StorageError
-from stellakeys.intents import KeyIntent
 from stellakeys.keys import KeyRecord
 from stellakeys.storage import _ceremony_codec as cc
 from stellakeys.storage import _codec as codec
-from stellakeys.storage import _intent_codec as ic
-from stellakeys.storage._sql import CHUNK, AuditReads, Dialect, SqlCore, chunks, one_line
+from stellakeys.storage._sql import (
+    CHUNK,
+    AnchorCommon,
+    AuditReads,
+    CeremonyCommon,
+    Dialect,
+    IntentRepository,
+    ProofCommon,
+    SqlCore,
+    chunks,
+    one_line,
+)
 from stellakeys.storage.ports import FeedVersionRecord, ProofRecord
 
 if TYPE_CHECKING:
@@ -50,10 +59,15 @@ SQLITE: Final = Dialect(
     name="SQLite",
     param="?",
     schema="",
+    native=False,
+    json_cast="",
     glob_op="GLOB",
     glob=str,
     time=codec.to_micros,
     uuid=str,
+    bool=int,
+    time_out=codec.from_micros,
+    proof_row=codec.proof_from_row,
     audit_select=codec.AUDIT_COLUMNS,
     audit_row=codec.audit_from_row,
     error_type=sqlite3.Error,
@@ -152,35 +166,7 @@ class SqliteKeys(SqliteCore):
         ]
 
 
-class SqliteIntents(SqliteCore):
-    """Key lifecycle intents (decision 0016)."""
-
-    __slots__ = ()
-
-    def put_intent(self, intent: KeyIntent) -> None:
-        self._check_write()
-        self._exec(
-            f"INSERT OR REPLACE INTO key_intents ({ic.INTENT_COLUMNS})"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            ic.intent_to_row(intent),
-        )
-
-    def get_intent(self, key_id: str) -> KeyIntent | None:
-        self._check()
-        row = self._one(f"SELECT {ic.INTENT_COLUMNS} FROM key_intents WHERE key_id = ?", (key_id,))
-        return None if row is None else ic.intent_from_row(row)
-
-    def list_intents(self) -> list[KeyIntent]:
-        self._check()
-        rows = self._all(f"SELECT {ic.INTENT_COLUMNS} FROM key_intents ORDER BY created_at, key_id")
-        return [ic.intent_from_row(r) for r in rows]
-
-    def delete_intent(self, key_id: str) -> None:
-        self._check_write()
-        self._exec("DELETE FROM key_intents WHERE key_id = ?", (key_id,))
-
-
-class SqliteAnchors(SqliteCore):
+class SqliteAnchors(SqliteCore, AnchorCommon):
     """Trust anchors and their key history."""
 
     __slots__ = ()
@@ -213,14 +199,6 @@ class SqliteAnchors(SqliteCore):
         )
         for entry in anchor.key_history:
             self._insert_history(entry)
-
-    def set_anchor_active(self, anchor_id: uuid.UUID, active: bool) -> None:
-        self._check_write()
-        cursor = self._exec(
-            "UPDATE trust_anchors SET active = ? WHERE id = ?", (int(active), str(anchor_id))
-        )
-        if cursor.rowcount == 0:
-            raise NotFoundError(f"no trust anchor {anchor_id}")
 
     def list_anchors(self, *, active_only: bool = False) -> list[TrustAnchor]:
         self._check()
@@ -315,7 +293,7 @@ class SqliteAnchors(SqliteCore):
         return [codec.history_from_row(r) for r in rows]
 
 
-class SqliteProofs(SqliteCore):
+class SqliteProofs(SqliteCore, ProofCommon):
     """Proofs, their timestamp tokens and the feed versions that point at them."""
 
     __slots__ = ()
@@ -353,15 +331,6 @@ class SqliteProofs(SqliteCore):
         self._check_write()
         self._add_token(digest, token)
 
-    def iter_proofs(self) -> Iterator[ProofRecord]:
-        self._check()
-        rows = self._stream(
-            "SELECT p.digest, p.envelope_json, p.created_at, t.token FROM proofs AS p"
-            " LEFT JOIN proof_timestamps AS t ON t.digest = p.digest"
-            " ORDER BY p.created_at, p.digest, t.id"
-        )
-        return codec.group_proofs(rows, codec.proof_from_row)
-
     # --- feed versions
 
     def feed_versions(self) -> list[FeedVersionRecord]:
@@ -390,7 +359,7 @@ class SqliteProofs(SqliteCore):
         )
 
 
-class SqliteCeremonies(SqliteCore):
+class SqliteCeremonies(SqliteCore, CeremonyCommon):
     """Ceremonies, their approvals and the dual-control policy versions."""
 
     __slots__ = ()
@@ -429,14 +398,7 @@ class SqliteCeremonies(SqliteCore):
     def update_ceremony(self, ceremony: Ceremony) -> None:
         self._check_write()
         current = self._one("SELECT state FROM ceremonies WHERE id = ?", (ceremony.ceremony_id,))
-        if current is None:
-            raise NotFoundError(f"no ceremony {ceremony.ceremony_id}")
-        if CeremonyState(current[0]).terminal:
-            # The schema's trigger would refuse it too; say it as the port does.
-            raise ConflictError(
-                f"ceremony {ceremony.ceremony_id} is {current[0]}: a terminal ceremony never"
-                " changes"
-            )
+        cc.check_mutable(ceremony.ceremony_id, current)
         self._exec(
             "UPDATE ceremonies SET state = ?, executed_at = ?, result = ?, cancelled_at = ?,"
             " cancel_reason = ?, notifications_sent = ? WHERE id = ?",
@@ -476,17 +438,6 @@ class SqliteCeremonies(SqliteCore):
 
     # --- dual-control policy
 
-    def ceremony_policy_versions(self) -> list[PolicyVersion]:
-        self._check()
-        rows = self._all(
-            "SELECT version, policy, recorded_at, recorded_by, ceremony_id"
-            " FROM ceremony_policy ORDER BY version"
-        )
-        return [
-            PolicyVersion(r[0], r[1].encode("utf-8"), codec.from_micros(r[2]), r[3], r[4])
-            for r in rows
-        ]
-
     def insert_ceremony_policy(self, version: PolicyVersion) -> None:
         self._check_write()
         self._exec(
@@ -525,7 +476,7 @@ class SqliteAudit(SqliteCore, AuditReads):
 
 
 class SqliteTransaction(
-    SqliteKeys, SqliteIntents, SqliteAnchors, SqliteProofs, SqliteCeremonies, SqliteAudit
+    SqliteKeys, IntentRepository, SqliteAnchors, SqliteProofs, SqliteCeremonies, SqliteAudit
 ):
     """A transaction on a :class:`~stellakeys.storage.sqlite.SqliteStore`: the repositories
     composed; use it only inside its ``with`` block."""

@@ -38,7 +38,6 @@ import urllib.parse
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Final
 
 from stellakeys.errors import StorageError
@@ -48,6 +47,7 @@ from stellakeys.storage._migrations import (
     load_migrations,
     packaged_migrations,
 )
+from stellakeys.storage._sql import SqlStore
 from stellakeys.storage._sql import one_line as _one_line
 from stellakeys.storage._sqlite_repos import SqliteTransaction
 from stellakeys.storage._sqlite_repos import storage_error as _storage_error
@@ -242,12 +242,7 @@ class _TxContext:
         self._tx = SqliteTransaction(conn, writable=self._write)
         return self._tx
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         conn, store = self._conn, self._store
         self._tx.finish()
         try:
@@ -267,7 +262,7 @@ class _TxContext:
                 store._write_lock.release()
 
 
-class SqliteStore:
+class SqliteStore(SqlStore):
     """The embedded :class:`~stellakeys.storage.ports.Store`: ``SqliteStore(path)`` or
     ``SqliteStore.open_home(home)`` (``home / "stellakeys.db"``, home created 0700).
 
@@ -421,16 +416,7 @@ class SqliteStore:
                 raise _storage_error(exc, "change check") from exc
         return (int(version), self._own_commits)
 
-    def schema_version(self) -> int:
-        return self._schema
-
-    def close(self) -> None:
-        """Close every connection of this store. Call it when no transaction is running."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._pid != os.getpid():
-            return
+    def _close_connections(self) -> None:
         with self._holders_lock:
             holders = list(self._holders)
             self._holders.clear()
@@ -440,12 +426,6 @@ class SqliteStore:
             if self._dv is not None:
                 self._dv.conn.close()
                 self._dv = None
-
-    def __enter__(self) -> SqliteStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _uri(path: Path, mode: str) -> str:
