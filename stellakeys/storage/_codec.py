@@ -81,6 +81,18 @@ Row = tuple[Any, ...]
 # --- scalars --------------------------------------------------------------------------------
 
 
+def check_aware(value: datetime) -> datetime:
+    """Refuse naive datetimes, as :func:`to_micros` does: PostgreSQL would silently read one
+    in the session time zone and move every validity window."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"naive datetime {value.isoformat()} cannot be stored: add a zone")
+    return value
+
+
+def opt_check_aware(value: datetime | None) -> datetime | None:
+    return None if value is None else check_aware(value)
+
+
 def to_micros(value: datetime) -> int:
     """Microseconds since the Unix epoch. Naive datetimes are refused: stored in the wrong zone
     they would silently move every validity window."""

@@ -25,44 +25,32 @@ Design (docs/decisions/0004-storage.md has the reasoning):
   SQLite's corruption hazards one by one.
 """
 
-# S608: every statement here is assembled from module constants (column lists, "?" runs);
-# values are always bound parameters, never formatted into SQL.
-# ruff: noqa: S608
-
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
-import importlib.resources
 import os
-import re
 import sqlite3
 import stat
 import threading
 import time
 import urllib.parse
-import uuid
 import weakref
-from collections.abc import Callable, Collection, Iterator, Sequence
-from importlib.resources.abc import Traversable
+from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Final
 
-import attrs
-
-from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
-from stellakeys.audit import AuditEvent, AuditQuery, AuditRecord, chain_event
-from stellakeys.ceremony.model import Approval, Ceremony, CeremonyState
-from stellakeys.ceremony.policy import PolicyVersion
-from stellakeys.errors import ConflictError, NotFoundError, StorageError
-from stellakeys.intents import KeyIntent
-from stellakeys.keys import KeyRecord
-from stellakeys.storage import _ceremony_codec as cc
-from stellakeys.storage import _codec as codec
-from stellakeys.storage import _intent_codec as ic
-from stellakeys.storage.ports import FeedVersionRecord, ProofRecord
+from stellakeys.errors import StorageError
+from stellakeys.storage._migrations import (
+    Migration,
+    check_not_newer,
+    load_migrations,
+    packaged_migrations,
+)
+from stellakeys.storage._sql import SqlStore
+from stellakeys.storage._sql import one_line as _one_line
+from stellakeys.storage._sqlite_repos import SqliteTransaction
+from stellakeys.storage._sqlite_repos import storage_error as _storage_error
 
 if TYPE_CHECKING:
     from stellakeys.storage.ports import Store, Transaction
@@ -80,12 +68,6 @@ __all__ = [
 DB_FILENAME: Final = "stellakeys.db"
 DEFAULT_BUSY_TIMEOUT: Final = 30.0
 
-# Host parameters per statement; SQLite allows 32766 but long IN lists stop being useful.
-_CHUNK = 500
-_FETCH = 256
-
-_T = TypeVar("_T")
-Row = tuple[Any, ...]
 
 # Connections inherited through fork() belong to the parent: using or even closing them in the
 # child is unsafe (SQLite's documented rule: sqlite3_close() in the child may checkpoint and
@@ -135,80 +117,7 @@ os.register_at_fork(
 )
 
 
-# --- errors ---------------------------------------------------------------------------------
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-def _storage_error(exc: sqlite3.Error, doing: str) -> StorageError:
-    message = _one_line(exc)
-    if "locked" in message or "busy" in message:
-        message += " (another writer held the database longer than the busy timeout)"
-    return StorageError(f"SQLite {doing} failed: {message}")
-
-
 # --- migrations -----------------------------------------------------------------------------
-
-
-@attrs.frozen
-class Migration:
-    """One numbered schema change, ``NNNN_name.sql``."""
-
-    version: int
-    name: str
-    sql: str
-
-    def statements(self) -> list[str]:
-        """The file split into statements, using SQLite's own notion of a complete one (so
-        semicolons inside strings and trigger bodies are handled)."""
-        out: list[str] = []
-        start = 0
-        for match in re.finditer(";", self.sql):
-            chunk = self.sql[start : match.end()]
-            if sqlite3.complete_statement(chunk):
-                out.append(chunk.strip())
-                start = match.end()
-        rest = "\n".join(
-            line
-            for line in self.sql[start:].splitlines()
-            if line.strip() and not line.strip().startswith("--")
-        )
-        if rest:
-            raise StorageError(f"migration {self.version:04d}_{self.name}: incomplete statement")
-        return out
-
-
-_MIGRATION_FILE = re.compile(r"^(\d{4})_([A-Za-z0-9_]+)\.sql$")
-
-
-def load_migrations(directory: Traversable | Path | None = None) -> tuple[Migration, ...]:
-    """The migrations in ``directory`` (default: the packaged ``migrations/sqlite``), in
-    order. Versions must run 1, 2, 3, ... without gaps or duplicates."""
-    if directory is None:
-        return _packaged_migrations()
-    found: list[Migration] = []
-    for entry in directory.iterdir():
-        match = _MIGRATION_FILE.match(entry.name)
-        if match:
-            text = entry.read_text(encoding="utf-8")
-            found.append(Migration(int(match.group(1)), match.group(2), text))
-    found.sort(key=lambda m: m.version)
-    for expected, migration in enumerate(found, start=1):
-        if migration.version != expected:
-            raise StorageError(
-                f"schema migrations must be numbered 1, 2, 3, ...: found {migration.version:04d}"
-                f" where {expected:04d} was expected"
-            )
-    return tuple(found)
-
-
-@functools.cache
-def _packaged_migrations() -> tuple[Migration, ...]:
-    root = importlib.resources.files("stellakeys.storage").joinpath("migrations", "sqlite")
-    return load_migrations(root)
 
 
 def _schema_version(conn: sqlite3.Connection) -> int | None:
@@ -222,14 +131,6 @@ def _schema_version(conn: sqlite3.Connection) -> int | None:
     return int(row[0]) if row[0] is not None else 0
 
 
-def _check_not_newer(current: int, latest: int) -> None:
-    if current > latest:
-        raise StorageError(
-            f"the database schema is version {current}, newer than this stellakeys knows"
-            f" ({latest}): upgrade stellakeys"
-        )
-
-
 def apply_migrations(
     conn: sqlite3.Connection, migrations: Sequence[Migration] | None = None
 ) -> int:
@@ -238,14 +139,14 @@ def apply_migrations(
     ``BEGIN IMMEDIATE`` makes the second migrator wait, then it finds nothing to do.
 
     ``conn`` must be in autocommit mode (``isolation_level=None``)."""
-    migrations = _packaged_migrations() if migrations is None else tuple(migrations)
+    migrations = packaged_migrations("sqlite") if migrations is None else tuple(migrations)
     latest = migrations[-1].version if migrations else 0
     try:
         # Fast path without the write lock: opening an up-to-date store never waits behind
         # another process's long write transaction.
         current = _schema_version(conn)
         if current is not None and current >= latest:
-            _check_not_newer(current, latest)
+            check_not_newer(current, latest)
             return current
         conn.execute("BEGIN IMMEDIATE")
     except sqlite3.Error as exc:
@@ -259,7 +160,7 @@ def apply_migrations(
             " applied_at INTEGER NOT NULL)"
         )
         applied = {int(r[0]) for r in conn.execute("SELECT version FROM schema_migrations")}
-        _check_not_newer(max(applied, default=0), latest)
+        check_not_newer(max(applied, default=0), latest)
         for migration in migrations:
             if migration.version in applied:
                 continue
@@ -278,553 +179,6 @@ def apply_migrations(
             raise _storage_error(exc, doing) from exc
         raise
     return latest
-
-
-# --- transactions ---------------------------------------------------------------------------
-
-
-_SELECT_KEY = f"SELECT {codec.KEY_COLUMNS} FROM keys"
-_SELECT_ANCHOR = f"SELECT {codec.ANCHOR_COLUMNS} FROM trust_anchors"
-_SELECT_HISTORY = f"SELECT {codec.HISTORY_COLUMNS} FROM key_history"
-_SELECT_AUDIT = f"SELECT {codec.AUDIT_COLUMNS} FROM key_audit_log"
-_SELECT_CEREMONY = f"SELECT {cc.CEREMONY_COLUMNS} FROM ceremonies"
-_SELECT_APPROVAL = f"SELECT {cc.APPROVAL_COLUMNS} FROM ceremony_approvals"
-_HISTORY_ORDER = " ORDER BY anchor_id, added_at, key_id"
-
-
-@functools.cache
-def _in_list(n: int) -> str:
-    return ", ".join("?" * n)
-
-
-@functools.cache
-def _anchors_by_index_sql(n: int) -> str:
-    # Served by idx_trust_anchors_index_key (index_key, active): one index probe per key.
-    return (
-        f"{_SELECT_ANCHOR} WHERE index_key IN ({_in_list(n)}) AND active = 1"
-        " ORDER BY created_at, id"
-    )
-
-
-@functools.cache
-def _history_of_anchors_sql(n: int) -> str:
-    # Served by idx_key_history_validity (anchor_id, added_at, revoked_at).
-    return f"{_SELECT_HISTORY} WHERE anchor_id IN ({_in_list(n)}){_HISTORY_ORDER}"
-
-
-def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
-    for i in range(0, len(items), _CHUNK):
-        yield items[i : i + _CHUNK]
-
-
-class SqliteTransaction:
-    """A transaction on a :class:`SqliteStore`; use it only inside its ``with`` block."""
-
-    __slots__ = ("_conn", "_cursors", "_writable", "open")
-
-    def __init__(self, conn: sqlite3.Connection, *, writable: bool) -> None:
-        self._conn = conn
-        self._writable = writable
-        # Cursors of streaming reads, closed when the transaction ends.
-        self._cursors: list[sqlite3.Cursor] = []
-        self.open = True
-
-    # --- plumbing -------------------------------------------------------------------------
-
-    def _check(self) -> None:
-        if not self.open:
-            raise StorageError("the transaction is finished; open a new one")
-
-    def _check_write(self) -> None:
-        self._check()
-        if not self._writable:
-            # SQLite would silently upgrade the deferred read transaction to a write one,
-            # bypassing the writer serialisation; refuse instead.
-            raise StorageError("write inside a read-only transaction")
-
-    def _exec(
-        self,
-        sql: str,
-        params: Sequence[Any] = (),
-        *,
-        conflict: Callable[[str], str] | None = None,
-        missing: str | None = None,
-    ) -> sqlite3.Cursor:
-        """Execute one statement, mapping constraint failures to the port's errors and every
-        other SQLite error to a one-line StorageError."""
-        try:
-            return self._conn.execute(sql, params)
-        except sqlite3.IntegrityError as exc:
-            text = str(exc)
-            if conflict is not None and text.startswith("UNIQUE constraint failed"):
-                raise ConflictError(conflict(text)) from None
-            if missing is not None and text.startswith("FOREIGN KEY constraint failed"):
-                raise NotFoundError(missing) from None
-            raise _storage_error(exc, "write") from exc
-        except sqlite3.Error as exc:
-            raise _storage_error(exc, "statement") from exc
-
-    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        try:
-            return self._conn.execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
-            raise _storage_error(exc, "query") from exc
-
-    def _one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
-        try:
-            row: Row | None = self._conn.execute(sql, params).fetchone()
-        except sqlite3.Error as exc:
-            raise _storage_error(exc, "query") from exc
-        return row
-
-    def _stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[Row]:
-        cursor = self._exec(sql, params)
-        self._cursors.append(cursor)
-        return self._rows(cursor)
-
-    def _rows(self, cursor: sqlite3.Cursor) -> Iterator[Row]:
-        while True:
-            if not self.open:
-                raise StorageError("the transaction ended while its rows were being read")
-            try:
-                rows = cursor.fetchmany(_FETCH)
-            except sqlite3.Error as exc:
-                raise _storage_error(exc, "query") from exc
-            if not rows:
-                return
-            yield from rows
-
-    def finish(self) -> None:
-        self.open = False
-        for cursor in self._cursors:
-            with contextlib.suppress(sqlite3.Error):
-                cursor.close()
-        self._cursors.clear()
-
-    # --- keys -----------------------------------------------------------------------------
-
-    def get_key(self, key_id: str) -> KeyRecord | None:
-        self._check()
-        row = self._one(_SELECT_KEY + " WHERE key_id = ?", (key_id,))
-        return None if row is None else codec.key_from_row(row)
-
-    def insert_key(self, record: KeyRecord) -> None:
-        self._check_write()
-        self._exec(
-            f"INSERT INTO keys ({codec.KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            codec.key_to_row(record),
-            conflict=lambda _: f"key {record.key_id!r} already exists",
-        )
-
-    def list_keys(self) -> list[KeyRecord]:
-        self._check()
-        return [
-            codec.key_from_row(r) for r in self._all(_SELECT_KEY + " ORDER BY created_at, key_id")
-        ]
-
-    # --- key lifecycle intents -----------------------------------------------------------
-
-    def put_intent(self, intent: KeyIntent) -> None:
-        self._check_write()
-        self._exec(
-            f"INSERT OR REPLACE INTO key_intents ({ic.INTENT_COLUMNS})"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            ic.intent_to_row(intent),
-        )
-
-    def get_intent(self, key_id: str) -> KeyIntent | None:
-        self._check()
-        row = self._one(f"SELECT {ic.INTENT_COLUMNS} FROM key_intents WHERE key_id = ?", (key_id,))
-        return None if row is None else ic.intent_from_row(row)
-
-    def list_intents(self) -> list[KeyIntent]:
-        self._check()
-        rows = self._all(f"SELECT {ic.INTENT_COLUMNS} FROM key_intents ORDER BY created_at, key_id")
-        return [ic.intent_from_row(r) for r in rows]
-
-    def delete_intent(self, key_id: str) -> None:
-        self._check_write()
-        self._exec("DELETE FROM key_intents WHERE key_id = ?", (key_id,))
-
-    # --- trust anchors and key history ----------------------------------------------------
-
-    def _with_history(self, anchor_rows: list[Row]) -> list[TrustAnchor]:
-        """Attach history to anchors with one query per chunk of anchors (not one per anchor)."""
-        if not anchor_rows:
-            return []
-        uuids = {r[0]: uuid.UUID(r[0]) for r in anchor_rows}
-        history: dict[str, list[KeyHistoryEntry]] = {aid: [] for aid in uuids}
-        ids = list(history)
-        for chunk in _chunks(ids):
-            for h in self._all(_history_of_anchors_sql(len(chunk)), chunk):
-                history[h[1]].append(codec.history_from_row(h, uuids[h[1]]))
-        return [codec.anchor_from_row(r, tuple(history[r[0]]), uuids[r[0]]) for r in anchor_rows]
-
-    def get_anchor(self, anchor_id: uuid.UUID) -> TrustAnchor | None:
-        self._check()
-        row = self._one(_SELECT_ANCHOR + " WHERE id = ?", (str(anchor_id),))
-        return None if row is None else self._with_history([row])[0]
-
-    def insert_anchor(self, anchor: TrustAnchor, index_key: str) -> None:
-        self._check_write()
-        codec.check_history_belongs(anchor)
-        self._exec(
-            f"INSERT INTO trust_anchors ({codec.ANCHOR_COLUMNS}, index_key)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (*codec.anchor_to_row(anchor), index_key),
-            conflict=lambda _: f"trust anchor {anchor.anchor_id} already exists",
-        )
-        for entry in anchor.key_history:
-            self._insert_history(entry)
-
-    def set_anchor_active(self, anchor_id: uuid.UUID, active: bool) -> None:
-        self._check_write()
-        cursor = self._exec(
-            "UPDATE trust_anchors SET active = ? WHERE id = ?", (int(active), str(anchor_id))
-        )
-        if cursor.rowcount == 0:
-            raise NotFoundError(f"no trust anchor {anchor_id}")
-
-    def list_anchors(self, *, active_only: bool = False) -> list[TrustAnchor]:
-        self._check()
-        where = " WHERE active = 1" if active_only else ""
-        anchors = self._all(f"{_SELECT_ANCHOR}{where} ORDER BY created_at, id")
-        # All history in one ordered pass rather than per anchor or per IN-chunk.
-        hwhere = (
-            " WHERE anchor_id IN (SELECT id FROM trust_anchors WHERE active = 1)"
-            if active_only
-            else ""
-        )
-        history: dict[str, list[KeyHistoryEntry]] = {r[0]: [] for r in anchors}
-        for h in self._stream(f"{_SELECT_HISTORY}{hwhere}{_HISTORY_ORDER}"):
-            bucket = history.get(h[1])
-            if bucket is not None:
-                bucket.append(codec.history_from_row(h))
-        return [codec.anchor_from_row(r, tuple(history[r[0]])) for r in anchors]
-
-    def anchors_by_index_keys(self, index_keys: Sequence[str]) -> list[TrustAnchor]:
-        self._check()
-        keys = list(dict.fromkeys(index_keys))
-        rows: list[Row] = []
-        for chunk in _chunks(keys):
-            rows += self._all(_anchors_by_index_sql(len(chunk)), chunk)
-        if len(keys) > _CHUNK:
-            rows.sort(key=lambda r: (r[4], r[0]))
-        return self._with_history(rows)
-
-    def anchors_below_index_key(self, index_key: str) -> list[TrustAnchor]:
-        self._check()
-        # A range on idx_trust_anchors_index_key: '0' is the character after '/' in BINARY
-        # collation, so [key + '/', key + '0') is exactly the keys continuing with '/'.
-        rows = self._all(
-            f"{_SELECT_ANCHOR} WHERE index_key >= ? AND index_key < ? AND active = 1"
-            " ORDER BY created_at, id",
-            (index_key + "/", index_key + "0"),
-        )
-        return self._with_history(rows)
-
-    def _insert_history(self, entry: KeyHistoryEntry) -> None:
-        def conflict(text: str) -> str:
-            if "key_history.id" in text:
-                return f"key history entry {entry.entry_id} already exists"
-            return f"key {entry.key_id!r} is already in trust anchor {entry.anchor_id}"
-
-        self._exec(
-            f"INSERT INTO key_history ({codec.HISTORY_COLUMNS})"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            codec.history_to_row(entry),
-            conflict=conflict,
-            missing=f"no trust anchor {entry.anchor_id}",
-        )
-
-    def insert_history(self, entry: KeyHistoryEntry) -> None:
-        self._check_write()
-        self._insert_history(entry)
-
-    def update_history(self, entry: KeyHistoryEntry) -> None:
-        self._check_write()
-        row = codec.history_to_row(entry)
-        # The triggers of migration 0003 refuse the same; checked first for a ConflictError.
-        old = self._one(
-            "SELECT revoked_at, revoke_reason, expires_at FROM key_history"
-            " WHERE anchor_id = ? AND key_id = ?",
-            (row[1], row[2]),
-        )
-        if old is None:
-            raise NotFoundError(f"key {entry.key_id!r} is not in trust anchor {entry.anchor_id}")
-        codec.check_history_update(entry.key_id, (old[0], old[1], old[2]), (row[7], row[8], row[9]))
-        cursor = self._exec(
-            "UPDATE key_history SET revoked_at = ?, revoke_reason = ?, expires_at = ?,"
-            " metadata = ? WHERE anchor_id = ? AND key_id = ?",
-            (*row[7:11], row[1], row[2]),
-        )
-        if cursor.rowcount == 0:
-            raise NotFoundError(f"key {entry.key_id!r} is not in trust anchor {entry.anchor_id}")
-
-    def history_of_key(self, key_id: str) -> list[KeyHistoryEntry]:
-        self._check()
-        rows = self._all(
-            _SELECT_HISTORY + " WHERE key_id = ? ORDER BY added_at, anchor_id", (key_id,)
-        )
-        return [codec.history_from_row(r) for r in rows]
-
-    def history_by_fingerprints(self, fingerprints: Collection[str]) -> list[KeyHistoryEntry]:
-        self._check()
-        rows: list[Row] = []
-        for chunk in _chunks(list(dict.fromkeys(fingerprints))):
-            marks = ", ".join("?" * len(chunk))
-            rows += self._all(_SELECT_HISTORY + f" WHERE fingerprint IN ({marks})", chunk)
-        rows.sort(key=lambda r: (r[6], r[1], r[2]))
-        return [codec.history_from_row(r) for r in rows]
-
-    # --- proofs -----------------------------------------------------------------------------
-
-    def put_proof(self, proof: ProofRecord) -> None:
-        self._check_write()
-        cursor = self._exec(
-            f"INSERT INTO proofs ({codec.PROOF_COLUMNS}) VALUES (?, ?, ?)"
-            " ON CONFLICT (digest) DO NOTHING",
-            codec.proof_to_row(proof),
-        )
-        if cursor.rowcount == 1:  # a new proof: its tokens come with it
-            for token in proof.timestamp_tokens:
-                self._add_token(proof.digest, token)
-
-    def _add_token(self, digest: str, token: bytes) -> None:
-        self._exec(
-            "INSERT INTO proof_timestamps (digest, token) VALUES (?, ?)"
-            " ON CONFLICT (digest, token) DO NOTHING",
-            (digest, bytes(token)),
-            missing=f"no proof {digest}",
-        )
-
-    def get_proof(self, digest: str) -> ProofRecord | None:
-        self._check()
-        row = self._one(f"SELECT {codec.PROOF_COLUMNS} FROM proofs WHERE digest = ?", (digest,))
-        if row is None:
-            return None
-        tokens = self._all(
-            "SELECT token FROM proof_timestamps WHERE digest = ? ORDER BY id", (digest,)
-        )
-        return codec.proof_from_row(row, tuple(bytes(t[0]) for t in tokens))
-
-    def add_proof_timestamp(self, digest: str, token: bytes) -> None:
-        self._check_write()
-        self._add_token(digest, token)
-
-    def iter_proofs(self) -> Iterator[ProofRecord]:
-        self._check()
-        rows = self._stream(
-            "SELECT p.digest, p.envelope_json, p.created_at, t.token FROM proofs AS p"
-            " LEFT JOIN proof_timestamps AS t ON t.digest = p.digest"
-            " ORDER BY p.created_at, p.digest, t.id"
-        )
-        return codec.group_proofs(rows, codec.proof_from_row)
-
-    # --- feed versions ----------------------------------------------------------------------
-
-    def feed_versions(self) -> list[FeedVersionRecord]:
-        self._check()
-        rows = self._all("SELECT version, digest, published_at FROM feed_versions ORDER BY version")
-        return [FeedVersionRecord(r[0], r[1], codec.from_micros(r[2])) for r in rows]
-
-    def insert_feed_version(self, record: FeedVersionRecord) -> None:
-        self._check_write()
-        published = codec.to_micros(record.published_at)
-        # Checked first for a precise message (the write lock is held since BEGIN IMMEDIATE,
-        # so the answer cannot go stale); the primary key, the UNIQUE digest and the no-gap
-        # trigger enforce the same rules for any other writer.
-        (highest,) = self._one("SELECT coalesce(max(version), 0) FROM feed_versions") or (0,)
-        if record.version != highest + 1:
-            raise ConflictError(codec.feed_version_conflict(record.version, highest))
-        self._exec(
-            "INSERT INTO feed_versions (version, digest, published_at) VALUES (?, ?, ?)",
-            (record.version, record.digest, published),
-            conflict=lambda text: (
-                f"proof {record.digest} already holds a feed version"
-                if "digest" in text
-                else codec.feed_version_conflict(record.version, record.version)
-            ),
-            missing=f"no proof {record.digest}",
-        )
-
-    # --- ceremonies -------------------------------------------------------------------------
-
-    def _with_approvals(self, rows: list[Row]) -> list[Ceremony]:
-        """Attach approvals with one query per chunk of ceremonies (not one per ceremony)."""
-        if not rows:
-            return []
-        approvals: dict[str, list[Approval]] = {r[0]: [] for r in rows}
-        ids = list(approvals)
-        for chunk in _chunks(ids):
-            sql = (
-                f"{_SELECT_APPROVAL} WHERE ceremony_id IN ({_in_list(len(chunk))})"
-                " ORDER BY approved_at, id"
-            )
-            for a in self._all(sql, chunk):
-                approvals[a[1]].append(cc.approval_from_row(a))
-        return [cc.ceremony_from_row(r, approvals[r[0]]) for r in rows]
-
-    def get_ceremony(self, ceremony_id: str) -> Ceremony | None:
-        self._check()
-        row = self._one(_SELECT_CEREMONY + " WHERE id = ?", (ceremony_id,))
-        return None if row is None else self._with_approvals([row])[0]
-
-    def insert_ceremony(self, ceremony: Ceremony) -> None:
-        self._check_write()
-        if ceremony.approvals:
-            raise ValueError("insert a ceremony without approvals; add them with insert_approval")
-        self._exec(
-            f"INSERT INTO ceremonies ({cc.CEREMONY_COLUMNS})"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            cc.ceremony_to_row(ceremony),
-            conflict=lambda _: f"ceremony {ceremony.ceremony_id} already exists",
-        )
-
-    def update_ceremony(self, ceremony: Ceremony) -> None:
-        self._check_write()
-        current = self._one("SELECT state FROM ceremonies WHERE id = ?", (ceremony.ceremony_id,))
-        if current is None:
-            raise NotFoundError(f"no ceremony {ceremony.ceremony_id}")
-        if CeremonyState(current[0]).terminal:
-            # The schema's trigger would refuse it too; say it as the port does.
-            raise ConflictError(
-                f"ceremony {ceremony.ceremony_id} is {current[0]}: a terminal ceremony never"
-                " changes"
-            )
-        self._exec(
-            "UPDATE ceremonies SET state = ?, executed_at = ?, result = ?, cancelled_at = ?,"
-            " cancel_reason = ?, notifications_sent = ? WHERE id = ?",
-            (*cc.mutable_part(cc.ceremony_to_row(ceremony)), ceremony.ceremony_id),
-        )
-
-    def insert_approval(self, approval: Approval) -> None:
-        self._check_write()
-
-        def conflict(text: str) -> str:
-            if "ceremony_approvals.approver" in text:
-                return f"{approval.approver} has already decided on ceremony {approval.ceremony_id}"
-            return f"approval {approval.approval_id} already exists"
-
-        self._exec(
-            f"INSERT INTO ceremony_approvals ({cc.APPROVAL_COLUMNS})"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            cc.approval_to_row(approval),
-            conflict=conflict,
-            missing=f"no ceremony {approval.ceremony_id}",
-        )
-
-    def list_ceremonies(self, states: Collection[CeremonyState] | None = None) -> list[Ceremony]:
-        self._check()
-        if states is None:
-            rows = self._all(_SELECT_CEREMONY + " ORDER BY created_at, id")
-        else:
-            values = sorted({s.value for s in states})
-            if not values:
-                return []
-            rows = self._all(
-                f"{_SELECT_CEREMONY} WHERE state IN ({_in_list(len(values))})"
-                " ORDER BY created_at, id",
-                values,
-            )
-        return self._with_approvals(rows)
-
-    # --- dual-control policy ---------------------------------------------------------------
-
-    def ceremony_policy_versions(self) -> list[PolicyVersion]:
-        self._check()
-        rows = self._all(
-            "SELECT version, policy, recorded_at, recorded_by, ceremony_id"
-            " FROM ceremony_policy ORDER BY version"
-        )
-        return [
-            PolicyVersion(r[0], r[1].encode("utf-8"), codec.from_micros(r[2]), r[3], r[4])
-            for r in rows
-        ]
-
-    def insert_ceremony_policy(self, version: PolicyVersion) -> None:
-        self._check_write()
-        self._exec(
-            "INSERT INTO ceremony_policy (version, policy, recorded_at, recorded_by, ceremony_id)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (
-                version.version,
-                version.policy_json.decode("utf-8"),
-                codec.to_micros(version.recorded_at),
-                version.recorded_by,
-                version.ceremony_id,
-            ),
-            conflict=lambda _: f"ceremony policy version {version.version} already exists",
-            missing=f"no ceremony {version.ceremony_id}",
-        )
-
-    # --- audit ------------------------------------------------------------------------------
-
-    def append_audit(self, record: AuditRecord) -> AuditEvent:
-        self._check_write()
-        # The write lock is held since BEGIN IMMEDIATE, so nobody can append between reading
-        # the head and inserting its successor.
-        row = self._one(_SELECT_AUDIT + " ORDER BY seq DESC LIMIT 1")
-        event = chain_event(None if row is None else codec.audit_from_row(row), record)
-        self._exec(
-            f"INSERT INTO key_audit_log ({codec.AUDIT_COLUMNS})"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            codec.audit_to_row(event),
-            conflict=lambda _: f"audit event {record.event_id} already exists",
-        )
-        return event
-
-    def audit_events(self, query: AuditQuery | None = None) -> list[AuditEvent]:
-        self._check()
-        if query is None:
-            return list(self.iter_audit())
-        codec.check_query(query)
-        where: list[str] = []
-        params: list[Any] = []
-        exact = True
-        if query.event_type is not None:
-            pattern = query.event_type
-            if "[" in pattern:
-                # Character classes differ between fnmatch and GLOB ([!x] vs [^x]): narrow by
-                # the literal prefix in SQL and let AuditQuery.matches decide.
-                exact = False
-                pattern = re.split(r"[*?\[]", pattern, maxsplit=1)[0] + "*"
-            # GLOB is case-sensitive with * and ?, exactly like fnmatch.fnmatchcase.
-            where.append("event_type GLOB ?")
-            params.append(pattern)
-        if query.since is not None:
-            where.append("timestamp >= ?")
-            params.append(codec.to_micros(query.since))
-        if query.until is not None:
-            where.append("timestamp <= ?")
-            params.append(codec.to_micros(query.until))
-        if query.key_id is not None:
-            where.append("key_id = ?")
-            params.append(query.key_id)
-        if query.anchor_id is not None:
-            where.append("anchor_id = ?")
-            params.append(str(query.anchor_id))
-        if query.ceremony_id is not None:
-            where.append("ceremony_id = ?")
-            params.append(query.ceremony_id)
-        sql = _SELECT_AUDIT + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY seq"
-        if exact and query.limit is not None:
-            sql += " LIMIT ?"
-            params.append(query.limit)
-        out: list[AuditEvent] = []
-        if query.limit == 0:
-            return out
-        for row in self._stream(sql, params):
-            event = codec.audit_from_row(row)
-            if exact or query.matches(event):
-                out.append(event)
-                if query.limit is not None and len(out) >= query.limit:
-                    break
-        return out
-
-    def iter_audit(self) -> Iterator[AuditEvent]:
-        self._check()
-        return map(codec.audit_from_row, self._stream(_SELECT_AUDIT + " ORDER BY seq"))
 
 
 class _Holder:
@@ -888,12 +242,7 @@ class _TxContext:
         self._tx = SqliteTransaction(conn, writable=self._write)
         return self._tx
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         conn, store = self._conn, self._store
         self._tx.finish()
         try:
@@ -913,7 +262,7 @@ class _TxContext:
                 store._write_lock.release()
 
 
-class SqliteStore:
+class SqliteStore(SqlStore):
     """The embedded :class:`~stellakeys.storage.ports.Store`: ``SqliteStore(path)`` or
     ``SqliteStore.open_home(home)`` (``home / "stellakeys.db"``, home created 0700).
 
@@ -946,7 +295,7 @@ class SqliteStore:
                 current = _schema_version(conn) or 0
             except sqlite3.Error as exc:
                 raise _storage_error(exc, "schema check") from exc
-            _check_not_newer(current, _packaged_migrations()[-1].version)
+            check_not_newer(current, packaged_migrations("sqlite")[-1].version)
             self._schema = current
 
     @classmethod
@@ -1067,16 +416,7 @@ class SqliteStore:
                 raise _storage_error(exc, "change check") from exc
         return (int(version), self._own_commits)
 
-    def schema_version(self) -> int:
-        return self._schema
-
-    def close(self) -> None:
-        """Close every connection of this store. Call it when no transaction is running."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._pid != os.getpid():
-            return
+    def _close_connections(self) -> None:
         with self._holders_lock:
             holders = list(self._holders)
             self._holders.clear()
@@ -1086,12 +426,6 @@ class SqliteStore:
             if self._dv is not None:
                 self._dv.conn.close()
                 self._dv = None
-
-    def __enter__(self) -> SqliteStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _uri(path: Path, mode: str) -> str:
