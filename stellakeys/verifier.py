@@ -284,6 +284,7 @@ class Verifier:
         self._on_verify = on_verify
         self._count_lock = threading.Lock()
         self._count = 0
+        self._failures: dict[ReasonCode, int] = {}
 
     @classmethod
     def from_objects(
@@ -301,6 +302,11 @@ class Verifier:
     def verifications(self) -> int:
         """How many verifications (temporal key lookups) this verifier has made."""
         return self._count
+
+    def failures_by_code(self) -> dict[ReasonCode, int]:
+        """Failed verifications so far, counted once per distinct reason code of each."""
+        with self._count_lock:
+            return dict(self._failures)
 
     def verify(
         self,
@@ -320,10 +326,34 @@ class Verifier:
         their own trusted time (``timestamp_verifier`` overrides the verifier's own).
         ``digest`` is the proof's known ``sha256:`` address, if any (else computed on
         demand). Semantics: docs/verification.md."""
-        with self._count_lock:
-            self._count += 1
         if self._on_verify is not None:
             self._on_verify()
+        try:
+            result = self._verify(
+                envelope, purl, at, now, policy, tokens, trusted_time, digest, timestamp_verifier
+            )
+        finally:
+            with self._count_lock:
+                self._count += 1
+        if not result.ok:
+            codes = {r.code for r in result.reasons}
+            with self._count_lock:
+                for code in codes:
+                    self._failures[code] = self._failures.get(code, 0) + 1
+        return result
+
+    def _verify(
+        self,
+        envelope: Envelope,
+        purl: str | None,
+        at: datetime | None,
+        now: datetime,
+        policy: VerificationPolicy,
+        tokens: Sequence[bytes],
+        trusted_time: SigningTime | None,
+        digest: str | None,
+        timestamp_verifier: TimestampVerifier | None,
+    ) -> VerificationResult:
         if trusted_time is not None and trusted_time.source is not TimeSource.TRUSTED:
             raise ValueError("trusted_time must come from a verified timestamp")
         if trusted_time is not None:
