@@ -188,9 +188,11 @@ def _verify_one(
     try:
         if isinstance(target, Verifier):
             if isinstance(item.proof, str) and item.proof.startswith("sha256:"):
-                raise ValueError(
-                    f"{item.proof} is a stored proof's address, and this batch verifies without"
-                    " a store (a feed): give the envelope itself"
+                from stellakeys.errors import NotFoundError
+
+                raise NotFoundError(
+                    f"no proof {item.proof} here: verification from a feed has no store;"
+                    " give the envelope itself"
                 )
             result = target.verify(
                 Envelope.from_json(item.proof),

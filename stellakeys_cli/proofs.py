@@ -263,9 +263,11 @@ def verify(
     offline = cli.given_verifier()
     if offline is not None:
         if isinstance(proof, str):
-            raise click.UsageError(
-                f"--feed verifies without the store, so {proof} (a stored proof's address)"
-                " cannot be read: give the envelope with --envelope"
+            from stellakeys.errors import NotFoundError
+
+            raise NotFoundError(
+                f"no proof {proof} here: --feed verifies without the store;"
+                " give the envelope with --envelope"
             )
         result = offline.verify(
             proof,
