@@ -67,6 +67,7 @@ if TYPE_CHECKING:
     from stellakeys.manager import ALL_ANCHORS, AnchorStatus, KeyManager, KeyValidity
     from stellakeys.profiles import KeyProfile, RotationPolicy, SignerConfig
     from stellakeys.purl import PurlPattern, parse_purl
+    from stellakeys.reasons import Reason, ReasonCode
     from stellakeys.revocation import RevocationReason, is_compromise, parse_reason
     from stellakeys.verification import (
         SigningTime,
@@ -75,6 +76,7 @@ if TYPE_CHECKING:
         VerificationPolicy,
         VerificationResult,
     )
+    from stellakeys.verifier import AnchorLookup, AnchorSource, KeySource, StaticSource, Verifier
 
 __version__ = "0.1.0"
 
@@ -143,6 +145,14 @@ __all__ = [
     "parse_purl",
     "parse_reason",
     "sign_envelope",
+    # issue 16: the standalone verifier and typed reasons
+    "AnchorLookup",
+    "AnchorSource",
+    "KeySource",
+    "Reason",
+    "ReasonCode",
+    "StaticSource",
+    "Verifier",
     "verify_envelope",
     # issue 18: ecosystem formats
     "AlgorithmOptionError",
@@ -230,6 +240,14 @@ _EXPORTS: dict[str, str] = {
     "fingerprint_of_spki": "stellakeys.crypto",
     "load_public_key_der": "stellakeys.crypto",
     "public_key_jwk": "stellakeys.jwk",
+    # issue 16: the standalone verifier and typed reasons
+    "AnchorLookup": "stellakeys.verifier",
+    "AnchorSource": "stellakeys.verifier",
+    "KeySource": "stellakeys.verifier",
+    "Reason": "stellakeys.reasons",
+    "ReasonCode": "stellakeys.reasons",
+    "StaticSource": "stellakeys.verifier",
+    "Verifier": "stellakeys.verifier",
 }
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import attrs
 
+from stellakeys._display import render_html
 from stellakeys.revocation import RevocationReason, is_compromise, merge_revocation
 from stellakeys.times import format_time
 
@@ -68,11 +69,9 @@ class KeyHistoryEntry:
             return self
         return attrs.evolve(self, revoked_at=when, revoke_reason=merged.value)
 
-    def _repr_html_(self) -> str:
-        # Jupyter display; the renderer lives in stellakeys.forensics (escapes every value).
-        from stellakeys.forensics import history_entry_html
-
-        return history_entry_html(self)
+    def _repr_html_(self) -> str | None:
+        # Jupyter display, rendered by stellakeys.notebook once imported (stellakeys._display).
+        return render_html(self)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -124,11 +123,9 @@ class TrustAnchor:
         # Empty means none allowed, not all (DESIGN.md): an anchor must name what it vouches for.
         return predicate_type in self.allowed_predicate_types
 
-    def _repr_html_(self) -> str:
-        # Jupyter display with the key history; rendered by stellakeys.forensics.
-        from stellakeys.forensics import anchor_html
-
-        return anchor_html(self)
+    def _repr_html_(self) -> str | None:
+        # Jupyter display with the key history, rendered by stellakeys.notebook once imported.
+        return render_html(self)
 
     def to_dict(self, at: datetime) -> dict[str, Any]:
         return {

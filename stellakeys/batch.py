@@ -43,9 +43,10 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from stellakeys.clock import FrozenClock
 from stellakeys.errors import StellaKeysError
+from stellakeys.reasons import ReasonCode, reason_code
 from stellakeys.verification import VerificationPolicy, VerificationResult
+from stellakeys.verifier import Verifier
 
 if TYPE_CHECKING:
     from stellakeys.config import Settings
@@ -55,6 +56,7 @@ __all__ = [
     "BatchItem",
     "BatchOutcome",
     "ManagerSpec",
+    "category_of",
     "reason_category",
     "summarize",
     "verify_many",
@@ -99,7 +101,7 @@ class BatchOutcome:
             return None
         if self.result is None:
             return "malformed input"
-        return reason_category(self.result.reasons[0]) if self.result.reasons else "other"
+        return category_of(reason_code(self.result.reasons[0])) if self.result.reasons else "other"
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"input": self.label, "index": self.index}
@@ -135,34 +137,33 @@ class ManagerSpec:
     def __call__(self) -> KeyManager:
         from stellakeys.manager import KeyManager
 
-        if self.settings is not None:
-            manager = KeyManager.from_settings(self.settings)
-        else:
-            manager = KeyManager.open(
-                self.home,
-                config_path=self.config_path,
-                database_url=self.database_url,
-                actor=self.actor,
-            )
+        tsa = None
         if self.tsa_roots:
             from stellakeys.timestamp import RFC3161Verifier
 
-            manager.timestamp_verifier = RFC3161Verifier.from_pem_files(list(self.tsa_roots))
-        return manager
+            tsa = RFC3161Verifier.from_pem_files(list(self.tsa_roots))
+        if self.settings is not None:
+            return KeyManager.from_settings(self.settings, timestamp_verifier=tsa)
+        return KeyManager.open(
+            self.home,
+            config_path=self.config_path,
+            database_url=self.database_url,
+            actor=self.actor,
+            timestamp_verifier=tsa,
+        )
 
 
 # --- the worker side ---------------------------------------------------------------------------
 
-#: Per thread: pickled factory -> (pid that opened it, manager). Per thread because each
-#: chunk sets its batch's "now" on the manager's clock, so two threads (a thread pool, a Dask
-#: worker with several threads) must not share one. A forked child inherits the forking
-#: thread's entries and must not use them (their connections belong to the parent): the pid
-#: tells.
+#: Per thread: pickled factory -> (pid that opened it, manager). Per thread because a
+#: store's connections are not shared between threads (a thread pool, a Dask worker with
+#: several threads). A forked child inherits the forking thread's entries and must not use
+#: them (their connections belong to the parent): the pid tells.
 _LOCAL = threading.local()
 
 
-def _worker_manager(factory: Callable[[], KeyManager]) -> KeyManager:
-    cache: dict[bytes, tuple[int, KeyManager]] | None = getattr(_LOCAL, "managers", None)
+def _worker_manager(factory: Callable[[], Any]) -> Any:
+    cache: dict[bytes, tuple[int, Any]] | None = getattr(_LOCAL, "managers", None)
     if cache is None:
         cache = _LOCAL.managers = {}
     key = pickle.dumps(factory)
@@ -176,38 +177,54 @@ def _worker_manager(factory: Callable[[], KeyManager]) -> KeyManager:
 
 
 def _verify_one(
-    manager: KeyManager, index: int, item: BatchItem, policy: VerificationPolicy
+    target: KeyManager | Verifier,
+    index: int,
+    item: BatchItem,
+    policy: VerificationPolicy,
+    now: datetime,
 ) -> BatchOutcome:
     from stellakeys.dsse import Envelope
 
     try:
-        proof: Envelope | str
-        tokens = list(item.timestamps)
-        if isinstance(item.proof, str) and item.proof.startswith("sha256:"):
-            proof = item.proof  # stored: verify() reads its tokens with it
+        if isinstance(target, Verifier):
+            if isinstance(item.proof, str) and item.proof.startswith("sha256:"):
+                from stellakeys.errors import NotFoundError
+
+                raise NotFoundError(
+                    f"no proof {item.proof} here: verification from a feed has no store;"
+                    " give the envelope itself"
+                )
+            result = target.verify(
+                Envelope.from_json(item.proof),
+                purl=item.purl,
+                at=item.at,
+                now=now,
+                policy=policy,
+                tokens=item.timestamps,
+            )
         else:
-            proof = Envelope.from_json(item.proof)
-            tokens = [*manager.proof_timestamps(proof.digest()), *tokens]
-        result = manager.verify(proof, purl=item.purl, at=item.at, policy=policy, timestamps=tokens)
+            proof, tokens = target.stored_tokens_for(item.proof, item.timestamps)
+            result = target.verify(
+                proof, purl=item.purl, at=item.at, now=now, policy=policy, timestamps=tokens
+            )
     except (StellaKeysError, ValueError) as exc:
         return BatchOutcome(index, item.label, error=f"{type(exc).__name__}: {exc}")
     return BatchOutcome(index, item.label, result=result)
 
 
 def _verify_chunk(
-    factory: Callable[[], KeyManager] | None,
+    factory: Callable[[], KeyManager | Verifier] | None,
     now: datetime,
     policy: VerificationPolicy,
     chunk: Sequence[tuple[int, BatchItem]],
-    manager: KeyManager | None = None,
+    manager: KeyManager | Verifier | None = None,
 ) -> list[BatchOutcome]:
-    """Runs in the worker. ``manager`` is given only for in-process execution."""
+    """Runs in the worker. ``manager`` is given only for in-process execution. ``now`` is
+    the batch's one instant, passed to every verification (no clock is swapped)."""
     if manager is None:
         assert factory is not None
         manager = _worker_manager(factory)
-        # The batch's one "now": this process's manager is ours alone between chunks.
-        manager.clock = FrozenClock(now)
-    return [_verify_one(manager, index, item, policy) for index, item in chunk]
+    return [_verify_one(manager, index, item, policy, now) for index, item in chunk]
 
 
 # --- the caller side ---------------------------------------------------------------------------
@@ -221,8 +238,8 @@ def verify_many(
     items: Iterable[BatchItem | bytes | str],
     executor: Executor | None = None,
     *,
-    manager: KeyManager | None = None,
-    manager_factory: Callable[[], KeyManager] | None = None,
+    manager: KeyManager | Verifier | None = None,
+    manager_factory: Callable[[], KeyManager | Verifier] | None = None,
     policy: VerificationPolicy | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     now: datetime | None = None,
@@ -233,7 +250,10 @@ def verify_many(
     Without ``executor`` the items are verified here, with ``manager`` (or one made by
     ``manager_factory``). With one, chunks of ``chunk_size`` items are submitted to it and
     each worker uses a manager made by ``manager_factory`` -- which must be picklable; the
-    default is :meth:`ManagerSpec.of` ``manager``. ``progress`` is called with the number of
+    default is :meth:`ManagerSpec.of` ``manager``. ``manager`` may be a bare
+    :class:`~stellakeys.verifier.Verifier` (verification from a feed: no store, so items are
+    envelopes, not addresses), and ``manager_factory`` may make one
+    (:class:`~stellakeys.feed.FeedVerifierSpec`). ``progress`` is called with the number of
     items finished each time a chunk completes. ``now`` (default: the manager's clock, else
     the system clock) is the time of items without an asserted time.
     """
@@ -242,7 +262,7 @@ def verify_many(
     policy = policy or VerificationPolicy()
     batch = [(i, _as_item(item)) for i, item in enumerate(items)]
     if now is None:
-        if manager is not None:
+        if manager is not None and not isinstance(manager, Verifier):
             now = manager.clock.now()
         else:
             from stellakeys.clock import SystemClock
@@ -257,8 +277,6 @@ def verify_many(
             if manager_factory is None:
                 raise ValueError("give a manager or a manager_factory")
             local, owned = manager_factory(), True
-        clock = local.clock
-        local.clock = FrozenClock(now)
         try:
             out: list[BatchOutcome] = []
             for chunk in chunks:
@@ -267,12 +285,11 @@ def verify_many(
                     progress(len(chunk))
             return out
         finally:
-            local.clock = clock
-            if owned:
+            if owned and not isinstance(local, Verifier):
                 local.close()
 
     if manager_factory is None:
-        if manager is None:
+        if manager is None or isinstance(manager, Verifier):
             raise ValueError("give a manager_factory (picklable) or a manager opened from settings")
         manager_factory = ManagerSpec.of(manager)
     futures: list[Future[list[BatchOutcome]]] = [
@@ -295,8 +312,37 @@ def verify_many(
 
 # --- reporting ---------------------------------------------------------------------------------
 
-# The failure reasons of stellakeys.verification and the timestamp module, by their fixed
-# wording, most specific first.
+#: Report categories by reason code (stellakeys.reasons): the summary's wording.
+_CATEGORY_OF: dict[ReasonCode, str] = {
+    ReasonCode.COMPROMISED_WITHOUT_TRUSTED_TIME: "compromised key without trusted time",
+    ReasonCode.KEY_COMPROMISED: "compromised key",
+    ReasonCode.KEY_REVOKED: "key revoked",
+    ReasonCode.KEY_NOT_YET_VALID: "key not yet valid",
+    ReasonCode.KEY_EXPIRED: "key expired",
+    ReasonCode.TRUSTED_TIME_REQUIRED: "no trusted time",
+    ReasonCode.TIMESTAMP_NO_TRUSTED_TIME: "no trusted time",
+    ReasonCode.TIMESTAMP_UNUSED: "timestamp problem",
+    ReasonCode.NO_TRUST_ANCHOR: "no trust anchor",
+    ReasonCode.AMBIGUOUS_ANCHORS: "ambiguous trust anchors",
+    ReasonCode.NO_ARTIFACT: "no artifact",
+    ReasonCode.NOT_A_SUBJECT: "artifact not a subject",
+    ReasonCode.MALFORMED_STATEMENT: "malformed statement",
+    ReasonCode.SUBJECT_NOT_A_PURL: "subject not a package URL",
+    ReasonCode.PREDICATE_TYPE_NOT_ALLOWED: "predicate type not allowed",
+    ReasonCode.NOT_A_STATEMENT: "not an in-toto statement",
+    ReasonCode.THRESHOLD_NOT_MET: "threshold not met",
+    ReasonCode.NO_VALID_SIGNATURE: "no valid signature",
+    ReasonCode.OTHER: "other",
+}
+
+
+def category_of(code: ReasonCode) -> str:
+    """The summary category of a reason code."""
+    return _CATEGORY_OF.get(code, "other")
+
+
+# Deprecated (reason_category): the wording-based classification, for plain strings that
+# carry no code (reasons read back from JSON). Results classify by code (category_of).
 _CATEGORIES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     (re.compile(pattern), name)
     for pattern, name in (
@@ -326,7 +372,12 @@ _SUBJECT_PREFIX = re.compile(r"^subject (?:pkg:\S+|'[^']*'|\"[^\"]*\"): ")
 
 
 def reason_category(reason: str) -> str:
-    """A short, countable category for a failure reason (``other`` when unrecognised)."""
+    """A short, countable category for a failure reason: by its code when it has one
+    (:class:`~stellakeys.reasons.Reason`); for a plain string, deprecated matching of its
+    wording (``other`` when unrecognised)."""
+    code = reason_code(reason)
+    if code is not ReasonCode.OTHER:
+        return category_of(code)
     reason = _SUBJECT_PREFIX.sub("", reason, count=1)
     for pattern, name in _CATEGORIES:
         if pattern.search(reason):

@@ -32,6 +32,7 @@ from stellakeys.intoto import (
     statement_facts,
 )
 from stellakeys.purl import Purl, parse_purl
+from stellakeys.reasons import Reason, ReasonCode
 from stellakeys.verification import KeyTime, SubjectResult, VerificationResult
 
 __all__ = [
@@ -63,7 +64,7 @@ class PayloadFacts:
     subjects: tuple[str, ...] = ()
     #: Why the payload cannot be judged at all (a statement that does not parse, or one under
     #: another payloadType); verification fails with it as the reason.
-    error: str | None = None
+    error: Reason | None = None
 
 
 def payload_facts(envelope: Envelope) -> PayloadFacts:
@@ -74,15 +75,21 @@ def payload_facts(envelope: Envelope) -> PayloadFacts:
         except MalformedEnvelopeError as exc:
             return PayloadFacts(
                 True,
-                error=f"payloadType {payload_type!r} says in-toto, but the payload is not a"
-                f" valid in-toto statement: {exc}",
+                error=Reason(
+                    ReasonCode.MALFORMED_STATEMENT,
+                    f"payloadType {payload_type!r} says in-toto, but the payload is not a"
+                    f" valid in-toto statement: {exc}",
+                ),
             )
         return PayloadFacts(True, predicate_type, names)
     if looks_like_statement(envelope.payload):
         return PayloadFacts(
             True,
-            error=f"the payload is an in-toto statement but its payloadType is"
-            f" {payload_type!r}, not {PAYLOAD_TYPE}: sign statements as {PAYLOAD_TYPE}",
+            error=Reason(
+                ReasonCode.MALFORMED_STATEMENT,
+                f"the payload is an in-toto statement but its payloadType is"
+                f" {payload_type!r}, not {PAYLOAD_TYPE}: sign statements as {PAYLOAD_TYPE}",
+            ),
         )
     return PayloadFacts(False)
 
@@ -121,12 +128,15 @@ def subject_targets(names: Sequence[str]) -> tuple[SubjectTarget, ...]:
     return tuple(seen.values())
 
 
-def requested_subject_reason(requested: Purl, facts: PayloadFacts) -> str | None:
+def requested_subject_reason(requested: Purl, facts: PayloadFacts) -> Reason | None:
     """Why the payload is not a proof for ``requested``, or None when a subject equals it."""
     if facts.error is not None:
         return None  # the parse error already says why
     if not facts.names_artifact:
-        return f"{requested.canonical} is not a subject: the payload names no artifact"
+        return Reason(
+            ReasonCode.NOT_A_SUBJECT,
+            f"{requested.canonical} is not a subject: the payload names no artifact",
+        )
     targets = subject_targets(facts.subjects)
     if any(t.purl == requested for t in targets):
         return None
@@ -137,7 +147,10 @@ def requested_subject_reason(requested: Purl, facts: PayloadFacts) -> str | None
             " (a subject names the same package with another version, qualifiers or subpath;"
             " a subject covers exactly the package URL it names)"
         )
-    return f"{requested.canonical} is not a subject of the statement (subjects: {listed}){hint}"
+    return Reason(
+        ReasonCode.NOT_A_SUBJECT,
+        f"{requested.canonical} is not a subject of the statement (subjects: {listed}){hint}",
+    )
 
 
 def _same_package(a: Purl, b: Purl) -> bool:
@@ -168,14 +181,14 @@ def combine_subjects(
         raise ValueError("no subject to combine")
     first = judged[0][1]
     several = len(judged) > 1
-    reasons: list[str] = []
+    reasons: list[Reason] = []
     notes: dict[str, None] = {}
     keys: dict[str, VerifiedKey] = {}
     key_times: dict[str, KeyTime] = {}
     subjects: list[SubjectResult] = []
     for target, result in judged:
         prefix = f"subject {target.label}: " if several else ""
-        reasons.extend(prefix + r for r in result.reasons)
+        reasons.extend(r.prefixed(prefix) for r in result.reasons)
         notes.update(dict.fromkeys(result.notes))
         for k in result.verified_keys:
             keys.setdefault(k.fingerprint, k)

@@ -4,8 +4,9 @@ A feed is a DSSE envelope (payloadType :data:`PAYLOAD_TYPE`) over a JSON documen
 trust anchors with their full key history -- validity windows, revocations with reasons, and,
 with ``--include-keys``, every key's PEM -- plus a version, an issue and an expiry time, and
 the *feed keys* that sign it. With keys included, a verifier needs nothing else:
-:func:`manager_from_feed` builds an in-memory store from the document and verification runs
-exactly as against the publisher's store (``stellaops verify --feed FILE``).
+:func:`verifier_from_feed` builds a :class:`~stellakeys.verifier.Verifier` from the document
+alone (no store) and verification runs exactly as against the publisher's store
+(``stellaops verify --feed FILE``).
 
 Versions form a chain, like TUF root metadata:
 
@@ -53,6 +54,8 @@ if TYPE_CHECKING:
     from stellakeys.config import Settings
     from stellakeys.manager import KeyManager
     from stellakeys.storage.ports import FeedVersionRecord, Transaction
+    from stellakeys.timestamp import TimestampVerifier
+    from stellakeys.verifier import Verifier
 
 __all__ = [
     "FEED_TYPE",
@@ -65,6 +68,7 @@ __all__ = [
     "FeedError",
     "FeedKey",
     "FeedManagerSpec",
+    "FeedVerifierSpec",
     "ParsedFeed",
     "PublishedFeed",
     "build_document",
@@ -74,6 +78,7 @@ __all__ = [
     "manager_from_feed",
     "parse_feed",
     "publish_feed",
+    "verifier_from_feed",
     "walk_chain",
 ]
 
@@ -793,18 +798,17 @@ def _conflict(version: int, tx: Transaction) -> FeedConflictError:
 # --- verifying from a feed ---------------------------------------------------------------------
 
 
-def manager_from_feed(document: FeedDocument, *, clock: Clock | None = None) -> KeyManager:
-    """A KeyManager on an in-memory store holding exactly the feed's anchors and keys: it
-    verifies as the publisher's store would, offline. Needs a feed made with --include-keys."""
-    from stellakeys.manager import KeyManager
-    from stellakeys.purl import PurlPattern
-    from stellakeys.storage.memory import MemoryStore
-
+def _require_keys(document: FeedDocument) -> None:
     if not document.includes_keys:
         raise FeedError(
             f"feed version {document.version} was published without --include-keys: it holds"
             " fingerprints and revocations, not the public keys needed to verify"
         )
+
+
+def _feed_keys(document: FeedDocument) -> list[KeyRecord]:
+    """One KeyRecord per key id of the feed's anchors; a key id with two public keys is a
+    malformed feed (whoever made it wants one name to mean two keys)."""
     keys: dict[str, KeyRecord] = {}
     for anchor in document.anchors:
         for e in anchor.key_history:
@@ -821,28 +825,76 @@ def manager_from_feed(document: FeedDocument, *, clock: Clock | None = None) -> 
                     origin=KeyOrigin.IMPORTED,
                     metadata={"source": f"feed v{document.version}"},
                 )
+    return list(keys.values())
+
+
+def verifier_from_feed(
+    document: FeedDocument, *, timestamp_verifier: TimestampVerifier | None = None
+) -> Verifier:
+    """A :class:`~stellakeys.verifier.Verifier` over exactly the feed's anchors and keys: it
+    verifies as the publisher's store would, offline, with no store and no KeyManager. Needs
+    a feed made with --include-keys. The caller checked the feed (chain, expiry)."""
+    from stellakeys.verifier import Verifier
+
+    _require_keys(document)
+    return Verifier.from_objects(
+        document.anchors, _feed_keys(document), timestamp_verifier=timestamp_verifier
+    )
+
+
+def manager_from_feed(document: FeedDocument, *, clock: Clock | None = None) -> KeyManager:
+    """Deprecated: use :func:`verifier_from_feed` (no store needed). A KeyManager on an
+    in-memory store holding exactly the feed's anchors and keys."""
+    from stellakeys.manager import KeyManager
+    from stellakeys.purl import PurlPattern
+    from stellakeys.storage.memory import MemoryStore
+
+    _require_keys(document)
+    keys = _feed_keys(document)
     store = MemoryStore()
     with store.transaction() as tx:
-        for record in keys.values():
+        for record in keys:
             tx.insert_key(record)
         for anchor in document.anchors:
             tx.insert_anchor(anchor, PurlPattern.parse(anchor.purl_pattern).index_key)
     return KeyManager(store, clock=clock, actor=f"feed-v{document.version}")
 
 
+def _tsa_verifier(roots: Sequence[str]) -> TimestampVerifier | None:
+    if not roots:
+        return None
+    from stellakeys.timestamp import RFC3161Verifier
+
+    return RFC3161Verifier.from_pem_files(list(roots))
+
+
+@attrs.frozen
+class FeedVerifierSpec:
+    """A picklable recipe for :func:`verifier_from_feed` (batch verification workers). The
+    feed was checked by the caller; workers only rebuild the verifier from it."""
+
+    envelope_json: bytes
+    #: PEM files of TSA roots to trust for timestamp tokens (``--tsa-root``).
+    tsa_roots: tuple[str, ...] = ()
+
+    def __call__(self) -> Verifier:
+        document = parse_feed(self.envelope_json).document
+        return verifier_from_feed(document, timestamp_verifier=_tsa_verifier(self.tsa_roots))
+
+
 @attrs.frozen
 class FeedManagerSpec:
-    """A picklable recipe for :func:`manager_from_feed` (batch verification workers). The
-    feed was checked by the caller; workers only rebuild the store from it."""
+    """Deprecated: use :class:`FeedVerifierSpec`. A picklable recipe for
+    :func:`manager_from_feed`."""
 
     envelope_json: bytes
     #: PEM files of TSA roots to trust for stored-less timestamp tokens (``--tsa-root``).
     tsa_roots: tuple[str, ...] = ()
 
     def __call__(self) -> KeyManager:
-        manager = manager_from_feed(parse_feed(self.envelope_json).document)
-        if self.tsa_roots:
-            from stellakeys.timestamp import RFC3161Verifier
+        from stellakeys.manager import KeyManager
 
-            manager.timestamp_verifier = RFC3161Verifier.from_pem_files(list(self.tsa_roots))
-        return manager
+        seed = manager_from_feed(parse_feed(self.envelope_json).document)
+        return KeyManager(
+            seed.store, actor=seed.actor, timestamp_verifier=_tsa_verifier(self.tsa_roots)
+        )

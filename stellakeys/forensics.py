@@ -21,10 +21,9 @@ module (and the ``_repr_html_`` methods) costs neither.
 
 from __future__ import annotations
 
-import html
 import importlib
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +36,20 @@ from stellakeys.errors import StellaKeysError
 from stellakeys.intoto import PAYLOAD_TYPE as INTOTO_PAYLOAD_TYPE
 from stellakeys.intoto import Statement
 from stellakeys.keys import public_key_of_pem
+
+# The HTML renderers live in the notebook module (the edge); re-exported here for callers of
+# forensics.result_html / anchor_html / history_entry_html.
+from stellakeys.notebook import (
+    _HISTORY_HEADERS,
+    _STYLE_FAIL,
+    _STYLE_OK,
+    _e,
+    _history_row,
+    _table,
+    anchor_html,
+    history_entry_html,
+    result_html,
+)
 from stellakeys.revocation import is_compromise
 from stellakeys.times import format_time
 from stellakeys.verification import TimeSource, VerificationResult
@@ -84,116 +97,6 @@ def _pyplot() -> Any:
 
 def _t(value: datetime | None) -> str:
     return format_time(value) if value is not None else ""
-
-
-# --- HTML -------------------------------------------------------------------------------------
-
-_STYLE_OK = "color:#1a7f37;font-weight:bold"
-_STYLE_FAIL = "color:#cf222e;font-weight:bold"
-
-
-def _e(value: object) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
-
-
-def _table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _fields(rows: Iterable[tuple[str, object]]) -> str:
-    body = "".join(
-        f"<tr><th style='text-align:left'>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows
-    )
-    return f"<table>{body}</table>"
-
-
-def result_html(result: VerificationResult) -> str:
-    """A verification result: verdict, artifact, anchor, keys with their times, reasons."""
-    verdict = (
-        f"<span style='{_STYLE_OK}'>OK</span>"
-        if result.ok
-        else f"<span style='{_STYLE_FAIL}'>FAILED</span>"
-    )
-    times = {kt.key_id: kt.time for kt in result.key_times}
-    keys = [
-        (
-            k.key_id,
-            k.algorithm,
-            k.fingerprint,
-            _t(times[k.key_id].at) if k.key_id in times else _t(result.time),
-            (times[k.key_id].source if k.key_id in times else result.time_source).value,
-        )
-        for k in result.verified_keys
-    ]
-    parts = [
-        f"<div><b>Verification</b> {verdict} <code>{_e(result.envelope_digest)}</code></div>",
-        _fields(
-            [
-                ("Artifact", result.purl or "-"),
-                ("Predicate type", result.predicate_type or "-"),
-                (
-                    "Anchor",
-                    f"{result.anchor_id} ({result.anchor_pattern}, {result.policy_version})"
-                    if result.anchor_id
-                    else "-",
-                ),
-                ("Time", f"{_t(result.time)} ({result.time_source.value})"),
-            ]
-        ),
-    ]
-    if keys:
-        parts.append(_table(["Key", "Algorithm", "Fingerprint", "Time", "Source"], keys))
-    if result.reasons:
-        items = "".join(f"<li>{_e(r)}</li>" for r in result.reasons)
-        parts.append(f"<div>Reasons:<ul>{items}</ul></div>")
-    if result.notes:
-        items = "".join(f"<li>{_e(n)}</li>" for n in result.notes)
-        parts.append(f"<div>Notes:<ul>{items}</ul></div>")
-    return "<div class='stellakeys-result'>" + "".join(parts) + "</div>"
-
-
-_HISTORY_HEADERS = ["Key", "Algorithm", "Added", "Revoked", "Reason", "Expires", "Fingerprint"]
-
-
-def _history_row(e: KeyHistoryEntry) -> list[object]:
-    return [
-        e.key_id,
-        e.algorithm,
-        _t(e.added_at),
-        _t(e.revoked_at),
-        e.revoke_reason or "",
-        _t(e.expires_at),
-        e.fingerprint,
-    ]
-
-
-def history_entry_html(entry: KeyHistoryEntry) -> str:
-    return _table(["Anchor", *_HISTORY_HEADERS], [[entry.anchor_id, *_history_row(entry)]])
-
-
-def anchor_html(anchor: TrustAnchor, at: datetime | None = None) -> str:
-    """A trust anchor with its key history. ``at`` (default: now, from the system clock --
-    a display, not a decision) splits allowed from revoked keys."""
-    if at is None:
-        from stellakeys.clock import SystemClock
-
-        at = SystemClock().now()
-    status = "active" if anchor.active else "inactive"
-    head = _fields(
-        [
-            ("Trust anchor", anchor.anchor_id),
-            ("PURL pattern", anchor.purl_pattern),
-            ("Status", status),
-            ("Policy version", anchor.policy_version),
-            ("Predicate types", ", ".join(anchor.allowed_predicate_types) or "(none)"),
-            (f"Allowed keys at {_t(at)}", ", ".join(anchor.allowed_keyids(at)) or "-"),
-            (f"Revoked keys at {_t(at)}", ", ".join(anchor.revoked_keys(at)) or "-"),
-        ]
-    )
-    history = _table(_HISTORY_HEADERS, [_history_row(e) for e in anchor.key_history])
-    return f"<div class='stellakeys-anchor'>{head}<div>Key history</div>{history}</div>"
 
 
 # --- key history and audit as tables ---------------------------------------------------------

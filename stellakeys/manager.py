@@ -9,10 +9,9 @@ from __future__ import annotations
 import functools
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -29,11 +28,7 @@ from stellakeys.audit import (
 )
 from stellakeys.audit_replay import AuditReplay
 from stellakeys.binding import (
-    combine_subjects,
     payload_facts,
-    requested_subject_reason,
-    subject_result,
-    subject_targets,
 )
 from stellakeys.ceremony.authorization import CeremonyAuthorizer
 from stellakeys.ceremony.ports import Authorization
@@ -71,10 +66,7 @@ from stellakeys.limits import (
 from stellakeys.profiles import KeyProfile, SignerConfig
 from stellakeys.purl import (
     PurlPattern,
-    Specificity,
-    lookup_keys_for,
     overlaps_ambiguously,
-    parse_purl,
 )
 from stellakeys.revocation import RevocationReason, parse_reason
 from stellakeys.rotation import RotationWarning, rotation_warnings
@@ -82,13 +74,11 @@ from stellakeys.storage.ports import ProofRecord, Store, Transaction
 from stellakeys.times import format_time
 from stellakeys.verification import (
     SigningTime,
-    TimeSource,
     VerificationPolicy,
     VerificationResult,
-    evaluate,
-    evaluate_key_only,
     key_wide_compromises,
 )
+from stellakeys.verifier import StoreSource, Verifier
 
 if TYPE_CHECKING:
     from stellakeys.timestamp import AddedTimestamp, TimestampingConfig, TimestampVerifier
@@ -177,90 +167,6 @@ class AnchorStatus:
         }
 
 
-#: (applicable anchor or None, why none applies, key-wide compromises of the anchor's keys)
-_Lookup = tuple[TrustAnchor | None, str | None, Mapping[str, datetime]]
-_NO_COMPROMISE: Mapping[str, datetime] = MappingProxyType({})
-#: The cache key of the universal anchor (a PURL never starts with NUL).
-_UNIVERSAL = "\0*"
-
-
-class _AnchorCache:
-    """PURL -> applicable anchor, dropped whenever the store's change token moves.
-
-    Lookups go through the store's index (a handful of index keys per PURL), and the answer is
-    remembered per PURL, so verifying many proofs for one artifact costs one query. With the
-    anchor comes what the store knows of its keys in *every* anchor: the earliest compromise
-    revocation of each key's fingerprint (a compromise is a fact about the key).
-    """
-
-    _MAX = 65536
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self._token: object = object()
-        self._by_purl: dict[str, _Lookup] = {}
-        self._lock = threading.Lock()
-
-    def lookup(self, purl: str) -> _Lookup:
-        """The one applicable anchor, or (None, reason) when none or an ambiguous pair match."""
-        return self._cached(purl, lambda: parse_purl(purl))
-
-    def universal(self) -> _Lookup:
-        """The active universal anchor (pattern ``*``), the only one that can cover a subject
-        whose name is not a package URL."""
-        return self._cached(_UNIVERSAL, lambda: None)
-
-    def _cached(self, key: str, parse: Callable[[], Any]) -> _Lookup:
-        token = self._store.change_token()
-        with self._lock:
-            if token != self._token:
-                self._by_purl.clear()
-                self._token = token
-            hit = self._by_purl.get(key)
-        if hit is not None:
-            return hit
-        parsed = parse()
-        with self._store.read() as tx:
-            if parsed is None:
-                candidates = [
-                    a
-                    for a in tx.anchors_by_index_keys([""])
-                    if _pattern(a.purl_pattern).is_universal
-                ]
-                anchor, why = _most_specific(candidates, None)
-            else:
-                candidates = tx.anchors_by_index_keys(lookup_keys_for(parsed))
-                anchor, why = _most_specific(candidates, parsed)
-            compromises: Mapping[str, datetime] = _NO_COMPROMISE
-            if anchor is not None:
-                fingerprints = {e.fingerprint for e in anchor.key_history}
-                found = key_wide_compromises(tx.history_by_fingerprints(fingerprints))
-                compromises = MappingProxyType(found) if found else _NO_COMPROMISE
-        answer = (anchor, why, compromises)
-        with self._lock:
-            if len(self._by_purl) >= self._MAX:
-                self._by_purl.clear()
-            self._by_purl[key] = answer
-        return answer
-
-
-def _most_specific(
-    candidates: Iterable[TrustAnchor], purl: Any
-) -> tuple[TrustAnchor | None, str | None]:
-    best: list[tuple[Specificity, TrustAnchor]] = []
-    for anchor in candidates:
-        pattern = _pattern(anchor.purl_pattern)
-        if anchor.active and (pattern.is_universal if purl is None else pattern.matches(purl)):
-            best.append((pattern.specificity, anchor))
-    if not best:
-        return None, None
-    best.sort(key=lambda item: item[0], reverse=True)
-    if len(best) > 1 and best[0][0] == best[1][0]:
-        ids = ", ".join(str(a.anchor_id) for _, a in best[:2])
-        return None, f"ambiguous: anchors {ids} apply equally; deactivate one"
-    return best[0][1], None
-
-
 #: Patterns are immutable and anchors few compared with lookups: parse each pattern text once.
 _pattern = functools.lru_cache(maxsize=65536)(PurlPattern.parse)
 
@@ -288,7 +194,12 @@ class KeyManager:
         keystore_context: KeyStoreContext | None = None,
         open_key_store: Callable[[str, KeyStoreContext], KeyStore] | None = None,
         authorizer: CeremonyAuthorizer | None = None,
+        timestamp_verifier: TimestampVerifier | None = None,
+        on_key_lookup: Callable[[], None] | None = None,
     ) -> None:
+        """``timestamp_verifier`` checks RFC 3161 tokens (default: built from the settings'
+        ``timestamping.tsaRoots`` on first use); ``on_key_lookup`` is called once per
+        verification (metrics)."""
         self.store = store
         self.config = config or SignerConfig.from_dict(None)
         self.clock: Clock = clock or SystemClock()
@@ -302,16 +213,20 @@ class KeyManager:
         self._key_stores: dict[str, KeyStore] = {}
         self._handles: dict[str, KeyHandle] = {}
         self._ks_lock = threading.Lock()
-        self._anchors = _AnchorCache(store)
+        #: Anchors and keys for verification, from the store (cached per PURL).
+        self._source = StoreSource(store)
+        #: Verifies RFC 3161 tokens. When None, it is built on first use from the
+        #: ``timestamping`` section of the settings (``tsaRoots``); with no roots anywhere,
+        #: tokens give no trusted time (verification says so).
+        self.timestamp_verifier: TimestampVerifier | None = timestamp_verifier
+        #: Every verification goes through this object (docs/verification.md).
+        self.verifier = Verifier(self._source, self._source, on_verify=on_key_lookup)
         #: Asked inside the write transaction of every protected operation, with the
         #: operation's explicit ``authorization`` (an executing ceremony) or None. It raises to
         #: refuse, or records the ceremony's execution in that same transaction, so an
         #: operation and "ceremony executed" commit together or not at all. The default one
         #: has no ceremony configuration of its own: the store's recorded policy still holds.
         self.authorizer = authorizer or CeremonyAuthorizer()
-        #: Called once per verification (a temporal key lookup): stellakeys.metrics counts
-        #: them, since verification is the one activity that leaves no record in the store.
-        self.on_key_lookup: Callable[[], None] | None = None
 
     @classmethod
     def open(
@@ -323,9 +238,17 @@ class KeyManager:
         actor: str | None = None,
         clock: Clock | None = None,
         prompt: Callable[[str], str] | None = None,
+        timestamp_verifier: TimestampVerifier | None = None,
+        on_key_lookup: Callable[[], None] | None = None,
     ) -> KeyManager:
         settings = load_settings(home, config_path, database_url, actor)
-        return cls.from_settings(settings, clock=clock, prompt=prompt)
+        return cls.from_settings(
+            settings,
+            clock=clock,
+            prompt=prompt,
+            timestamp_verifier=timestamp_verifier,
+            on_key_lookup=on_key_lookup,
+        )
 
     @classmethod
     def from_settings(
@@ -334,7 +257,11 @@ class KeyManager:
         *,
         clock: Clock | None = None,
         prompt: Callable[[str], str] | None = None,
+        timestamp_verifier: TimestampVerifier | None = None,
+        on_key_lookup: Callable[[], None] | None = None,
     ) -> KeyManager:
+        """Every collaborator is given here: the clock, the key store prompt, the timestamp
+        verifier (default: from ``timestamping.tsaRoots``) and the verification hook."""
         from stellakeys.storage import open_store
 
         store = open_store(settings)
@@ -348,6 +275,8 @@ class KeyManager:
             actor=settings.actor,
             keystore_context=KeyStoreContext(home=settings.home, prompt=prompt),
             authorizer=authorizer,
+            timestamp_verifier=timestamp_verifier,
+            on_key_lookup=on_key_lookup,
         )
         manager.settings = settings
         if authorizer.config.enabled:
@@ -361,10 +290,6 @@ class KeyManager:
         return manager
 
     settings: Settings | None = None
-    #: Verifies RFC 3161 tokens. When None, it is built on first use from the ``timestamping``
-    #: section of the settings (``tsaRoots``); with no roots anywhere, tokens give no trusted
-    #: time (verification says so).
-    timestamp_verifier: TimestampVerifier | None = None
 
     def close(self) -> None:
         with self._ks_lock:
@@ -843,7 +768,7 @@ class KeyManager:
 
     def find_anchor(self, purl: str) -> TrustAnchor | None:
         """The one anchor that applies to an artifact PURL, if any."""
-        return self._anchors.lookup(purl)[0]
+        return self._source.lookup(purl).anchor
 
     def deactivate_anchor(
         self, anchor_id: uuid.UUID | str, *, authorization: Authorization | None = None
@@ -1134,6 +1059,7 @@ class KeyManager:
         return TimestampingConfig.from_document(self.settings.document, self.settings.home)
 
     def _tsa_verifier(self) -> TimestampVerifier | None:
+        # Built lazily (reading the roots costs file I/O that most verifications never need).
         if self.timestamp_verifier is None:
             self.timestamp_verifier = self.timestamping().verifier()
         return self.timestamp_verifier
@@ -1230,6 +1156,7 @@ class KeyManager:
         policy: VerificationPolicy | None = None,
         timestamps: Sequence[bytes] = (),
         timestamp_verifier: TimestampVerifier | None = None,
+        now: datetime | None = None,
     ) -> VerificationResult:
         """Verify a proof (an envelope, its JSON, or a stored ``sha256:`` digest).
 
@@ -1243,128 +1170,49 @@ class KeyManager:
         address, plus ``timestamps``) give the signatures they cover their own trusted time,
         which wins over ``at`` and now; see docs/trusted-time.md. Malformed tokens raise
         TimestampError; tokens that do not verify are reasons or notes in the result.
+
+        ``now`` (default: the manager's clock) is the time when none is asserted (batch
+        verification judges a whole batch at one instant). The work is :attr:`verifier`'s.
         """
-        policy = policy or VerificationPolicy()
-        envelope, stored = self._envelope_and_tokens(proof)
-        if self.on_key_lookup is not None:
-            self.on_key_lookup()
-        if trusted_time is not None and trusted_time.source is not TimeSource.TRUSTED:
-            raise ValueError("trusted_time must come from a verified timestamp")
-        if trusted_time is not None:
-            time = trusted_time
-        elif at is not None:
-            time = SigningTime(at, TimeSource.ASSERTED)
-        else:
-            time = SigningTime(self._now(), TimeSource.NOW)
-        signature_times, issues = self._signature_times(
-            envelope, (*stored, *timestamps), timestamp_verifier
-        )
-        # A stored proof's address is known; otherwise the digest is computed only if asked for.
-        digest = proof if isinstance(proof, str) and proof.startswith("sha256:") else None
-        facts = payload_facts(envelope)
-
-        def judge(
-            lookup: tuple[TrustAnchor | None, str | None, Mapping[str, datetime]],
-            artifact: str | None,
-            reasons: Sequence[str],
-        ) -> VerificationResult:
-            anchor, why, compromises = lookup
-            return evaluate(
-                envelope,
-                digest=digest,
-                time=time,
-                policy=policy,
-                anchor=anchor,
-                purl=artifact,
-                predicate_type=facts.predicate_type,
-                context_reasons=[*reasons, *([why] if why else [])],
-                signature_times=signature_times,
-                timestamp_issues=issues,
-                compromises=compromises,
-            )
-
-        unjudged = (None, None, _NO_COMPROMISE)
-        if purl is not None:
-            requested = parse_purl(purl)  # malformed input raises
-            unbound = requested_subject_reason(requested, facts)
-            reasons = [r for r in (facts.error, unbound) if r]
-            result = judge(self._anchors.lookup(purl), purl, reasons)
-            judged = subject_result(purl, requested.canonical, result)
-            return attrs.evolve(result, subjects=(judged,))
-        if facts.error is not None:
-            return judge(unjudged, None, [facts.error])
-        if not facts.names_artifact:
-            if not policy.require_anchor:
-                return self._verify_key_only(
-                    envelope, digest, time, policy, signature_times, issues
-                )
-            return judge(
-                unjudged,
-                None,
-                [
-                    "no artifact PURL: the payload is not an in-toto statement, so it names no"
-                    " artifact for a trust anchor to cover; sign an in-toto statement whose"
-                    " subjects are package URLs"
-                ],
-            )
-        per_subject = []
-        # Subjects under one anchor get one verdict (a release's many files, one anchor):
-        # the signatures are checked once per anchor, not once per subject.
-        by_anchor: dict[uuid.UUID, VerificationResult] = {}
-        for target in subject_targets(facts.subjects):
-            if target.purl is not None:
-                lookup = self._anchors.lookup(target.purl.canonical)
-                anchor = lookup[0]
-                seen = by_anchor.get(anchor.anchor_id) if anchor is not None else None
-                if seen is None:
-                    seen = judge(lookup, target.purl.canonical, [])
-                    if anchor is not None:
-                        by_anchor[anchor.anchor_id] = seen
-                per_subject.append((target, attrs.evolve(seen, purl=target.purl.canonical)))
-                continue
-            lookup = self._anchors.universal()
-            missing = (
-                []
-                if lookup[0] is not None
-                else [
-                    f"subject {target.label} is not a package URL ({target.problem}): only a"
-                    " universal '*' trust anchor can cover it, and none is active"
-                ]
-            )
-            per_subject.append((target, judge(lookup, None, missing)))
-        return combine_subjects(per_subject)
-
-    def _verify_key_only(
-        self,
-        envelope: Envelope,
-        digest: str | None,
-        time: SigningTime,
-        policy: VerificationPolicy,
-        signature_times: dict[int, SigningTime] | None = None,
-        issues: Sequence[str] = (),
-    ) -> VerificationResult:
-        hints = {s.keyid for s in envelope.signatures if s.keyid}
-        with self.store.read() as tx:
-            records = [r for k in hints if (r := tx.get_key(k)) is not None] if hints else []
-            if not records:
-                records = tx.list_keys()
-            # By fingerprint: the same public key recorded under another key id is the same
-            # key, and its revocations (a compromise above all) are its own.
-            by_fingerprint: dict[str, list[KeyHistoryEntry]] = {}
-            for e in tx.history_by_fingerprints({r.fingerprint for r in records}):
-                by_fingerprint.setdefault(e.fingerprint, []).append(e)
-            histories = {r.key_id: by_fingerprint.get(r.fingerprint, []) for r in records}
-        result = evaluate_key_only(
+        envelope, digest, tokens = self.proof_with_tokens(proof, timestamps)
+        return self.verifier.verify(
             envelope,
+            purl=purl,
+            at=at,
+            now=now if now is not None else self._now(),
+            policy=policy or VerificationPolicy(),
+            tokens=tokens,
+            trusted_time=trusted_time,
             digest=digest,
-            time=time,
-            policy=policy,
-            keys=records,
-            histories=histories,
-            signature_times=signature_times,
-            timestamp_issues=issues,
+            timestamp_verifier=(timestamp_verifier or self._tsa_verifier()) if tokens else None,
         )
-        return result
+
+    def proof_with_tokens(
+        self, proof: Envelope | str | bytes, extra: Sequence[bytes] = ()
+    ) -> tuple[Envelope, str | None, tuple[bytes, ...]]:
+        """The envelope of ``proof``, its ``sha256:`` address when given by it, and the RFC
+        3161 tokens that go with it: those stored with the proof, then ``extra``.
+
+        A proof given by address brings its stored tokens in the same read. An envelope given
+        as such is not looked up: that would cost the hot path a read per proof; callers that
+        want its stored tokens use :meth:`stored_tokens_for`.
+        """
+        if isinstance(proof, str) and proof.startswith("sha256:"):
+            record = self._proof_record(proof)
+            envelope = Envelope.from_json(record.envelope_json)
+            return envelope, proof, (*record.timestamp_tokens, *extra)
+        return self._envelope_of(proof), None, tuple(extra)
+
+    def stored_tokens_for(
+        self, proof: Envelope | str | bytes, extra: Sequence[bytes] = ()
+    ) -> tuple[Envelope | str, tuple[bytes, ...]]:
+        """The one place that merges stored timestamp tokens for a proof (``stellaops verify``
+        and batch workers): a proof given by address keeps its address (``verify`` reads its
+        tokens with it); an envelope gets the tokens stored under its digest, then ``extra``."""
+        if isinstance(proof, str) and proof.startswith("sha256:"):
+            return proof, tuple(extra)
+        envelope = self._envelope_of(proof)
+        return envelope, (*self.proof_timestamps(envelope.digest()), *extra)
 
     def _envelope_of(self, proof: Envelope | str | bytes) -> Envelope:
         if isinstance(proof, Envelope):
@@ -1372,30 +1220,6 @@ class KeyManager:
         if isinstance(proof, str) and proof.startswith("sha256:"):
             return self.get_proof(proof)
         return Envelope.from_json(proof)
-
-    def _envelope_and_tokens(
-        self, proof: Envelope | str | bytes
-    ) -> tuple[Envelope, tuple[bytes, ...]]:
-        """The envelope and, for a stored proof given by address, its stored tokens (read in
-        the same lookup). An envelope given as such is not looked up: that would cost the hot
-        path a database read per proof; callers pass its tokens (``proof_timestamps``)."""
-        if isinstance(proof, str) and proof.startswith("sha256:"):
-            record = self._proof_record(proof)
-            return Envelope.from_json(record.envelope_json), record.timestamp_tokens
-        return self._envelope_of(proof), ()
-
-    def _signature_times(
-        self,
-        envelope: Envelope,
-        tokens: Sequence[bytes],
-        verifier: TimestampVerifier | None,
-    ) -> tuple[dict[int, SigningTime], list[str]]:
-        if not tokens:
-            return {}, []
-        from stellakeys.timestamp import parse_token, signature_times
-
-        parsed = [parse_token(t) for t in dict.fromkeys(bytes(t) for t in tokens)]
-        return signature_times(envelope, parsed, verifier or self._tsa_verifier())
 
     # --- audit ----------------------------------------------------------------------------
 

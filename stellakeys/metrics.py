@@ -11,6 +11,7 @@ metric                                      type     labels                     
 ``signer_keys_revoked_total``               counter  (none)                          store
 ``signer_rotation_events_total``            counter  (none)                          audit log
 ``signer_verification_key_lookups_total``   counter  (none)                          facade
+``signer_verification_failures_total``      counter  ``code``                        facade
 ==========================================  =======  ==============================  =========
 
 Everything is read at scrape time by one custom collector, so the numbers are the store's and
@@ -18,8 +19,9 @@ not one process's: ``stellaops metrics serve`` reports revocations made by other
 and a restarted exporter does not start again from zero. The two counters that describe
 durable history are derived from durable history (key history and the append-only audit log),
 which keeps them monotonic, as Prometheus counters must be. Only verification leaves no record,
-so ``signer_verification_key_lookups_total`` is counted in-process through the facade's
-``on_key_lookup`` hook; Prometheus handles the reset when the process restarts.
+so ``signer_verification_key_lookups_total`` and ``signer_verification_failures_total`` (by
+reason code, :class:`stellakeys.reasons.ReasonCode`) are counted in-process by the manager's
+:class:`~stellakeys.verifier.Verifier`; Prometheus handles the reset when the process restarts.
 
 Definitions (docs/metrics.md has the long form):
 
@@ -70,6 +72,7 @@ __all__ = [
     "KEY_AGE",
     "KEYS_ACTIVE",
     "KEYS_REVOKED",
+    "FAILURES",
     "KEY_LOOKUPS",
     "ROTATION_EVENTS",
     "KeyManagerCollector",
@@ -86,6 +89,7 @@ KEYS_ACTIVE = "signer_keys_active_total"
 KEYS_REVOKED = "signer_keys_revoked_total"
 ROTATION_EVENTS = "signer_rotation_events_total"
 KEY_LOOKUPS = "signer_verification_key_lookups_total"
+FAILURES = "signer_verification_failures_total"
 
 _HELP = {
     KEY_AGE: "Age of each active key in days",
@@ -93,6 +97,7 @@ _HELP = {
     KEYS_REVOKED: "Total revoked keys (anchor memberships whose revocation is in effect)",
     ROTATION_EVENTS: "Key rotation events (keys added to an existing trust anchor)",
     KEY_LOOKUPS: "Temporal key lookups (verifications) made by this process",
+    FAILURES: "Failed verifications made by this process, by reason code",
 }
 
 _SECONDS_PER_DAY = 86400.0
@@ -116,6 +121,8 @@ class MetricsSnapshot:
     revoked: int
     rotation_events: int
     key_lookups: int
+    #: Failed verifications by reason code (stellakeys.reasons), this process's.
+    failures_by_code: Mapping[str, int] = attrs.field(factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -124,33 +131,8 @@ class MetricsSnapshot:
             KEYS_REVOKED: self.revoked,
             ROTATION_EVENTS: self.rotation_events,
             KEY_LOOKUPS: self.key_lookups,
+            FAILURES: dict(self.failures_by_code),
         }
-
-
-class _LookupCount:
-    """The facade's ``on_key_lookup`` hook: a thread-safe count, chained to any earlier hook."""
-
-    def __init__(self, previous: Callable[[], None] | None) -> None:
-        self._previous = previous
-        self._lock = threading.Lock()
-        self.value = 0
-
-    def __call__(self) -> None:
-        with self._lock:
-            self.value += 1
-        if self._previous is not None:
-            self._previous()
-
-
-def _lookup_count(manager: KeyManager) -> _LookupCount:
-    """The counter installed on ``manager``, installing it on first use (once per manager, so
-    two registries over one manager report the same count)."""
-    hook = manager.on_key_lookup
-    if isinstance(hook, _LookupCount):
-        return hook
-    counter = _LookupCount(hook)
-    manager.on_key_lookup = counter
-    return counter
 
 
 def _is_active(record: KeyRecord, history: Iterable[KeyHistoryEntry], now: datetime) -> bool:
@@ -196,7 +178,6 @@ class KeyManagerCollector(Collector):
 
     def __init__(self, manager: KeyManager) -> None:
         self.manager = manager
-        self._lookups = _lookup_count(manager)
         self._lock = threading.Lock()
         self._token: object = object()
         self._view: _StoreView | None = None
@@ -237,7 +218,10 @@ class KeyManagerCollector(Collector):
             active_per_profile=active,
             revoked=revoked,
             rotation_events=view.rotation_events,
-            key_lookups=self._lookups.value,
+            key_lookups=self.manager.verifier.verifications,
+            failures_by_code={
+                code.value: n for code, n in self.manager.verifier.failures_by_code().items()
+            },
         )
 
     def describe(self) -> Iterable[Metric]:
@@ -248,6 +232,7 @@ class KeyManagerCollector(Collector):
             CounterMetricFamily(KEYS_REVOKED, _HELP[KEYS_REVOKED]),
             CounterMetricFamily(ROTATION_EVENTS, _HELP[ROTATION_EVENTS]),
             CounterMetricFamily(KEY_LOOKUPS, _HELP[KEY_LOOKUPS]),
+            CounterMetricFamily(FAILURES, _HELP[FAILURES], labels=["code"]),
         ]
 
     def collect(self) -> Iterator[Metric]:
@@ -265,6 +250,10 @@ class KeyManagerCollector(Collector):
             ROTATION_EVENTS, _HELP[ROTATION_EVENTS], value=snap.rotation_events
         )
         yield CounterMetricFamily(KEY_LOOKUPS, _HELP[KEY_LOOKUPS], value=snap.key_lookups)
+        failures = CounterMetricFamily(FAILURES, _HELP[FAILURES], labels=["code"])
+        for code, count in sorted(snap.failures_by_code.items()):
+            failures.add_metric([code], count)
+        yield failures
 
 
 def registry_for(manager: KeyManager) -> CollectorRegistry:

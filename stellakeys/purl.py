@@ -54,6 +54,7 @@ __all__ = [
     "overlaps",
     "overlaps_ambiguously",
     "parse_purl",
+    "most_specific_matches",
     "select_most_specific",
 ]
 
@@ -628,6 +629,27 @@ def ensure_unambiguous(pattern: PurlPattern, existing: Iterable[PurlPattern]) ->
     if other.text == pattern.text:
         raise DuplicatePatternError(pattern.text, other.text)
     raise AmbiguousPatternError(pattern.text, other.text, overlap_example(pattern, other))
+
+
+def most_specific_matches(
+    purl: str | Purl | None, entries: Iterable[tuple[PurlPattern, T]]
+) -> list[tuple[PurlPattern, T]]:
+    """The matching entries of the highest specificity: one entry is the applicable one;
+    several mean a tie (a store that broke the one-anchor rule, or the same pattern twice),
+    which the caller must report, never break. ``purl=None`` asks for the universal pattern
+    ``*`` only: the one pattern that covers a name that is not a package URL.
+
+    The one precedence rule of verification (:class:`stellakeys.verifier.Verifier`)."""
+    p = None if purl is None else _as_purl(purl)
+    best: list[tuple[PurlPattern, T]] = []
+    for pattern, value in entries:
+        if not (pattern.is_universal if p is None else pattern.matches(p)):
+            continue
+        if not best or pattern.specificity > best[0][0].specificity:
+            best = [(pattern, value)]
+        elif pattern.specificity == best[0][0].specificity:
+            best.append((pattern, value))
+    return best
 
 
 def select_most_specific(

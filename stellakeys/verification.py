@@ -23,7 +23,6 @@ toward the threshold when its own signature's time falls in its validity window.
 
 from __future__ import annotations
 
-import enum
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -31,16 +30,28 @@ from typing import Any
 
 import attrs
 
+from stellakeys._display import render_html
 from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
 from stellakeys.crypto import PublicKey
 from stellakeys.dsse import Envelope, EnvelopeVerification, VerifiedKey, verify_envelope
 from stellakeys.errors import PolicyError
+from stellakeys.key_validity import (
+    _compromised,
+    _entry_rejection,
+    _key_rejection,
+    _usable,
+    _with_compromise,
+    key_wide_compromises,
+)
 from stellakeys.keys import KeyRecord, public_key_of_pem
-from stellakeys.revocation import is_compromise
+from stellakeys.reasons import Reason, ReasonCode, reason_code
+from stellakeys.signing_time import KeyTime, SigningTime, TimeSource
 from stellakeys.times import format_time
 
 __all__ = [
     "KeyTime",
+    "Reason",
+    "ReasonCode",
     "SigningTime",
     "SubjectResult",
     "TimeSource",
@@ -48,29 +59,13 @@ __all__ = [
     "VerificationResult",
     "evaluate",
     "evaluate_key_only",
+    "key_wide_compromises",
 ]
 
 
-class TimeSource(enum.StrEnum):
-    TRUSTED = "trusted"
-    ASSERTED = "asserted"
-    NOW = "now"
-
-
-@attrs.frozen
-class SigningTime:
-    at: datetime
-    source: TimeSource
-    #: Where the time came from, e.g. the TSA's name for trusted time.
-    detail: str | None = None
-
-
-@attrs.frozen
-class KeyTime:
-    """The time at which one counted key's signature was judged."""
-
-    key_id: str
-    time: SigningTime
+def as_reasons(values: Sequence[str]) -> tuple[Reason, ...]:
+    """Reasons as :class:`Reason`; a plain string (a caller's own context) is ``OTHER``."""
+    return tuple(v if isinstance(v, Reason) else Reason(ReasonCode.OTHER, v) for v in values)
 
 
 def _check_threshold(instance: object, attribute: object, value: object) -> None:
@@ -121,7 +116,7 @@ class SubjectResult:
     anchor_pattern: str | None = None
     policy_version: str | None = None
     verified_keys: tuple[VerifiedKey, ...] = ()
-    reasons: tuple[str, ...] = ()
+    reasons: tuple[Reason, ...] = attrs.field(default=(), converter=as_reasons)
 
     @property
     def key_ids(self) -> tuple[str, ...]:
@@ -137,6 +132,7 @@ class SubjectResult:
             "policyVersion": self.policy_version,
             "keyIds": list(self.key_ids),
             "reasons": list(self.reasons),
+            "reasonCodes": [reason_code(r).value for r in self.reasons],
         }
 
 
@@ -155,8 +151,8 @@ class VerificationResult:
     anchor_pattern: str | None = None
     policy_version: str | None = None
     verified_keys: tuple[VerifiedKey, ...] = ()
-    #: Every reason the proof does not verify; empty when ``ok``.
-    reasons: tuple[str, ...] = ()
+    #: Every reason the proof does not verify, each with its code; empty when ``ok``.
+    reasons: tuple[Reason, ...] = attrs.field(default=(), converter=as_reasons)
     #: Informational notes that do not affect ``ok`` (e.g. "key-only check").
     notes: tuple[str, ...] = ()
     time_detail: str | None = None
@@ -201,16 +197,16 @@ class VerificationResult:
             "timeSource": self.time_source.value,
             "timeDetail": self.time_detail,
             "reasons": list(self.reasons),
+            "reasonCodes": [reason_code(r).value for r in self.reasons],
             "notes": list(self.notes),
             "keyOnly": self.key_only,
             "subjects": [s.to_dict() for s in self.subjects],
         }
 
-    def _repr_html_(self) -> str:
-        # Jupyter display; the renderer lives in stellakeys.forensics (escapes every value).
-        from stellakeys.forensics import result_html
-
-        return result_html(self)
+    def _repr_html_(self) -> str | None:
+        # Jupyter display, rendered by stellakeys.notebook once imported (the core does not
+        # import presentation code); None makes Jupyter fall back to the plain repr.
+        return render_html(self)
 
     def _key_dict(self, key: VerifiedKey) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -226,70 +222,8 @@ class VerificationResult:
         return out
 
 
-def _entry_rejection(
-    entry: KeyHistoryEntry, time: SigningTime, require_trusted: bool = False
-) -> str | None:
-    """Why this anchor key cannot vouch for a signature at ``time``, or None if it can."""
-    at = time.at
-    if at < entry.added_at:
-        return f"key {entry.key_id} was added at {format_time(entry.added_at)}, after T"
-    if entry.revoked_at is not None and at >= entry.revoked_at:
-        return (
-            f"key {entry.key_id} was revoked at {format_time(entry.revoked_at)}"
-            f" ({entry.revoke_reason}), at or before T"
-        )
-    if entry.expires_at is not None and at >= entry.expires_at:
-        return f"key {entry.key_id} expired at {format_time(entry.expires_at)}, at or before T"
-    if _compromised(entry) and time.source is not TimeSource.TRUSTED:
-        return (
-            f"key {entry.key_id} was revoked for compromise; only a trusted timestamp before"
-            f" {format_time(entry.revoked_at or at)} can show it signed earlier"
-            f" ({time.source.value} time is not enough)"
-        )
-    if require_trusted and time.source is not TimeSource.TRUSTED:
-        return _untrusted(entry.key_id, time)
-    return None
-
-
-def _compromised(entry: KeyHistoryEntry) -> bool:
-    # Every spelling of the reason (stores written before the closed vocabulary hold free
-    # text): "Compromised" must not escape the rule that "compromise" triggers.
-    return is_compromise(entry.revoke_reason)
-
-
-def key_wide_compromises(entries: Sequence[KeyHistoryEntry]) -> dict[str, datetime]:
-    """Fingerprint -> earliest compromise revocation among ``entries`` (a key's memberships
-    in every anchor, active or not): the input ``compromises`` of :func:`evaluate`."""
-    out: dict[str, datetime] = {}
-    for e in entries:
-        if e.revoked_at is not None and _compromised(e):
-            known = out.get(e.fingerprint)
-            out[e.fingerprint] = e.revoked_at if known is None else min(known, e.revoked_at)
-    return out
-
-
-def _with_compromise(
-    entry: KeyHistoryEntry, compromises: Mapping[str, datetime]
-) -> KeyHistoryEntry:
-    """The entry as verification must see it: revoked for compromise from the earliest
-    compromise of its key in any anchor (or its own earlier revocation), whatever this
-    anchor recorded. The stored entry is not changed; this is a view."""
-    at = compromises.get(entry.fingerprint)
-    if at is None:
-        return entry
-    revoked = at if entry.revoked_at is None else min(at, entry.revoked_at)
-    return attrs.evolve(entry, revoked_at=revoked, revoke_reason="compromise")
-
-
-def _untrusted(key_id: str, time: SigningTime) -> str:
-    return (
-        f"policy requires trusted time; the signature by key {key_id} has only"
-        f" {time.source.value} time (no verified timestamp covers it)"
-    )
-
-
 #: (message, whether trusted time could have changed the answer) for a rejected signer.
-_Rejection = tuple[str, bool]
+_Rejection = tuple[Reason, bool]
 
 
 def evaluate(
@@ -319,21 +253,31 @@ def evaluate(
     reasons when a signer was rejected for lack of trusted time (they say why there was
     none), notes otherwise.
     """
-    reasons = list(context_reasons)
+    reasons = list(as_reasons(context_reasons))
     times = _times_of(envelope, time, signature_times)
     require = policy.require_trusted_time
     outcome: EnvelopeVerification | None = None
     lacking = False
     if anchor is None:
         if purl is not None:
-            reasons.append(f"no active trust anchor matches {purl}")
+            reasons.append(
+                Reason(ReasonCode.NO_TRUST_ANCHOR, f"no active trust anchor matches {purl}")
+            )
     else:
         if predicate_type is None:
-            reasons.append("payload is not an in-toto statement, so it has no predicateType")
+            reasons.append(
+                Reason(
+                    ReasonCode.NOT_A_STATEMENT,
+                    "payload is not an in-toto statement, so it has no predicateType",
+                )
+            )
         elif not anchor.allows_predicate(predicate_type):
             allowed = ", ".join(anchor.allowed_predicate_types) or "none"
             reasons.append(
-                f"predicateType {predicate_type} is not allowed by the anchor ({allowed})"
+                Reason(
+                    ReasonCode.PREDICATE_TYPE_NOT_ALLOWED,
+                    f"predicateType {predicate_type} is not allowed by the anchor ({allowed})",
+                )
             )
         history = tuple(_with_compromise(e, compromises or {}) for e in anchor.key_history)
 
@@ -365,9 +309,19 @@ def evaluate(
             have = len(outcome.verified) if outcome else 0
             if not why_not or not threshold_met(outcome.verified if outcome else (), policy):
                 if have == 0:
-                    reasons.append("no signature verifies with a key the anchor trusted at T")
+                    reasons.append(
+                        Reason(
+                            ReasonCode.NO_VALID_SIGNATURE,
+                            "no signature verifies with a key the anchor trusted at T",
+                        )
+                    )
                 else:
-                    reasons.append(f"{have} of {policy.threshold} required anchor keys signed")
+                    reasons.append(
+                        Reason(
+                            ReasonCode.THRESHOLD_NOT_MET,
+                            f"{have} of {policy.threshold} required anchor keys signed",
+                        )
+                    )
     reasons, notes = _place_issues(reasons, [], timestamp_issues, lacking)
     reported = _reported_time(time, times, outcome)
     return VerificationResult(
@@ -387,12 +341,6 @@ def evaluate(
         reasons=tuple(reasons),
         notes=tuple(notes),
         key_times=_key_times(times, outcome),
-    )
-
-
-def _usable(entry: KeyHistoryEntry, time: SigningTime, require_trusted: bool = False) -> bool:
-    return entry.valid_at(time.at) and (
-        time.source is TimeSource.TRUSTED or not (_compromised(entry) or require_trusted)
     )
 
 
@@ -443,10 +391,10 @@ def _explain_failure(
     everyone: Mapping[str, PublicKey],
     outcome: EnvelopeVerification | None,
     rejection: Callable[[str, SigningTime], _Rejection | None],
-) -> tuple[list[str], bool, tuple[VerifiedKey, ...]]:
+) -> tuple[list[Reason], bool, tuple[VerifiedKey, ...]]:
     """Forensic detail: which known keys did sign, and why they do not count at their time.
     Returns (reasons, whether some signer lacked trusted time it needed, who signed)."""
-    reasons: list[str] = []
+    reasons: list[Reason] = []
     lacking = False
     signed_by = verify_envelope(envelope, everyone, 1).verified if everyone else ()
     counted = {k.key_id for k in outcome.verified} if outcome else set()
@@ -460,13 +408,23 @@ def _explain_failure(
     return reasons, lacking, signed_by
 
 
+def _issue(text: str) -> Reason:
+    # The wording of stellakeys.timestamp.signature_times: a token that covers no signature
+    # is unused; any other gave no trusted time (no roots, or it does not verify).
+    if isinstance(text, Reason):
+        return text
+    unused = text.endswith("covers none of the envelope's signatures")
+    code = ReasonCode.TIMESTAMP_UNUSED if unused else ReasonCode.TIMESTAMP_NO_TRUSTED_TIME
+    return Reason(code, text)
+
+
 def _place_issues(
-    reasons: list[str], notes: list[str], issues: Sequence[str], lacking: bool
-) -> tuple[list[str], list[str]]:
+    reasons: list[Reason], notes: list[str], issues: Sequence[str], lacking: bool
+) -> tuple[list[Reason], list[str]]:
     """Tokens that gave no trusted time explain a failure that trusted time would have
     changed (reasons); otherwise they are only worth a note."""
     if reasons and lacking:
-        return reasons + list(issues), notes
+        return reasons + [_issue(i) for i in issues], notes
     return reasons, notes + list(issues)
 
 
@@ -501,26 +459,6 @@ def _key_times(
     return tuple(KeyTime(k.key_id, times[k.signature_index]) for k in outcome.verified)
 
 
-def _key_rejection(
-    key_id: str,
-    entries: Sequence[KeyHistoryEntry],
-    time: SigningTime,
-    require_trusted: bool,
-) -> str | None:
-    """Key-only checks: a key counts unless it was revoked at or before T in every anchor
-    holding it; a compromise anywhere needs trusted time before that revocation."""
-    if entries:
-        whys = [_entry_rejection(e, time) for e in entries]
-        compromised = [w for e, w in zip(entries, whys, strict=True) if _compromised(e) and w]
-        if compromised:
-            return compromised[0]
-        if all(whys):
-            return whys[0]
-    if require_trusted and time.source is not TimeSource.TRUSTED:
-        return _untrusted(key_id, time)
-    return None
-
-
 def evaluate_key_only(
     envelope: Envelope,
     *,
@@ -538,12 +476,12 @@ def evaluate_key_only(
     ever revoked for compromise counts only with trusted time before that revocation.
     ``signature_times`` and ``timestamp_issues`` as for :func:`evaluate`.
     """
-    reasons: list[str] = []
+    reasons: list[Reason] = []
     times = _times_of(envelope, time, signature_times)
     require = policy.require_trusted_time
     records = {r.key_id: r for r in keys}
 
-    def why(key_id: str, at: SigningTime) -> str | None:
+    def why(key_id: str, at: SigningTime) -> Reason | None:
         return _key_rejection(key_id, histories.get(key_id, ()), at, require)
 
     def keyring_at(at: SigningTime) -> dict[str, PublicKey]:
@@ -568,9 +506,16 @@ def evaluate_key_only(
         reasons.extend(why_not)
         have = len(outcome.verified) if outcome else 0
         if have == 0 and not signed_by:
-            reasons.append("no signature verifies with a registered key")
+            reasons.append(
+                Reason(ReasonCode.NO_VALID_SIGNATURE, "no signature verifies with a registered key")
+            )
         elif not reasons:
-            reasons.append(f"{have} of {policy.threshold} required keys signed")
+            reasons.append(
+                Reason(
+                    ReasonCode.THRESHOLD_NOT_MET,
+                    f"{have} of {policy.threshold} required keys signed",
+                )
+            )
     reasons, notes = _place_issues(
         reasons,
         [

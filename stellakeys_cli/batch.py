@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from stellakeys.batch import BatchOutcome, BatchSummary
     from stellakeys.manager import KeyManager
     from stellakeys.verification import VerificationPolicy
+    from stellakeys.verifier import Verifier
 
 
 def _executor(stack: ExitStack, workers: int, dask_scheduler: str | None) -> Executor | None:
@@ -49,9 +50,11 @@ def run_batch(
     policy: VerificationPolicy,
     as_json: bool,
     tsa_roots: tuple[str, ...] = (),
-    factory: Callable[[], KeyManager] | None = None,
+    factory: Callable[[], KeyManager | Verifier] | None = None,
+    verifier: Verifier | None = None,
 ) -> None:
-    """Verify every proof of ``path``; exit 1 if any fails."""
+    """Verify every proof of ``path``; exit 1 if any fails. ``verifier`` (with its picklable
+    ``factory``): verify with it, from a feed, instead of the store."""
     import attrs
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
@@ -68,18 +71,20 @@ def run_batch(
             attrs.evolve(i, at=i.at or at, purl=i.purl or purl)
             for i in items  # flags as defaults
         ]
-    m = manager()
-    if tsa_roots:
-        from stellakeys.timestamp import RFC3161Verifier
+    from stellakeys_cli.timestamp import verifier_from
 
-        m.timestamp_verifier = RFC3161Verifier.from_pem_files(list(tsa_roots))
     roots = tuple(str(Path(r).resolve()) for r in tsa_roots)
-    if factory is not None and roots:
-        from stellakeys.feed import FeedManagerSpec
+    local: KeyManager | Verifier
+    if verifier is not None:
+        from stellakeys.feed import FeedVerifierSpec
 
-        if isinstance(factory, FeedManagerSpec):
-            factory = attrs.evolve(factory, tsa_roots=roots)
-    if factory is None:
+        assert isinstance(factory, FeedVerifierSpec)
+        factory = attrs.evolve(factory, tsa_roots=roots)
+        # Rebuilt with the roots (a verifier's collaborators are given at construction).
+        local = factory() if roots else verifier
+    else:
+        m = manager(timestamp_verifier=verifier_from(tsa_roots))
+        local = m
         # Workers reopen the store from the same options this command was given.
         cli = state()
         factory = ManagerSpec(
@@ -106,7 +111,7 @@ def run_batch(
             outcomes = verify_many(
                 items,
                 executor,
-                manager=m,
+                manager=local,
                 manager_factory=factory if executor is not None else None,
                 policy=policy,
                 progress=lambda n: progress.advance(task, n),

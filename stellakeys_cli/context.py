@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -14,6 +15,8 @@ import click
 if TYPE_CHECKING:
     from stellakeys.clock import Clock
     from stellakeys.manager import KeyManager
+    from stellakeys.timestamp import TimestampVerifier
+    from stellakeys.verifier import Verifier
 
 #: Test-only: an ISO 8601 instant at which every command's clock is frozen. The CLI is the one
 #: place where tests cannot hand a ``Clock`` in (subprocesses, ``CliRunner``), and a test that
@@ -51,13 +54,34 @@ class CliState:
         config_path: str | None,
         database_url: str | None,
         actor: str | None,
+        *,
+        verifier: Verifier | None = None,
+        clock: Clock | None = None,
     ) -> None:
+        """``verifier``: verify with it rather than the store's (``verify --feed``: a
+        verifier built from the feed alone); ``clock`` shares an invocation's clock."""
         self.home = home
         self.config_path = config_path
         self.database_url = database_url
         self.actor = actor
         self._manager: KeyManager | None = None
-        self._clock: Clock | None = None
+        self._clock: Clock | None = clock
+        self._verifier = verifier
+
+    def with_verifier(self, verifier: Verifier) -> CliState:
+        """A state for this invocation that verifies with ``verifier`` and opens no store."""
+        return CliState(
+            self.home,
+            self.config_path,
+            self.database_url,
+            self.actor,
+            verifier=verifier,
+            clock=self.clock,
+        )
+
+    def given_verifier(self) -> Verifier | None:
+        """The verifier this state was built with (None: verify with the store's)."""
+        return self._verifier
 
     @property
     def clock(self) -> Clock:
@@ -66,7 +90,9 @@ class CliState:
             self._clock = cli_clock()
         return self._clock
 
-    def manager(self) -> KeyManager:
+    def manager(self, *, timestamp_verifier: TimestampVerifier | None = None) -> KeyManager:
+        """The store's manager, opened on first use with its collaborators
+        (``timestamp_verifier``: ``--tsa-root`` files; default: the configuration's)."""
         if self._manager is None:
             from stellakeys.manager import KeyManager
 
@@ -78,6 +104,7 @@ class CliState:
                 actor=self.actor,
                 clock=self.clock,
                 prompt=prompt,
+                timestamp_verifier=timestamp_verifier,
             )
         return self._manager
 
@@ -98,8 +125,19 @@ def state() -> CliState:
     return obj
 
 
-def manager() -> KeyManager:
-    return state().manager()
+def manager(*, timestamp_verifier: TimestampVerifier | None = None) -> KeyManager:
+    return state().manager(timestamp_verifier=timestamp_verifier)
+
+
+def read_input(path: str) -> bytes:
+    """The bytes of a file argument, or of stdin for ``-``; one line naming the file if it
+    cannot be read."""
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {path}: {exc.strerror}") from None
 
 
 def now() -> datetime:
@@ -135,5 +173,5 @@ def parse_time_option(value: str | None, *, allow_now: bool = False) -> Any:
         return None
     from stellakeys.times import parse_time
 
-    now = manager().clock.now() if allow_now else None
+    now = state().clock.now() if allow_now else None
     return parse_time(value, now=now)

@@ -8,19 +8,11 @@ from typing import TYPE_CHECKING
 
 import click
 
-from stellakeys_cli.context import emit_json, json_option, manager, now, state
+from stellakeys_cli.context import CliState, emit_json, json_option, manager, now, state
+from stellakeys_cli.context import read_input as _read
 
 if TYPE_CHECKING:
-    from stellakeys.feed import FeedManagerSpec, ParsedFeed
-
-
-def _read(path: str) -> bytes:
-    if path == "-":
-        return sys.stdin.buffer.read()
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise click.ClickException(f"cannot read {path}: {exc.strerror}") from None
+    from stellakeys.feed import FeedVerifierSpec, ParsedFeed
 
 
 def _describe(feed: ParsedFeed) -> list[str]:
@@ -105,15 +97,17 @@ def show(feed_file: str, as_json: bool) -> None:
         click.echo(line)
 
 
-def use_feeds(feed_files: tuple[str, ...], feed_state: str | None) -> FeedManagerSpec:
-    """Make this invocation verify from the feed alone: check the feed chain (against the
-    state directory when given), then put an in-memory manager built from the newest trusted
-    feed in place of the store. Returns the recipe batch workers rebuild it from."""
+def use_feeds(
+    feed_files: tuple[str, ...], feed_state: str | None
+) -> tuple[CliState, FeedVerifierSpec]:
+    """Verify from the feed alone: check the feed chain (against the state directory when
+    given), then build a verifier from the newest trusted feed -- no store, no KeyManager.
+    Returns a CLI state that verifies with it, and the recipe batch workers rebuild it from."""
     from stellakeys.feed import (
         FeedConsumer,
-        FeedManagerSpec,
-        manager_from_feed,
+        FeedVerifierSpec,
         parse_feed,
+        verifier_from_feed,
         walk_chain,
     )
 
@@ -128,8 +122,5 @@ def use_feeds(feed_files: tuple[str, ...], feed_state: str | None) -> FeedManage
             " pin it with 'stellaops feed trust' and pass --feed-state to detect rollback",
             err=True,
         )
-    cli = state()
-    cli.close()
-    # The CLI's manager is now the feed's: no store, no key store, nothing but the feed.
-    cli._manager = manager_from_feed(newest.document, clock=cli.clock)
-    return FeedManagerSpec(newest.envelope.to_json())
+    offline = state().with_verifier(verifier_from_feed(newest.document))
+    return offline, FeedVerifierSpec(newest.envelope.to_json())

@@ -4,25 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from stellakeys_cli.context import emit_json, json_option, manager, parse_time_option
+from stellakeys_cli.context import (
+    emit_json,
+    json_option,
+    manager,
+    now,
+    parse_time_option,
+    read_input,
+    state,
+)
 from stellakeys_cli.params import KEY_ID, PROOF_ADDRESS, parse_proof_address, shown
 
 _OCTET_STREAM = "application/octet-stream"
-
-
-def _read_input(path: str) -> bytes:
-    if path == "-":
-        return sys.stdin.buffer.read()
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise click.ClickException(f"cannot read {path}: {exc.strerror}") from None
 
 
 def _statement_payload(
@@ -110,18 +108,16 @@ def sign(
     as_json: bool,
 ) -> None:
     """Sign a payload; prints the proof's sha256: address."""
-    data = _read_input(input_path)
+    data = read_input(input_path)
     if subjects:
         from stellakeys.intoto import PAYLOAD_TYPE
 
         payload, ptype = _statement_payload(data, subjects, predicate_type, predicate), PAYLOAD_TYPE
     else:
         payload, ptype = data, payload_type or _guess_payload_type(data)
-    m = manager()
-    if tsa_roots:
-        from stellakeys_cli.timestamp import verifier_from
+    from stellakeys_cli.timestamp import verifier_from
 
-        m.timestamp_verifier = verifier_from(tsa_roots)
+    m = manager(timestamp_verifier=verifier_from(tsa_roots))
     digest = m.sign(payload, list(key_ids), ptype, timestamp_url=timestamp_url)
     envelope = m.get_proof(digest)
     if output:
@@ -141,7 +137,7 @@ def _load_proof(proof_bundle: str | None, envelope_path: str | None) -> Any:
         raise click.UsageError("give --proof-bundle or --envelope, not both")
     if proof_bundle:
         return proof_bundle
-    raw = _read_input(envelope_path or "-")
+    raw = read_input(envelope_path or "-")
     text = raw.strip()
     if text.startswith(b"sha256:"):
         where = "stdin" if (envelope_path or "-") == "-" else envelope_path
@@ -232,10 +228,11 @@ def verify(
     from stellakeys.verification import VerificationPolicy
 
     feed_factory = None
+    cli = state()
     if feed_files:
         from stellakeys_cli.feed import use_feeds
 
-        feed_factory = use_feeds(feed_files, feed_state)  # manager() is now the feed's
+        cli, feed_factory = use_feeds(feed_files, feed_state)  # verifies from the feed alone
     elif feed_state:
         raise click.UsageError("--feed-state goes with --feed")
     if batch_path:
@@ -257,6 +254,7 @@ def verify(
             as_json=as_json,
             tsa_roots=tsa_roots,
             factory=feed_factory,
+            verifier=cli.given_verifier(),
         )
         return
     bundle_tokens: list[bytes] = []
@@ -266,7 +264,7 @@ def verify(
 
         if proof_bundle or envelope_path:
             raise click.UsageError("give --bundle alone, not with --proof-bundle or --envelope")
-        parsed = read_bundle(_read_input(bundle_path))
+        parsed = read_bundle(read_input(bundle_path))
         proof, bundle_tokens = parsed.envelope, list(parsed.timestamps)
     else:
         proof = _load_proof(proof_bundle, envelope_path)
@@ -275,23 +273,40 @@ def verify(
         require_trusted_time=require_trusted_time,
         require_anchor=require_anchor,
     )
-    from stellakeys.dsse import Envelope
     from stellakeys_cli.timestamp import verifier_from
 
-    m = manager()
-    # Stored tokens come with a proof given by address; an envelope given as JSON brings the
-    # tokens stored for it (if it is stored) and any given with --timestamp.
-    tokens = [*bundle_tokens, *(Path(p).read_bytes() for p in token_paths)]
-    if isinstance(proof, Envelope):
-        tokens = [*m.proof_timestamps(proof.digest()), *tokens]
-    result = m.verify(
-        proof,
-        purl=purl,
-        at=parse_time_option(at_time),
-        policy=policy,
-        timestamps=tokens,
-        timestamp_verifier=verifier_from(tsa_roots),
-    )
+    given = [*bundle_tokens, *(Path(p).read_bytes() for p in token_paths)]
+    offline = cli.given_verifier()
+    if offline is not None:
+        if isinstance(proof, str):
+            from stellakeys.errors import NotFoundError
+
+            raise NotFoundError(
+                f"no proof {proof} here: --feed verifies without the store;"
+                " give the envelope with --envelope"
+            )
+        result = offline.verify(
+            proof,
+            purl=purl,
+            at=parse_time_option(at_time),
+            now=now(),
+            policy=policy,
+            tokens=given,
+            timestamp_verifier=verifier_from(tsa_roots),
+        )
+    else:
+        m = manager()
+        # Stored tokens come with a proof given by address; an envelope given as JSON brings
+        # the tokens stored for it (if it is stored) and any given with --timestamp.
+        target, tokens = m.stored_tokens_for(proof, given)
+        result = m.verify(
+            target,
+            purl=purl,
+            at=parse_time_option(at_time),
+            policy=policy,
+            timestamps=tokens,
+            timestamp_verifier=verifier_from(tsa_roots),
+        )
     if as_json:
         emit_json(result.to_dict())
     else:
