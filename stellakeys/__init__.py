@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from stellakeys.dsse import Envelope, EnvelopeVerification, sign_envelope, verify_envelope
     from stellakeys.errors import (
         ConfigError,
+        ConfigSchemaError,
         ConflictError,
         DuplicateConfigKeyError,
         DuplicateEnvelopeMemberError,
@@ -83,6 +84,7 @@ __all__ = [
     "ChainVerification",
     "Clock",
     "ConfigError",
+    "ConfigSchemaError",
     "ConflictError",
     "DuplicateConfigKeyError",
     "DuplicateEnvelopeMemberError",
@@ -152,6 +154,7 @@ _EXPORTS: dict[str, str] = {
     "ChainVerification": "stellakeys.audit",
     "Clock": "stellakeys.clock",
     "ConfigError": "stellakeys.errors",
+    "ConfigSchemaError": "stellakeys.errors",
     "ConflictError": "stellakeys.errors",
     "DuplicateConfigKeyError": "stellakeys.errors",
     "DuplicateEnvelopeMemberError": "stellakeys.errors",
