@@ -88,7 +88,8 @@ class CliState:
 
 
 def _prompt_secret(text: str) -> str:
-    value: str = click.prompt(text, hide_input=True, err=True)
+    # The key store's text ends in ": " already; click.prompt adds its own suffix.
+    value: str = click.prompt(text.rstrip().rstrip(":"), hide_input=True, err=True)
     return value
 
 

@@ -155,6 +155,15 @@ def _load_proof(proof_bundle: str | None, envelope_path: str | None) -> Any:
         return address
     if not text:
         raise click.UsageError("no proof given: use --proof-bundle, --envelope or stdin")
+    if not text.startswith(b"{"):
+        # Not JSON at all: say what the input is not, rather than a JSON parser's position.
+        where = "stdin" if (envelope_path or "-") == "-" else envelope_path
+        start = shown(text[:40].decode("utf-8", "replace"))
+        raise click.UsageError(
+            f"{where} is neither a sha256: proof address nor a DSSE envelope (JSON object);"
+            f" it starts with {start}. Give --proof-bundle sha256:<64 hex>, --envelope FILE,"
+            " or pipe an envelope"
+        )
     return Envelope.from_json(text)
 
 
