@@ -30,10 +30,20 @@ def create(
     purl_pattern: str, key_ids: str, predicate_types: str, policy_version: str, as_json: bool
 ) -> None:
     """Create a trust anchor."""
+    # An anchor with no key or no predicate type verifies nothing, yet blocks its pattern for
+    # a later, correct anchor (issue 17): refuse it before anything is written.
+    keys, types = split_list(key_ids), split_list(predicate_types)
+    if not keys:
+        raise click.UsageError(
+            f"--key-ids {key_ids!r} names no key: give at least one key id (see `key list`)"
+        )
+    if not types:
+        raise click.UsageError(
+            f"--predicate-types {predicate_types!r} names no predicate type: an anchor without"
+            " one can never verify anything; give e.g. https://slsa.dev/provenance/v1"
+        )
     m = manager()
-    created = m.create_anchor(
-        purl_pattern, split_list(key_ids), split_list(predicate_types), policy_version
-    )
+    created = m.create_anchor(purl_pattern, keys, types, policy_version)
     if as_json:
         emit_json(created.to_dict(m.clock.now()))
         return

@@ -74,6 +74,7 @@ def _guess_payload_type(payload: bytes) -> str:
 )
 @click.option("--input", "input_path", default="-", show_default=True, help="Payload file.")
 @click.option("--payload-type", help="DSSE payloadType (default: in-toto if the input is one).")
+@click.option("--allow-empty", is_flag=True, help="Sign an empty payload (refused otherwise).")
 @click.option(
     "--subject",
     "subjects",
@@ -108,9 +109,17 @@ def sign(
     timestamp_url: str | None,
     tsa_roots: tuple[str, ...],
     as_json: bool,
+    allow_empty: bool = False,
 ) -> None:
     """Sign a payload; prints the proof's sha256: address."""
     data = _read_input(input_path)
+    uses_data = not subjects or any("=" not in s for s in subjects)
+    if not data and uses_data and not allow_empty:
+        source = "stdin gave no bytes" if input_path == "-" else f"{input_path} is empty"
+        raise click.UsageError(
+            f"nothing to sign: {source}. Give the artifact with --input FILE or on stdin"
+            " (--allow-empty signs zero bytes on purpose)"
+        )
     if subjects:
         from stellakeys.intoto import PAYLOAD_TYPE
 
