@@ -181,7 +181,12 @@ def revoke_key(anchor_id: str, key_id: str, reason: str, effective_at: str, as_j
 
 @anchor.command("deactivate")
 @click.option("--anchor-id", required=True)
-def deactivate(anchor_id: str) -> None:
+@json_option
+def deactivate(anchor_id: str, as_json: bool) -> None:
     """Deactivate an anchor (anchors are never deleted)."""
-    done = manager().deactivate_anchor(anchor_id)
+    m = manager()
+    done = m.deactivate_anchor(anchor_id)
+    if as_json:
+        emit_json(done.to_dict(m.clock.now()))
+        return
     click.echo(f"Deactivated trust anchor {done.anchor_id}")
