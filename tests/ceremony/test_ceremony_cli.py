@@ -197,7 +197,15 @@ def test_two_approvers_in_two_processes(
     procs = [
         subprocess.Popen(
             cli.command(
-                who, "ceremony", "approve", "--ceremony-id", cid, "--reason", reason, "--sign"
+                who,
+                "ceremony",
+                "approve",
+                "--ceremony-id",
+                cid,
+                "--reason",
+                reason,
+                "--sign",
+                "--json",
             ),
             env=cli.env,
             stdout=subprocess.PIPE,
