@@ -170,6 +170,40 @@ _FEED = _obj(
     },
 )
 
+_APPROVER_GROUPS: dict[str, Any] = {
+    "type": ["array", "null"],
+    "items": _obj(
+        {
+            "name": _STR,
+            "members": _STR_LIST,
+            "operations": {"type": "array", "items": {"enum": _CEREMONY_TYPES}},
+        },
+        required=["name"],
+    ),
+}
+_APPROVERS: dict[str, Any] = {
+    "type": ["object", "null"],
+    "additionalProperties": _obj(
+        {
+            "scopes": {"type": ["array", "null"], "items": _STR},
+            "keys": {
+                "type": ["array", "null"],
+                "items": _obj(
+                    {
+                        "keyId": {**_STR, "minLength": 1},
+                        "algorithm": _STR,
+                        "publicKey": _STR,
+                        "publicKeyFile": _STR,
+                        "revoked": _BOOL,
+                    },
+                    required=["keyId"],
+                ),
+            },
+        },
+        null=True,
+    ),
+}
+
 _DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 #: ``signer.yaml`` (the file given by ``--config`` / ``STELLAKEYS_CONFIG`` / ``<home>``).
@@ -185,6 +219,10 @@ SIGNER_SCHEMA: Mapping[str, Any] = {
             "notifications": _NOTIFICATIONS,
             "timestamping": _TIMESTAMPING,
             "feed": _FEED,
+            # approvers.yaml's content may also sit in signer.yaml (CeremonyService reads it
+            # when ceremonies.approvers names no file).
+            "approverGroups": _APPROVER_GROUPS,
+            "approvers": _APPROVERS,
         },
         null=True,
     ),
@@ -204,39 +242,8 @@ APPROVERS_SCHEMA: Mapping[str, Any] = {
     "title": "stellakeys approvers.yaml",
     **_obj(
         {
-            "approverGroups": {
-                "type": ["array", "null"],
-                "items": _obj(
-                    {
-                        "name": _STR,
-                        "members": _STR_LIST,
-                        "operations": {"type": "array", "items": {"enum": _CEREMONY_TYPES}},
-                    },
-                    required=["name"],
-                ),
-            },
-            "approvers": {
-                "type": ["object", "null"],
-                "additionalProperties": _obj(
-                    {
-                        "scopes": {"type": ["array", "null"], "items": _STR},
-                        "keys": {
-                            "type": ["array", "null"],
-                            "items": _obj(
-                                {
-                                    "keyId": {**_STR, "minLength": 1},
-                                    "algorithm": _STR,
-                                    "publicKey": _STR,
-                                    "publicKeyFile": _STR,
-                                    "revoked": _BOOL,
-                                },
-                                required=["keyId"],
-                            ),
-                        },
-                    },
-                    null=True,
-                ),
-            },
+            "approverGroups": _APPROVER_GROUPS,
+            "approvers": _APPROVERS,
         },
         null=True,
     ),
