@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from stellakeys.errors import (
         AlgorithmOptionError,
         ConfigError,
+        ConfigSchemaError,
         ConflictError,
         DuplicateConfigKeyError,
         DuplicateEnvelopeMemberError,
@@ -90,6 +91,7 @@ __all__ = [
     "ChainVerification",
     "Clock",
     "ConfigError",
+    "ConfigSchemaError",
     "ConflictError",
     "DuplicateConfigKeyError",
     "DuplicateEnvelopeMemberError",
@@ -175,6 +177,7 @@ _EXPORTS: dict[str, str] = {
     "ChainVerification": "stellakeys.audit",
     "Clock": "stellakeys.clock",
     "ConfigError": "stellakeys.errors",
+    "ConfigSchemaError": "stellakeys.errors",
     "ConflictError": "stellakeys.errors",
     "DuplicateConfigKeyError": "stellakeys.errors",
     "DuplicateEnvelopeMemberError": "stellakeys.errors",

@@ -419,21 +419,17 @@ def summarize(outcomes: Iterable[BatchOutcome]) -> BatchSummary:
 # --- input files -------------------------------------------------------------------------------
 
 
-def read_items(path: Path) -> list[BatchItem]:
+def read_items(path: Path, malformed: list[tuple[int, str, str]] | None = None) -> list[BatchItem]:
     """Items from a JSON Lines file or a directory (see docs/batch.md for the formats).
 
     A line is a DSSE envelope object, or ``{"envelope": {...} | "proof": "sha256:...",
     "purl": ..., "atTime": ...}``. A directory contributes every ``*.json`` and ``*.dsse``
     file below it, sorted by path, each holding one envelope.
+
+    With ``malformed`` given, a line that cannot be read is appended to it as (its position
+    among the items, ``file:line``, the reason) and reading goes on (issue 17: one bad line
+    must not abort a batch); without it, the first bad line raises.
     """
-    from stellakeys import strict_json
-    from stellakeys.dsse import Envelope
-    from stellakeys.errors import (
-        DuplicateEnvelopeMemberError,
-        DuplicateMemberError,
-        MalformedEnvelopeError,
-    )
-    from stellakeys.times import parse_time
 
     if path.is_dir():
         files = sorted(
@@ -450,34 +446,52 @@ def read_items(path: Path) -> list[BatchItem]:
                 continue
             label = f"{path}:{number}"
             try:
-                # Strict (docs/decisions/0014): a duplicated "envelope" or "purl" would be
-                # read one way here and another way by a peer.
-                obj = strict_json.loads(line, document=label, error=DuplicateEnvelopeMemberError)
-            except DuplicateMemberError:
-                raise
-            except ValueError:
-                raise MalformedEnvelopeError(f"{label}: not JSON") from None
-            if not isinstance(obj, dict):
-                raise MalformedEnvelopeError(f"{label}: expected a JSON object")
-            if "payloadType" in obj:
-                items.append(BatchItem(line, label=label))
-                continue
-            proof: bytes | str
-            if isinstance(obj.get("proof"), str):
-                proof = obj["proof"]
-            elif isinstance(obj.get("envelope"), dict):
-                proof = Envelope.from_dict(obj["envelope"]).to_json()
-            else:
-                raise MalformedEnvelopeError(
-                    f"{label}: expected an envelope, or an object with 'envelope' or 'proof'"
-                )
-            at = obj.get("atTime")
-            items.append(
-                BatchItem(
-                    proof,
-                    purl=obj.get("purl"),
-                    at=parse_time(at) if isinstance(at, str) else None,
-                    label=label,
-                )
-            )
+                items.append(_parse_line(line, label))
+            except StellaKeysError as exc:
+                if malformed is None:
+                    raise
+                reason = str(exc).removeprefix(f"{label}: ")
+                malformed.append((len(items) + len(malformed), label, reason))
     return items
+
+
+def _parse_line(line: bytes, label: str) -> BatchItem:
+    from stellakeys import strict_json
+    from stellakeys.dsse import Envelope
+    from stellakeys.errors import (
+        DuplicateEnvelopeMemberError,
+        DuplicateMemberError,
+        MalformedEnvelopeError,
+    )
+    from stellakeys.times import parse_time
+
+    try:
+        # Strict (docs/decisions/0014): a duplicated "envelope" or "purl" would be
+        # read one way here and another way by a peer.
+        obj = strict_json.loads(line, document=label, error=DuplicateEnvelopeMemberError)
+    except DuplicateMemberError:
+        raise
+    except ValueError:
+        raise MalformedEnvelopeError(
+            f'{label}: not JSON (each line is one DSSE envelope or a {{"proof": ...}} object)'
+        ) from None
+    if not isinstance(obj, dict):
+        raise MalformedEnvelopeError(f"{label}: expected a JSON object")
+    if "payloadType" in obj:
+        return BatchItem(line, label=label)
+    proof: bytes | str
+    if isinstance(obj.get("proof"), str):
+        proof = obj["proof"]
+    elif isinstance(obj.get("envelope"), dict):
+        proof = Envelope.from_dict(obj["envelope"]).to_json()
+    else:
+        raise MalformedEnvelopeError(
+            f"{label}: expected an envelope, or an object with 'envelope' or 'proof'"
+        )
+    at = obj.get("atTime")
+    return BatchItem(
+        proof,
+        purl=obj.get("purl"),
+        at=parse_time(at) if isinstance(at, str) else None,
+        label=label,
+    )

@@ -145,8 +145,11 @@ def load_settings(
     elif (resolved_home / "signer.yaml").exists():
         path = resolved_home / "signer.yaml"
     document: Any = load_yaml(path) if path is not None else None
-    if document is not None and not isinstance(document, Mapping):
-        raise ConfigError(f"{path}: the document must be a mapping")
+    if path is not None:
+        from stellakeys.config_schema import validate_config
+
+        # Before any section is read: a typo must not fall back to a default (issue 17).
+        validate_config(document, path, "signer")
     signer = SignerConfig.from_dict(document) if document and "signer" in document else None
     url = database_url or os.environ.get(ENV_DATABASE_URL)
     if url is None and document:

@@ -153,15 +153,24 @@ class Envelope:
         if not isinstance(signatures, list):
             raise MalformedEnvelopeError("envelope.signatures must be a list")
         sigs: list[Signature] = []
-        for entry in signatures:
+        for n, entry in enumerate(signatures):
             if not isinstance(entry, dict) or not isinstance(entry.get("sig"), str):
                 raise MalformedEnvelopeError("each signature needs a base64 'sig' string")
             keyid = entry.get("keyid")
             if keyid is not None and not isinstance(keyid, str):
                 raise MalformedEnvelopeError("signature keyid must be a string")
             # An empty keyid is how some producers (securesystemslib) write "no hint".
-            sigs.append(Signature(b64decode(entry["sig"]), keyid or None))
-        return cls(payload_type, b64decode(payload), tuple(sigs))
+            sigs.append(Signature(_field(entry["sig"], f"signatures[{n}].sig"), keyid or None))
+        return cls(payload_type, _field(payload, "payload"), tuple(sigs))
+
+
+def _field(text: str, where: str) -> bytes:
+    """b64decode, with the envelope field named (issue 17: "invalid base64" alone says not
+    which of the fields is wrong)."""
+    try:
+        return b64decode(text)
+    except MalformedEnvelopeError as exc:
+        raise MalformedEnvelopeError(f"envelope.{where}: {exc}") from None
 
 
 class Signer(Protocol):

@@ -80,6 +80,19 @@ class ConfigError(StellaKeysError, ValueError):
     """A configuration file (signer.yaml, approvers.yaml, ...) with a missing or bad field."""
 
 
+class ConfigSchemaError(ConfigError):
+    """A configuration file that does not match its schema: an unknown key or a wrong type.
+
+    ``source`` is the file, ``path`` the dotted path of the problem
+    (``signer.profiles.release.keystore``).
+    """
+
+    def __init__(self, message: str, *, path: str, source: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.source = source
+
+
 class DuplicateConfigKeyError(DuplicateMemberError, ConfigError):
     """A duplicate key in a configuration file (YAML or JSON)."""
 

@@ -60,8 +60,15 @@ def _profile_from_dict(name: str, raw: object, default_warning: int | None) -> K
     if not isinstance(algorithm, str):
         raise ConfigError(f"signer.profiles.{name}.algorithm is required")
     key_store = raw.get("keyStore", "software://default")
-    if not isinstance(key_store, str) or "://" not in key_store:
+    if not isinstance(key_store, str):
         raise ConfigError(f"signer.profiles.{name}.keyStore must be a URI like software://default")
+    from stellakeys.keystores.uris import check_key_store_uri
+
+    try:
+        # The same parser open_key_store uses (RFC 7512 pkcs11:, KMS ARNs, alias/ names).
+        key_store = check_key_store_uri(key_store)
+    except StellaKeysError as exc:
+        raise ConfigError(f"signer.profiles.{name}.keyStore: {exc}") from None
     rot = raw.get("rotation", {}) or {}
     if not isinstance(rot, Mapping):
         raise ConfigError(f"signer.profiles.{name}.rotation must be a mapping")

@@ -33,10 +33,20 @@ def create(
     purl_pattern: str, key_ids: str, predicate_types: str, policy_version: str, as_json: bool
 ) -> None:
     """Create a trust anchor."""
+    # An anchor with no key or no predicate type verifies nothing, yet blocks its pattern for
+    # a later, correct anchor (issue 17): refuse it before anything is written.
+    keys, types = split_list(key_ids), split_list(predicate_types)
+    if not keys:
+        raise click.UsageError(
+            f"--key-ids {key_ids!r} names no key: give at least one key id (see `key list`)"
+        )
+    if not types:
+        raise click.UsageError(
+            f"--predicate-types {predicate_types!r} names no predicate type: an anchor without"
+            " one can never verify anything; give e.g. https://slsa.dev/provenance/v1"
+        )
     m = manager()
-    created = m.create_anchor(
-        purl_pattern, split_list(key_ids), split_list(predicate_types), policy_version
-    )
+    created = m.create_anchor(purl_pattern, keys, types, policy_version)
     if as_json:
         emit_json(created.to_dict(m.clock.now()))
         return
@@ -205,9 +215,14 @@ def revoke_key(
 
 @anchor.command("deactivate")
 @click.option("--anchor-id", required=True)
-def deactivate(anchor_id: str) -> None:
+@json_option
+def deactivate(anchor_id: str, as_json: bool) -> None:
     """Deactivate an anchor (anchors are never deleted)."""
-    done = manager().deactivate_anchor(anchor_id)
+    m = manager()
+    done = m.deactivate_anchor(anchor_id)
+    if as_json:
+        emit_json(done.to_dict(m.clock.now()))
+        return
     click.echo(f"Deactivated trust anchor {done.anchor_id}")
 
 

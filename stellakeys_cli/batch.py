@@ -64,7 +64,8 @@ def run_batch(
     source = Path(path)
     if not source.exists():
         raise click.ClickException(f"{path}: no such file or directory")
-    items = read_items(source)
+    malformed: list[tuple[int, str, str]] = []
+    items = read_items(source, malformed)
     at = parse_time_option(at_time)
     if at is not None or purl is not None:
         items = [
@@ -116,6 +117,7 @@ def run_batch(
                 policy=policy,
                 progress=lambda n: progress.advance(task, n),
             )
+    outcomes = _with_malformed(outcomes, malformed)
     summary = summarize(outcomes)
     if as_json:
         for outcome in outcomes:
@@ -125,6 +127,28 @@ def run_batch(
         _print_summary(summary, outcomes, Console())
     if summary.failed:
         raise SystemExit(1)
+
+
+def _with_malformed(
+    outcomes: list[BatchOutcome], malformed: list[tuple[int, str, str]]
+) -> list[BatchOutcome]:
+    """The verified outcomes with one failed outcome per unreadable line, in input order."""
+    import attrs
+
+    from stellakeys.batch import BatchOutcome
+
+    if not malformed:
+        return outcomes
+    bad = {position: (label, reason) for position, label, reason in malformed}
+    merged: list[BatchOutcome] = []
+    pending = iter(outcomes)
+    for position in range(len(outcomes) + len(malformed)):
+        if position in bad:
+            label, reason = bad[position]
+            merged.append(BatchOutcome(position, label, error=reason))
+        else:
+            merged.append(attrs.evolve(next(pending), index=position))
+    return merged
 
 
 def _print_summary(summary: BatchSummary, outcomes: list[BatchOutcome], console: Any) -> None:

@@ -61,6 +61,25 @@ def _payload(text: str) -> dict[str, Any]:
     return value
 
 
+def _out(as_json: bool, body: dict[str, Any], title: str) -> None:
+    """JSON with --json; otherwise a title and one aligned ``Field: value`` line per field
+    (issue 17: human output by default, like every other command)."""
+    if as_json:
+        emit_json(body)
+        return
+    click.echo(title)
+    fields = [(k, v) for k, v in body.items() if k != "ceremonyId" and v not in (None, [], {})]
+    width = max((len(k) for k, _ in fields), default=0) + 1
+    for name, value in fields:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            text = ", ".join(value)
+        elif isinstance(value, dict | list):
+            text = json.dumps(value, ensure_ascii=False, sort_keys=True)
+        else:
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+        click.echo(f"  {name + ':':<{width}} {text}")
+
+
 @click.group()
 def ceremony() -> None:
     """Dual-control (M-of-N) ceremonies for protected key operations."""
@@ -96,18 +115,17 @@ def create(
     if server:
         from stellakeys_cli import remote
 
-        emit_json(
-            remote.ceremony_create(
-                remote.Remote.open(server, token_file),
-                ceremony_type,
-                subject,
-                _payload(payload_text),
-                threshold,
-                required_approvers,
-                expires_in,
-                expires_at,
-            )
+        body = remote.ceremony_create(
+            remote.Remote.open(server, token_file),
+            ceremony_type,
+            subject,
+            _payload(payload_text),
+            threshold,
+            required_approvers,
+            expires_in,
+            expires_at,
         )
+        _out(as_json, body, f"Created ceremony {body.get('ceremonyId', '')}")
         return
     svc = service()
     created = svc.create(
@@ -120,7 +138,7 @@ def create(
         expires_in=parse_duration(expires_in) if expires_in else None,
         expires_at=parse_time(expires_at) if expires_at else None,
     )
-    emit_json(created.create_response())
+    _out(as_json, created.create_response(), f"Created ceremony {created.ceremony_id}")
 
 
 def _local_signing_key(svc: CeremonyService, identity: str, key_id: str | None) -> str:
@@ -152,6 +170,7 @@ def _decide(
     sign: bool,
     key_id: str | None,
     envelope_file: Path | None,
+    as_json: bool = True,
 ) -> None:
     from stellakeys.ceremony.statement import PAYLOAD_TYPE
     from stellakeys.dsse import Envelope
@@ -171,7 +190,8 @@ def _decide(
         updated, approval = svc.approve(who, ceremony_id, envelope, reason=reason)
     else:
         updated, approval = svc.reject(who, ceremony_id, envelope, reason=reason)
-    emit_json(updated.approval_response(approval))
+    verb = "Approved" if decision.value == "approve" else "Rejected"
+    _out(as_json, updated.approval_response(approval), f"{verb} ceremony {ceremony_id}")
 
 
 _sign_options = [
@@ -217,13 +237,15 @@ def approve(
         from stellakeys_cli import remote
 
         r = remote.Remote.open(server, token_file)
-        emit_json(
+        _out(
+            as_json,
             remote.ceremony_approve(
                 r, ceremony_id, reason, sign=sign, key_id=key_id, envelope_file=envelope_file
-            )
+            ),
+            f"Approved ceremony {ceremony_id}",
         )
         return
-    _decide(Decision.APPROVE, ceremony_id, reason, sign, key_id, envelope_file)
+    _decide(Decision.APPROVE, ceremony_id, reason, sign, key_id, envelope_file, as_json)
 
 
 @ceremony.command("reject")
@@ -240,14 +262,15 @@ def reject(
     """Refuse to approve (recorded as your one decision; changes no state)."""
     from stellakeys.ceremony.model import Decision
 
-    _decide(Decision.REJECT, ceremony_id, reason, sign, key_id, envelope_file)
+    _decide(Decision.REJECT, ceremony_id, reason, sign, key_id, envelope_file, as_json)
 
 
 @ceremony.command("statement")
 @click.option("--ceremony-id", required=True)
 @click.option("--decision", type=click.Choice(["approve", "reject"]), default="approve")
 @click.option("--reason", required=True)
-def statement(ceremony_id: str, decision: str, reason: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Accepted for symmetry: the output is JSON.")
+def statement(ceremony_id: str, decision: str, reason: str, as_json: bool) -> None:
     """Print the approval statement to sign with another tool (payloadType
     application/vnd.stellakeys.ceremony-approval+json), for --envelope."""
     from stellakeys.ceremony.model import Decision
@@ -266,11 +289,12 @@ def execute(ceremony_id: str, as_json: bool, server: str | None, token_file: Pat
     if server:
         from stellakeys_cli import remote
 
-        emit_json(remote.ceremony_execute(remote.Remote.open(server, token_file), ceremony_id))
+        body = remote.ceremony_execute(remote.Remote.open(server, token_file), ceremony_id)
+        _out(as_json, body, f"Executed ceremony {ceremony_id}")
         return
     svc = service()
     done = svc.execute(actor(svc), ceremony_id)
-    emit_json(done.execution_response())
+    _out(as_json, done.execution_response(), f"Executed ceremony {ceremony_id}")
 
 
 @ceremony.command("list")
@@ -322,9 +346,10 @@ def status(ceremony_id: str, as_json: bool, server: str | None, token_file: Path
     if server:
         from stellakeys_cli import remote
 
-        emit_json(remote.ceremony_status(remote.Remote.open(server, token_file), ceremony_id))
+        body = remote.ceremony_status(remote.Remote.open(server, token_file), ceremony_id)
+        _out(as_json, body, f"Ceremony {ceremony_id}")
         return
-    emit_json(service().get(ceremony_id).to_dict())
+    _out(as_json, service().get(ceremony_id).to_dict(), f"Ceremony {ceremony_id}")
 
 
 @ceremony.command("cancel")
@@ -342,18 +367,21 @@ def cancel(
         from stellakeys_cli import remote
 
         r = remote.Remote.open(server, token_file)
-        emit_json(remote.ceremony_cancel(r, ceremony_id, reason))
+        _out(
+            as_json,
+            remote.ceremony_cancel(r, ceremony_id, reason),
+            f"Cancelled ceremony {ceremony_id}",
+        )
         return
     svc = service()
     done = svc.cancel(actor(svc), ceremony_id, reason)
-    emit_json(
-        {
-            "ceremonyId": done.ceremony_id,
-            "state": done.state.value,
-            "cancelledAt": format_time(done.cancelled_at) if done.cancelled_at else None,
-            "cancelReason": done.cancel_reason,
-        }
-    )
+    body = {
+        "ceremonyId": done.ceremony_id,
+        "state": done.state.value,
+        "cancelledAt": format_time(done.cancelled_at) if done.cancelled_at else None,
+        "cancelReason": done.cancel_reason,
+    }
+    _out(as_json, body, f"Cancelled ceremony {done.ceremony_id}")
 
 
 @ceremony.command("sweep")
@@ -361,12 +389,19 @@ def cancel(
 def sweep(as_json: bool) -> None:
     """Expire overdue ceremonies and send the 75%/90% reminders (run it from cron)."""
     report = service().sweep()
-    emit_json(
-        {
-            "expired": list(report.expired),
-            "reminders": [{"ceremonyId": c, "reminder": m} for c, m in report.reminders],
-        }
-    )
+    if as_json:
+        emit_json(
+            {
+                "expired": list(report.expired),
+                "reminders": [{"ceremonyId": c, "reminder": m} for c, m in report.reminders],
+            }
+        )
+        return
+    click.echo(f"Swept: {len(report.expired)} expired, {len(report.reminders)} reminder(s) sent")
+    for cid in report.expired:
+        click.echo(f"  expired   {cid}")
+    for cid, which in report.reminders:
+        click.echo(f"  reminder  {cid} ({which})")
 
 
 @ceremony.command("policy")

@@ -47,6 +47,32 @@ def cli_clock() -> Clock:
     return FrozenClock(at)
 
 
+#: Commands that only read: on a home that does not exist they refuse instead of creating it
+#: (only commands that write create a home).
+READ_ONLY_COMMANDS = frozenset(
+    {
+        ("key", "list"),
+        ("key", "check-validity"),
+        ("key", "rotation-warnings"),
+        ("anchor", "list"),
+        ("anchor", "status"),
+        ("audit", "query"),
+        ("audit", "verify"),
+        ("auth", "keys", "list"),
+        ("auth", "keys", "info"),
+        ("ceremony", "list"),
+        ("ceremony", "status"),
+        ("ceremony", "statement"),
+        ("ceremony", "policy"),
+        ("metrics", "show"),
+        ("metrics", "serve"),
+        ("timestamp", "list"),
+        ("verify",),
+        ("doctor",),
+    }
+)
+
+
 class CliState:
     def __init__(
         self,
@@ -96,6 +122,8 @@ class CliState:
         if self._manager is None:
             from stellakeys.manager import KeyManager
 
+            self._refuse_missing_home()
+
             prompt = _prompt_secret if sys.stdin.isatty() else None
             self._manager = KeyManager.open(
                 self.home,
@@ -108,6 +136,36 @@ class CliState:
             )
         return self._manager
 
+    def _refuse_missing_home(self) -> None:
+        """A read-only command on a home that does not exist says so, rather than creating an
+        empty one and reporting "no proof" (issue 17: a mistyped STELLAKEYS_HOME)."""
+        ctx = click.get_current_context(silent=True)
+        if ctx is None:
+            return
+        words = tuple(ctx.command_path.split()[1:])
+        if words not in READ_ONLY_COMMANDS:
+            return
+        from stellakeys.config import ENV_HOME, load_settings, resolve_home
+
+        home = resolve_home(self.home)
+        if home.exists():
+            return
+        settings = load_settings(self.home, self.config_path, self.database_url, self.actor)
+        if settings.database_url is not None:
+            return  # the state is in that database; the home only holds software keys
+        source = ctx.find_root().get_parameter_source("home")
+        if source is click.core.ParameterSource.ENVIRONMENT:
+            origin = ENV_HOME
+        elif self.home is not None:
+            origin = "--home"
+        else:
+            origin = "the default location"
+        raise click.ClickException(
+            f"the home {home} (from {origin}) does not exist, so there is nothing to read:"
+            " check the path, or create a home with `stellaops db migrate` (or `stellaops key"
+            " generate`) using the same --home / STELLAKEYS_HOME"
+        )
+
     def close(self) -> None:
         if self._manager is not None:
             self._manager.close()
@@ -115,7 +173,8 @@ class CliState:
 
 
 def _prompt_secret(text: str) -> str:
-    value: str = click.prompt(text, hide_input=True, err=True)
+    # The key store's text ends in ": " already; click.prompt adds its own suffix.
+    value: str = click.prompt(text.rstrip().rstrip(":"), hide_input=True, err=True)
     return value
 
 

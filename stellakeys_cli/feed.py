@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -42,7 +42,8 @@ def feed() -> None:
     "--urgent", is_flag=True, help="After an incident: short expiry (feed.urgentExpiresIn)."
 )
 @click.option("--output", type=click.Path(dir_okay=False), help="Write here instead of stdout.")
-def publish(include_keys: bool, urgent: bool, output: str | None) -> None:
+@json_option
+def publish(include_keys: bool, urgent: bool, output: str | None, as_json: bool) -> None:
     """Sign and store the next feed version; print (or write) its envelope."""
     from stellakeys._fileio import write_atomic
     from stellakeys.feed import publish_feed
@@ -51,7 +52,10 @@ def publish(include_keys: bool, urgent: bool, output: str | None) -> None:
     body = published.feed.envelope.to_json() + b"\n"
     if output:
         write_atomic(Path(output), body, mode=0o644)
-    else:
+    if as_json:
+        emit_json({**_feed_json(published.feed), "envelope": published.feed.envelope.to_dict()})
+        return
+    if not output:
         sys.stdout.buffer.write(body)
         sys.stdout.flush()
     for line in _describe(published.feed):
@@ -61,11 +65,15 @@ def publish(include_keys: bool, urgent: bool, output: str | None) -> None:
 @feed.command("trust")
 @click.argument("feed_file")
 @click.option("--feed-state", required=True, type=click.Path(file_okay=False))
-def trust(feed_file: str, feed_state: str) -> None:
+@json_option
+def trust(feed_file: str, feed_state: str, as_json: bool) -> None:
     """Pin a first feed in a state directory (check its feed keys out of band first)."""
     from stellakeys.feed import FeedConsumer
 
     pinned = FeedConsumer(feed_state).pin(_read(feed_file), now())
+    if as_json:
+        emit_json(_feed_json(pinned))
+        return
     for line in _describe(pinned):
         click.echo(line)
 
@@ -73,13 +81,21 @@ def trust(feed_file: str, feed_state: str) -> None:
 @feed.command("update")
 @click.argument("feed_files", nargs=-1, required=True)
 @click.option("--feed-state", required=True, type=click.Path(file_okay=False))
-def update(feed_files: tuple[str, ...], feed_state: str) -> None:
+@json_option
+def update(feed_files: tuple[str, ...], feed_state: str, as_json: bool) -> None:
     """Move a state directory to newer feed versions (chain rules: no rollback, no gaps)."""
     from stellakeys.feed import FeedConsumer
 
     newest = FeedConsumer(feed_state).update([_read(f) for f in feed_files], now())
+    if as_json:
+        emit_json(_feed_json(newest))
+        return
     for line in _describe(newest):
         click.echo(line)
+
+
+def _feed_json(parsed: ParsedFeed) -> dict[str, Any]:
+    return {"digest": parsed.digest, "feed": parsed.document.to_dict()}
 
 
 @feed.command("show")

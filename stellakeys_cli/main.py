@@ -57,7 +57,7 @@ class LazyGroup(click.Group):
         from stellakeys_cli.params import check_invocation
 
         check_invocation(args)
-        return super().parse_args(ctx, args)
+        return super().parse_args(ctx, _globals_first(self, ctx, args))
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self._lazy})
@@ -79,6 +79,64 @@ class LazyGroup(click.Group):
         ]
         with formatter.section("Commands"):
             formatter.write_dl(sorted(rows))
+
+
+#: Options of the top-level group, accepted after the subcommand too (issue 17: the schema
+#: error tells the user to run ``stellaops db migrate --database-url <url>``, and people write
+#: ``stellaops key list --home X``).
+_GLOBAL_OPTIONS = ("--home", "--config", "--database-url", "--actor")
+
+
+def _globals_first(group: click.Group, ctx: click.Context, args: list[str]) -> list[str]:
+    """``args`` with global options found after the subcommand moved in front of it.
+
+    An option is moved only where the command it follows does not define the same name (``db
+    migrate --database-url`` keeps its own), and nothing after ``--`` is touched.
+    """
+    front: list[str] = []
+    rest = list(args)
+    command: click.Command | None = group
+    i = 0
+    # Walk the command path: option tokens (and global options' values) up to each name.
+    path_end = 0
+    while i < len(rest):
+        arg = rest[i]
+        if arg == "--":
+            break
+        if arg.startswith("-"):
+            i += 2 if arg in _GLOBAL_OPTIONS else 1
+            continue
+        if not isinstance(command, click.Group):
+            break
+        sub = command.get_command(ctx, arg)
+        if sub is None:
+            return args
+        command = sub
+        i += 1
+        path_end = i
+    if command is None or command is group:
+        return args
+    own = {opt for param in command.params for opt in getattr(param, "opts", ())}
+    moved = [o for o in _GLOBAL_OPTIONS if o not in own]
+    out = rest[:path_end]
+    i = path_end
+    while i < len(rest):
+        arg = rest[i]
+        if arg == "--":
+            out.extend(rest[i:])
+            break
+        name = arg.split("=", 1)[0]
+        if name in moved:
+            if "=" in arg:
+                front.append(arg)
+                i += 1
+            else:
+                front.extend(rest[i : i + 2])
+                i += 2
+            continue
+        out.append(arg)
+        i += 1
+    return front + out
 
 
 @click.group(

@@ -118,7 +118,12 @@ class ProofAddressType(_TextType):
         address = parse_proof_address(value)
         if address is None:
             why = problem(value) or "is not a proof address"
-            self.fail(f"{shown(value)} {why}: expected sha256: and 64 hex digits", param, ctx)
+            hint = ""
+            if not problem(value) and os.path.isfile(value):
+                hint = f"; {shown(value)} is a file: give it with --envelope {shown(value)}"
+            elif not problem(value):
+                hint = "; for an envelope file use --envelope FILE, or pipe it on stdin"
+            self.fail(f"{shown(value)} {why}: expected sha256: and 64 hex digits{hint}", param, ctx)
         return address
 
 

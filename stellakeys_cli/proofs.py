@@ -72,6 +72,7 @@ def _guess_payload_type(payload: bytes) -> str:
 )
 @click.option("--input", "input_path", default="-", show_default=True, help="Payload file.")
 @click.option("--payload-type", help="DSSE payloadType (default: in-toto if the input is one).")
+@click.option("--allow-empty", is_flag=True, help="Sign an empty payload (refused otherwise).")
 @click.option(
     "--subject",
     "subjects",
@@ -106,9 +107,17 @@ def sign(
     timestamp_url: str | None,
     tsa_roots: tuple[str, ...],
     as_json: bool,
+    allow_empty: bool = False,
 ) -> None:
     """Sign a payload; prints the proof's sha256: address."""
     data = read_input(input_path)
+    uses_data = not subjects or any("=" not in s for s in subjects)
+    if not data and uses_data and not allow_empty:
+        source = "stdin gave no bytes" if input_path == "-" else f"{input_path} is empty"
+        raise click.UsageError(
+            f"nothing to sign: {source}. Give the artifact with --input FILE or on stdin"
+            " (--allow-empty signs zero bytes on purpose)"
+        )
     if subjects:
         from stellakeys.intoto import PAYLOAD_TYPE
 
@@ -151,6 +160,15 @@ def _load_proof(proof_bundle: str | None, envelope_path: str | None) -> Any:
         return address
     if not text:
         raise click.UsageError("no proof given: use --proof-bundle, --envelope or stdin")
+    if not text.startswith(b"{"):
+        # Not JSON at all: say what the input is not, rather than a JSON parser's position.
+        where = "stdin" if (envelope_path or "-") == "-" else envelope_path
+        start = shown(text[:40].decode("utf-8", "replace"))
+        raise click.UsageError(
+            f"{where} is neither a sha256: proof address nor a DSSE envelope (JSON object);"
+            f" it starts with {start}. Give --proof-bundle sha256:<64 hex>, --envelope FILE,"
+            " or pipe an envelope"
+        )
     return Envelope.from_json(text)
 
 

@@ -172,10 +172,12 @@ class ApproverRegistry:
 
     @classmethod
     def _from_document(cls, document: Any, path: Path) -> ApproverRegistry:
+        from stellakeys.config_schema import validate_config
+
+        validate_config(document, path, "approvers")
         if document is None:
             return cls(source=path)
-        if not isinstance(document, Mapping):
-            raise ConfigError(f"{path}: the document must be a mapping")
+        assert isinstance(document, Mapping)
         try:
             return cls.from_dict(document, base_dir=path.parent, source=path)
         except ConfigError as exc:

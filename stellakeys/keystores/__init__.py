@@ -8,7 +8,9 @@ Built-in schemes:
 
 * ``software://<name>`` -- encrypted PKCS#8 files under ``<home>/keys/<name>/``;
 * ``hsm://pkcs11/...`` and RFC 7512 ``pkcs11:...`` -- a PKCS#11 token (python-pkcs11);
-* ``kms://aws/...`` -- AWS KMS (boto3).
+* ``kms://aws/...``, a KMS key ARN or ``alias/<name>`` -- AWS KMS (boto3).
+
+URIs are parsed by :mod:`stellakeys.keystores.uris`, the one parser of every built-in form.
 
 Third-party stores register a factory (``(uri, context) -> KeyStore``) in the entry point
 group ``stellakeys.keystores`` under their scheme name. The built-ins are registered there too
@@ -127,6 +129,9 @@ def open_key_store(uri: str, context: KeyStoreContext) -> KeyStore:
     The store is opened, not necessarily connected: stores log in or ask for a passphrase
     only when a key is generated or opened.
     """
+    from stellakeys.keystores.uris import canonical_uri
+
+    uri = canonical_uri(uri)  # a bare KMS ARN or alias/<name> is kms://aws/key/...
     factory: Callable[[str, KeyStoreContext], object] = _factory(scheme_of(uri))
     store = factory(uri, context)
     for method in ("generate", "open", "close"):

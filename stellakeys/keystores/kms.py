@@ -31,13 +31,14 @@ import re
 import threading
 from collections.abc import Callable
 from typing import Any, NoReturn, final
-from urllib.parse import parse_qs, quote
+from urllib.parse import quote
 
 import attrs
 
 from stellakeys.crypto import Algorithm, PublicKey, get_algorithm
 from stellakeys.errors import KeyStoreError, StellaKeysError
 from stellakeys.keystores.ports import FoundKey, KeyStoreContext, PreparedKey
+from stellakeys.keystores.uris import KmsUri
 
 try:
     import boto3
@@ -66,44 +67,7 @@ _SPECS: dict[str, _Spec] = {
 }
 _BY_KEY_SPEC = {spec.key_spec: alg for alg, spec in _SPECS.items()}
 
-_URI = re.compile(r"kms://aws(?:/key/(?P<key>[^?]+))?/?(?:\?(?P<query>.*))?")
-_KEY_UUID = re.compile(
-    r"mrk-[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-)
 _ALIAS_CHARS = re.compile(r"[A-Za-z0-9/_-]+")
-
-
-@attrs.frozen
-class KmsUri:
-    #: ``alias/<name>``, a key id, a key ARN, or None.
-    key: str | None
-    region: str | None = None
-    profile: str | None = None
-
-    @property
-    def is_alias(self) -> bool:
-        return self.key is not None and self.key.startswith("alias/")
-
-    @property
-    def is_pinned(self) -> bool:
-        return self.key is not None and bool(_KEY_UUID.fullmatch(self.key))
-
-    @classmethod
-    def parse(cls, uri: str) -> KmsUri:
-        match = _URI.fullmatch(uri)
-        if match is None:
-            raise KeyStoreError(
-                f"not a KMS key store URI: {uri!r}; expected kms://aws/key/<id-or-alias>"
-            )
-        query = parse_qs(match["query"] or "", strict_parsing=bool(match["query"]))
-        region = query.get("region", [None])[-1]
-        profile = query.get("profile", [None])[-1]
-        key = match["key"]
-        if key is not None and not (key.startswith(("alias/", "arn:")) or _KEY_UUID.fullmatch(key)):
-            key = "alias/" + key  # the runbook's kms://aws/key/stellaops-default
-        if key is not None and key.startswith("alias/") and not _ALIAS_CHARS.fullmatch(key):
-            raise KeyStoreError(f"invalid KMS alias {key!r}: use letters, digits, '/', '_', '-'")
-        return cls(key, region, profile)
 
 
 def _client_error(what: str, exc: Exception) -> KeyStoreError:

@@ -41,7 +41,6 @@ import secrets
 import threading
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar, final
-from urllib.parse import quote, unquote
 
 import attrs
 from cryptography.hazmat.primitives import serialization
@@ -52,6 +51,7 @@ from stellakeys.crypto import Algorithm, PublicKey, get_algorithm
 from stellakeys.errors import KeyIdentityError, KeyStoreError
 from stellakeys.keystores._secrets import Secret, SecretSource
 from stellakeys.keystores.ports import FoundKey, KeyStoreContext, PreparedKey
+from stellakeys.keystores.uris import PIN_ENV, PIN_FILE_ENV, Pkcs11Uri, pct
 
 try:
     import pkcs11
@@ -66,8 +66,6 @@ __all__ = ["Pkcs11KeyHandle", "Pkcs11KeyStore", "Pkcs11Uri"]
 
 DEFAULT_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 MODULE_ENV = "STELLAKEYS_PKCS11_MODULE"
-PIN_ENV = "STELLAKEYS_PKCS11_PIN"
-PIN_FILE_ENV = "STELLAKEYS_PKCS11_PIN_FILE"
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -166,90 +164,9 @@ def _public_key(spec: _Spec, point: bytes) -> PublicKey:
 # --- URIs --------------------------------------------------------------------------------------
 
 
-@attrs.frozen
-class Pkcs11Uri:
-    """The parts of a ``pkcs11:`` (RFC 7512) or ``hsm://pkcs11/...`` URI that we use."""
-
-    token: str | None = None
-    serial: str | None = None
-    slot_id: int | None = None
-    object: str | None = None
-    id: bytes | None = None
-    type: str | None = None
-    module_path: str | None = None
-    pin_source: str | None = None
-
-    @classmethod
-    def parse(cls, uri: str) -> Pkcs11Uri:
-        path, _, query = uri.partition("?")
-        attrs_: dict[str, str] = {}
-        if path.lower().startswith("pkcs11:"):
-            for part in filter(None, path[len("pkcs11:") :].split(";")):
-                name, eq, value = part.partition("=")
-                if not eq:
-                    raise KeyStoreError(f"bad attribute {part!r} in PKCS#11 URI {uri!r}")
-                attrs_[name.lower()] = unquote(value)
-        elif path.lower().startswith("hsm://pkcs11"):
-            segments = [s for s in path[len("hsm://pkcs11") :].split("/") if s]
-            if len(segments) % 2:
-                raise KeyStoreError(
-                    f"bad HSM URI {uri!r}: expected hsm://pkcs11[/slot/<id>|/token/<label>|"
-                    "/serial/<serial>][/id/<hex>]"
-                )
-            names = {"slot": "slot-id", "token": "token", "serial": "serial", "id": "id-hex"}
-            for name, value in zip(segments[::2], segments[1::2], strict=True):
-                if name.lower() not in names:
-                    raise KeyStoreError(f"unknown segment {name!r} in HSM URI {uri!r}")
-                attrs_[names[name.lower()]] = unquote(value)
-        else:
-            raise KeyStoreError(f"not a PKCS#11 URI: {uri!r}")
-        for part in filter(None, query.split("&")):
-            name, _, value = part.partition("=")
-            attrs_[name.lower()] = unquote(value)
-        if "pin-value" in attrs_:
-            raise KeyStoreError(
-                "refusing pin-value in a PKCS#11 URI: URIs end up in configs, key records and "
-                f"logs; use pin-source=<file>, ${PIN_ENV} or ${PIN_FILE_ENV}"
-            )
-        try:
-            slot_id = int(attrs_["slot-id"]) if "slot-id" in attrs_ else None
-            if "id-hex" in attrs_:
-                key_id: bytes | None = bytes.fromhex(attrs_["id-hex"])
-            elif "id" in attrs_:
-                # RFC 7512 percent-encodes every byte; unquote gave us latin-1-ish text.
-                key_id = unquote_to_bytes_attr(path, "id")
-            else:
-                key_id = None
-        except ValueError as exc:
-            raise KeyStoreError(f"bad slot or key id in PKCS#11 URI {uri!r}: {exc}") from None
-        pin_source = attrs_.get("pin-source")
-        if pin_source is not None and pin_source.startswith("file:"):
-            pin_source = pin_source[len("file:") :]
-        return cls(
-            token=attrs_.get("token"),
-            serial=attrs_.get("serial"),
-            slot_id=slot_id,
-            object=attrs_.get("object"),
-            id=key_id,
-            type=attrs_.get("type"),
-            module_path=attrs_.get("module-path"),
-            pin_source=pin_source,
-        )
-
-
-def unquote_to_bytes_attr(path: str, name: str) -> bytes:
-    """The raw bytes of one percent-encoded RFC 7512 path attribute."""
-    from urllib.parse import unquote_to_bytes
-
-    for part in path[len("pkcs11:") :].split(";"):
-        key, _, value = part.partition("=")
-        if key.lower() == name:
-            return unquote_to_bytes(value)
-    raise ValueError(f"no {name} attribute")
-
-
-def _pct(value: str) -> str:
-    return quote(value, safe="-._~")
+# The parser lives in stellakeys.keystores.uris (one parser for every key store URI, usable
+# without python-pkcs11); re-exported here for existing callers.
+_pct = pct
 
 
 # --- one logged-in session per (module, token) per process ---------------------------------

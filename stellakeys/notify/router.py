@@ -299,11 +299,12 @@ def load_router(
     path = home / "notifier-config.yaml"
     if not path.exists():
         return None
+    from stellakeys.config_schema import validate_config
+
     loaded = load_yaml(path)
+    validate_config(loaded, path, "notifier")
     if loaded is None:
         return None
-    if not isinstance(loaded, Mapping):
-        raise ConfigError(f"{path}: the document must be a mapping")
     try:
         return router_from_dict(loaded, environ)
     except ConfigError as exc:

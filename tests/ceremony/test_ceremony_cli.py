@@ -51,7 +51,8 @@ class Cli:
         return proc
 
     def json(self, actor: str, *args: str) -> Any:
-        return json.loads(self.run(actor, *args).stdout)
+        # Human output is the default (issue 17): ask for JSON.
+        return json.loads(self.run(actor, *args, *(() if "--json" in args else ("--json",))).stdout)
 
 
 def write_yaml(path: Path, value: object) -> None:
@@ -196,7 +197,15 @@ def test_two_approvers_in_two_processes(
     procs = [
         subprocess.Popen(
             cli.command(
-                who, "ceremony", "approve", "--ceremony-id", cid, "--reason", reason, "--sign"
+                who,
+                "ceremony",
+                "approve",
+                "--ceremony-id",
+                cid,
+                "--reason",
+                reason,
+                "--sign",
+                "--json",
             ),
             env=cli.env,
             stdout=subprocess.PIPE,

@@ -121,7 +121,7 @@ def create(issuer: Issuer, server: Server, key_id: str) -> str:
             "ceremony", "create", "--type", "key-rotation",
             "--subject", f"Root signing key {key_id}", "--threshold", "2",
             "--expires-in", "24h",
-            "--payload", json.dumps({"keyId": key_id, "algorithm": "ecdsa-p384"}),
+            "--payload", json.dumps({"keyId": key_id, "algorithm": "ecdsa-p384"}), "--json",
         ],
         server=server,
         token=issuer.token(INITIATOR, "ceremony:create"),
@@ -147,7 +147,7 @@ def test_ceremony_lifecycle_through_the_cli_client(
     assert cid in [c["ceremonyId"] for c in listed]
     for n, who in enumerate((LEAD, CISO), start=1):
         done = stella(
-            ["ceremony", "approve", "--ceremony-id", cid, "--reason", REASON, "--sign"],
+            ["ceremony", "approve", "--ceremony-id", cid, "--reason", REASON, "--sign", "--json"],
             server=server,
             token=issuer.token(who, "ceremony:approve"),
             home=remote_world["homes"][who],
@@ -158,7 +158,7 @@ def test_ceremony_lifecycle_through_the_cli_client(
         assert body["approval"]["signatureValid"] is True
     executed = ok_json(
         stella(
-            ["ceremony", "execute", "--ceremony-id", cid],
+            ["ceremony", "execute", "--ceremony-id", cid, "--json"],
             server=server,
             token=issuer.token(INITIATOR, "ceremony:execute"),
         )
@@ -166,7 +166,7 @@ def test_ceremony_lifecycle_through_the_cli_client(
     assert executed["state"] == "Executed" and executed["result"]["keyId"] == "root-via-cli"
     status = ok_json(
         stella(
-            ["ceremony", "status", "--ceremony-id", cid],
+            ["ceremony", "status", "--ceremony-id", cid, "--json"],
             server=server,
             token=issuer.token("viewer@company.com", "ceremony:read"),
         )
@@ -184,7 +184,7 @@ def test_approve_without_the_scope_is_refused(remote_world: dict[str, Any], issu
     server: Server = remote_world["server"]
     cid = create(issuer, server, "root-no-scope")
     done = stella(
-        ["ceremony", "approve", "--ceremony-id", cid, "--reason", REASON, "--sign"],
+        ["ceremony", "approve", "--ceremony-id", cid, "--reason", REASON, "--sign", "--json"],
         server=server,
         token=issuer.token(LEAD, "ceremony:read"),
         home=remote_world["homes"][LEAD],
@@ -207,7 +207,7 @@ def test_approval_signed_with_an_unregistered_key_is_rejected(
     server: Server = remote_world["server"]
     cid = create(issuer, server, "root-wrong-key")
     done = stella(
-        ["ceremony", "approve", "--ceremony-id", cid, "--reason", REASON, "--sign"],
+        ["ceremony", "approve", "--ceremony-id", cid, "--reason", REASON, "--sign", "--json"],
         server=server,
         token=issuer.token(LEAD, "ceremony:approve"),
         home=remote_world["homes"][CISO],
@@ -293,7 +293,7 @@ def test_cancel_through_the_cli(remote_world: dict[str, Any], issuer: Issuer) ->
     cid = create(issuer, server, "root-cancel-cli")
     done = ok_json(
         stella(
-            ["ceremony", "cancel", "--ceremony-id", cid, "--reason", "wrong parameters"],
+            ["ceremony", "cancel", "--ceremony-id", cid, "--reason", "wrong parameters", "--json"],
             server=server,
             token=issuer.token(INITIATOR, "ceremony:read"),
         )
