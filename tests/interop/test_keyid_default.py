@@ -1,13 +1,15 @@
 """Every envelope stellakeys signs carries a keyid (docs/decisions/0022), so verifiers that
 match signatures to keys by keyid accept them with no extra option on our side.
 
-The ``in-toto`` package (in-toto's own verifier) is not installed in this environment; its
-DSSE check is securesystemslib's ``Envelope.verify`` (in-toto depends on securesystemslib and
-delegates to it), which is what these tests drive.
+Peers: securesystemslib's ``Envelope.verify`` and in-toto's own ``in_toto.models.metadata.
+Envelope.verify_signature`` (the check ``in-toto-verify`` applies to DSSE metadata), each given
+the signer's public key under the keyid the envelope names.
 """
 
 from __future__ import annotations
 
+import base64
+import copy
 import json
 from pathlib import Path
 
@@ -113,3 +115,27 @@ def test_cli_envelope_verifies_in_securesystemslib(tmp_path: Path) -> None:
     public = load_public_key_pem(listed[0]["publicKey"])
     verifier = sslib_key(public, "build-key", SCHEMES[alg_id])
     assert list(SslibEnvelope.from_dict(envelope).verify([verifier], 1)) == ["build-key"]
+    assert_in_toto_accepts(json.loads(out.read_text()), public, "build-key", SCHEMES[alg_id])
+
+
+def assert_in_toto_accepts(
+    envelope: dict[str, object], public: PublicKey, keyid: str, scheme: str
+) -> None:
+    """in-toto's verifier finds the key by the envelope's keyid and checks the signature; a
+    changed payload is refused."""
+    from in_toto.models.metadata import Envelope as InTotoEnvelope
+    from in_toto.models.metadata import SignatureVerificationError
+
+    key = {"keyid": keyid, **sslib_key(public, keyid, scheme).to_dict()}
+    # from_dict consumes the dicts it is given (securesystemslib pops their members): copies.
+    InTotoEnvelope.from_dict(copy.deepcopy(envelope)).verify_signature(copy.deepcopy(key))
+    tampered = {**copy.deepcopy(envelope), "payload": base64.b64encode(b'{"_type":"x"}').decode()}
+    with pytest.raises(SignatureVerificationError):
+        InTotoEnvelope.from_dict(tampered).verify_signature(copy.deepcopy(key))
+
+
+@pytest.mark.parametrize("alg_id", sorted(SCHEMES))
+def test_library_envelope_verifies_in_in_toto(alg_id: str) -> None:
+    key = get_algorithm(alg_id).generate()
+    envelope = json.loads(sign_envelope(TYPE, PAYLOAD, [key]).to_json())
+    assert_in_toto_accepts(envelope, key.public_key(), key.fingerprint, SCHEMES[alg_id])
