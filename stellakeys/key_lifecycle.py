@@ -20,9 +20,9 @@ from __future__ import annotations
 import contextlib
 import hmac
 import inspect
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
@@ -36,7 +36,27 @@ from stellakeys.keystores.ports import FoundKey, KeyHandle, KeyStore, PreparedKe
 from stellakeys.storage.ports import Store
 
 if TYPE_CHECKING:
-    from stellakeys.manager import KeyManager
+    from stellakeys.profiles import SignerConfig
+
+
+class LifecycleFacade(Protocol):
+    """What diagnosis and repair need of the facade (``stellakeys.manager.KeyManager``), as a
+    protocol: this module sits below the facade and must not import it (no import cycle)."""
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def config(self) -> SignerConfig: ...
+
+    def _key_store(self, uri: str) -> KeyStore: ...
+
+    @property
+    def generate_key(self) -> Callable[..., KeyRecord]: ...
+
+    @property
+    def rotate_key(self) -> Callable[..., KeyRecord]: ...
+
 
 __all__ = [
     "Diagnosis",
@@ -220,13 +240,13 @@ class Diagnosis:
         return {"clean": self.clean, "findings": [f.to_dict() for f in self.findings]}
 
 
-def _store_uris(manager: KeyManager, intents: Iterable[KeyIntent]) -> list[str]:
+def _store_uris(manager: LifecycleFacade, intents: Iterable[KeyIntent]) -> list[str]:
     uris = [p.key_store for p in manager.config.profiles.values()]
     uris += [i.key_store for i in intents]
     return list(dict.fromkeys(uris))
 
 
-def diagnose(manager: KeyManager, *, tmp_min_age_seconds: float = 60.0) -> Diagnosis:
+def diagnose(manager: LifecycleFacade, *, tmp_min_age_seconds: float = 60.0) -> Diagnosis:
     """Unfinished intents, orphan or replaced keys and stale temp files of every key store
     named by a profile or an intent. Read-only."""
     with manager.store.read() as tx:
@@ -273,7 +293,7 @@ def diagnose(manager: KeyManager, *, tmp_min_age_seconds: float = 60.0) -> Diagn
     return Diagnosis(tuple(findings))
 
 
-def resume(manager: KeyManager, intent: KeyIntent) -> KeyRecord:
+def resume(manager: LifecycleFacade, intent: KeyIntent) -> KeyRecord:
     """Finish an unfinished intent by re-running its operation with its recorded arguments
     (through the facade, so the operation guard and the audit trail apply as usual)."""
     if intent.operation == INTENT_GENERATE:
@@ -295,7 +315,7 @@ def resume(manager: KeyManager, intent: KeyIntent) -> KeyRecord:
     raise ConflictError(f"unknown intent operation {intent.operation!r} for {intent.key_id}")
 
 
-def repair(manager: KeyManager, diagnosis: Diagnosis) -> Diagnosis:
+def repair(manager: LifecycleFacade, diagnosis: Diagnosis) -> Diagnosis:
     """Repair what :func:`diagnose` found: remove stale temp files; set aside (never delete)
     orphan keys that no intent can adopt; finish unfinished intents. Returns the findings
     with what was done (or why not) in ``repaired``."""
@@ -312,7 +332,7 @@ def repair(manager: KeyManager, diagnosis: Diagnosis) -> Diagnosis:
     return Diagnosis(tuple(done))
 
 
-def _repair_one(manager: KeyManager, f: Finding, pending: dict[str, KeyIntent]) -> str:
+def _repair_one(manager: LifecycleFacade, f: Finding, pending: dict[str, KeyIntent]) -> str:
     if f.kind == "stale-tmp":
         manager._key_store(f.store).remove_temp_file(Path(f.detail))  # type: ignore[attr-defined]
         return "removed"

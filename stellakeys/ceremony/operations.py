@@ -43,6 +43,15 @@ from stellakeys.ceremony.model import (
     TRUST_ANCHOR_UPDATE,
     Ceremony,
 )
+from stellakeys.ceremony.protected import (
+    CEREMONY_FOR_OPERATION,
+    OP_HSM_KEY_GENERATION,
+    OP_KEY_GENERATION,
+    OP_KEY_REVOCATION,
+    OP_KEY_ROTATION,
+    OP_TRUST_ANCHOR_UPDATE,
+    PROTECTED_OPERATIONS,
+)
 from stellakeys.crypto import get_algorithm
 from stellakeys.errors import (
     MalformedPurlError,
@@ -68,28 +77,24 @@ if TYPE_CHECKING:
     from stellakeys.profiles import KeyProfile
     from stellakeys.storage.ports import Transaction
 
-__all__ = ["ALL", "Plan", "normalize_payload", "plan_for", "result_for"]
+# The operation names are re-exported from stellakeys.ceremony.protected, where they live so
+# that the policy and the storage ports need not import this module (no import cycle).
+__all__ = [
+    "ALL",
+    "CEREMONY_FOR_OPERATION",
+    "OP_HSM_KEY_GENERATION",
+    "OP_KEY_GENERATION",
+    "OP_KEY_REVOCATION",
+    "OP_KEY_ROTATION",
+    "OP_TRUST_ANCHOR_UPDATE",
+    "PROTECTED_OPERATIONS",
+    "Plan",
+    "normalize_payload",
+    "plan_for",
+    "result_for",
+]
 
 ALL = "ALL"
-
-# Operation names the facade gives its authorizer (stellakeys.manager uses these; the facade
-# imports this package, never the other way round).
-OP_HSM_KEY_GENERATION = "hsm-key-generation"
-OP_KEY_GENERATION = "key-generation"
-OP_KEY_REVOCATION = "key-revocation"
-OP_KEY_ROTATION = "key-rotation"
-OP_TRUST_ANCHOR_UPDATE = "trust-anchor-update"
-#: Operations that need an executed ceremony when ceremonies are enabled.
-PROTECTED_OPERATIONS = frozenset(
-    {OP_HSM_KEY_GENERATION, OP_KEY_REVOCATION, OP_KEY_ROTATION, OP_TRUST_ANCHOR_UPDATE}
-)
-#: The ceremony type that authorises each protected operation, for error messages.
-CEREMONY_FOR_OPERATION = {
-    OP_HSM_KEY_GENERATION: HSM_KEY_GENERATION,
-    OP_KEY_REVOCATION: KEY_REVOCATION,
-    OP_KEY_ROTATION: KEY_ROTATION,
-    OP_TRUST_ANCHOR_UPDATE: TRUST_ANCHOR_UPDATE,
-}
 
 
 @attrs.frozen

@@ -24,7 +24,7 @@ import attrs
 
 from stellakeys.ceremony._canonical import canonical_json
 from stellakeys.ceremony.model import CEREMONY_TYPES, POLICY_UPDATE, Ceremony, CeremonyState
-from stellakeys.ceremony.operations import PROTECTED_OPERATIONS
+from stellakeys.ceremony.protected import PROTECTED_OPERATIONS
 from stellakeys.errors import PolicyError
 
 if TYPE_CHECKING:

@@ -113,7 +113,7 @@ class Sm2(Algorithm):
         return self._wrap_public(key)
 
     def load_private_pem(self, pem: bytes, passphrase: bytes | None) -> PrivateKey:
-        from stellakeys.crypto._native import decode_native_private_pem
+        from stellakeys.crypto._native_pem import decode_native_private_pem
 
         key = decode_native_private_pem(pem, passphrase)
         return self.wrap_private(key)
