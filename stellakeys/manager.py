@@ -71,6 +71,7 @@ from stellakeys.purl import (
 from stellakeys.revocation import RevocationReason, parse_reason
 from stellakeys.rotation import RotationWarning, rotation_warnings
 from stellakeys.storage.ports import ProofRecord, Store, Transaction
+from stellakeys.store_source import StoreSource
 from stellakeys.times import format_time
 from stellakeys.verification import (
     SigningTime,
@@ -78,7 +79,7 @@ from stellakeys.verification import (
     VerificationResult,
     key_wide_compromises,
 )
-from stellakeys.verifier import StoreSource, Verifier
+from stellakeys.verifier import Verifier
 
 if TYPE_CHECKING:
     from stellakeys.timestamp import AddedTimestamp, TimestampingConfig, TimestampVerifier

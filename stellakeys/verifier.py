@@ -36,7 +36,7 @@ from stellakeys.binding import (
 )
 from stellakeys.dsse import Envelope
 from stellakeys.keys import KeyRecord
-from stellakeys.purl import PurlPattern, lookup_keys_for, most_specific_matches, parse_purl
+from stellakeys.purl import PurlPattern, most_specific_matches, parse_purl
 from stellakeys.reasons import Reason, ReasonCode
 from stellakeys.verification import (
     SigningTime,
@@ -49,7 +49,6 @@ from stellakeys.verification import (
 )
 
 if TYPE_CHECKING:
-    from stellakeys.storage.ports import Store, Transaction
     from stellakeys.timestamp import TimestampVerifier
 
 __all__ = [
@@ -57,7 +56,6 @@ __all__ = [
     "AnchorSource",
     "KeySource",
     "StaticSource",
-    "StoreSource",
     "Verifier",
     "select_anchor",
 ]
@@ -194,67 +192,6 @@ def _keys_of(anchors: Sequence[TrustAnchor]) -> list[KeyRecord]:
                     origin=KeyOrigin.IMPORTED,
                 )
     return list(keys.values())
-
-
-class StoreSource:
-    """Anchors and keys from a store, through its PURL index, remembered per PURL until the
-    store's change token moves (verifying many proofs for one artifact costs one query)."""
-
-    _MAX = 65536
-    #: The cache key of the universal anchor (a PURL never starts with NUL).
-    _UNIVERSAL = "\0*"
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self._token: object = object()
-        self._by_purl: dict[str, AnchorLookup] = {}
-        self._lock = threading.Lock()
-
-    def lookup(self, purl: str) -> AnchorLookup:
-        return self._cached(purl, lambda: parse_purl(purl))
-
-    def universal(self) -> AnchorLookup:
-        return self._cached(self._UNIVERSAL, lambda: None)
-
-    def _cached(self, key: str, parse: Callable[[], Any]) -> AnchorLookup:
-        token = self._store.change_token()
-        with self._lock:
-            if token != self._token:
-                self._by_purl.clear()
-                self._token = token
-            hit = self._by_purl.get(key)
-        if hit is not None:
-            return hit
-        parsed = parse()
-        with self._store.read() as tx:
-            answer = self._read(tx, parsed)
-        with self._lock:
-            if len(self._by_purl) >= self._MAX:
-                self._by_purl.clear()
-            self._by_purl[key] = answer
-        return answer
-
-    @staticmethod
-    def _read(tx: Transaction, parsed: Any) -> AnchorLookup:
-        index_keys = [""] if parsed is None else lookup_keys_for(parsed)
-        found = select_anchor(tx.anchors_by_index_keys(index_keys), parsed)
-        if found.anchor is None:
-            return found
-        fingerprints = {e.fingerprint for e in found.anchor.key_history}
-        compromises = key_wide_compromises(tx.history_by_fingerprints(fingerprints))
-        return attrs.evolve(
-            found, compromises=MappingProxyType(compromises) if compromises else _NO_COMPROMISE
-        )
-
-    def key_only_view(
-        self, key_ids: Collection[str]
-    ) -> tuple[Sequence[KeyRecord], Mapping[str, Sequence[KeyHistoryEntry]]]:
-        with self._store.read() as tx:
-            records = [r for k in key_ids if (r := tx.get_key(k)) is not None] if key_ids else []
-            if not records:
-                records = tx.list_keys()
-            found = _by_fingerprint(tx.history_by_fingerprints({r.fingerprint for r in records}))
-        return records, {r.key_id: found.get(r.fingerprint, []) for r in records}
 
 
 # --- the verifier --------------------------------------------------------------------------------

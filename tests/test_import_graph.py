@@ -130,3 +130,95 @@ def test_lazy_and_type_checking_imports_are_counted(tmp_path: Path) -> None:
     path.write_text(source)
     known = {"stellakeys.a", "stellakeys.b", "stellakeys.c"}
     assert set(imported("stellakeys.a", path, known)) == {"stellakeys.b", "stellakeys.c"}
+
+
+#: The layers of DESIGN.md and docs/architecture.md, from the ground up. A module imports only
+#: from its own layer or below. Every module must be placed (the longest matching prefix wins),
+#: so a new module is a decision, not an accident.
+LAYERS: dict[int, tuple[str, ...]] = {
+    1: (
+        "errors",
+        "clock",
+        "times",
+        "_fileio",
+        "strict_json",
+        "limits",
+        "_crashpoints",
+        "_display",
+    ),
+    2: ("crypto", "purl", "intoto", "dsse", "keystores.uris"),
+    3: (
+        "keys",
+        "anchors",
+        "revocation",
+        "profiles",
+        "rotation",
+        "audit",
+        "intents",
+        "jwk",
+        "config",
+        "config_schema",
+        "ceremony.model",
+        "ceremony.protected",
+        "ceremony.policy",
+        "ceremony.rules",
+        "ceremony.recheck",
+        "ceremony.statement",
+        "ceremony._canonical",
+        "ceremony.errors",
+        "ceremony.actor",
+        "ceremony.config",
+        "ceremony.approvers",
+    ),
+    4: (
+        "verification",
+        "reasons",
+        "binding",
+        "key_validity",
+        "signing_time",
+        "verifier",
+        "timestamp",
+    ),
+    5: ("storage.ports", "keystores.ports", "ceremony.ports", "notify"),
+    6: ("storage", "keystores", "store_source"),
+    7: (
+        "manager",
+        "ceremony",
+        "key_lifecycle",
+        "feed",
+        "batch",
+        "metrics",
+        "audit_replay",
+        "sigstore_bundle",
+    ),
+    8: ("pytest_plugin", "notebook", "forensics"),
+}
+
+
+def layer_of(module: str) -> int | None:
+    name = module.removeprefix("stellakeys.")
+    best: tuple[int, int] | None = None
+    for layer, prefixes in LAYERS.items():
+        for prefix in prefixes:
+            if (name == prefix or name.startswith(prefix + ".")) and (
+                best is None or len(prefix) > best[1]
+            ):
+                best = (layer, len(prefix))
+    return best[0] if best else None
+
+
+def test_every_module_has_a_layer() -> None:
+    unplaced = sorted(m for m in modules() if m != "stellakeys" and layer_of(m) is None)
+    assert unplaced == [], f"place these in LAYERS (and docs/architecture.md): {unplaced}"
+
+
+def test_no_import_runs_from_a_lower_layer_to_a_higher_one() -> None:
+    upward = [
+        f"{module} (layer {layer_of(module)}) imports {dep} (layer {layer_of(dep)})"
+        for module, deps in sorted(import_graph().items())
+        for dep in sorted(deps)
+        if (low := layer_of(module)) is not None
+        and (high := layer_of(dep)) is not None
+        and high > low
+    ]
+    assert upward == [], "\n".join(upward)
