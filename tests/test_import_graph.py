@@ -186,6 +186,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
         "ceremony",
         "key_lifecycle",
         "feed",
+        "feed_document",
         "batch",
         "metrics",
         "audit_replay",
