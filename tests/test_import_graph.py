@@ -146,7 +146,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
         "_crashpoints",
         "_display",
     ),
-    2: ("crypto", "purl", "intoto", "dsse", "keystores.uris"),
+    2: ("crypto", "purl", "purl_pattern", "intoto", "dsse", "keystores.uris"),
     3: (
         "keys",
         "anchors",
