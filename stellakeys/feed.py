@@ -38,15 +38,6 @@ from stellakeys.errors import (
     ConflictError,
     StellaKeysError,
 )
-from stellakeys.keys import KeyOrigin, KeyRecord
-
-if TYPE_CHECKING:
-    from stellakeys.clock import Clock
-    from stellakeys.manager import KeyManager
-    from stellakeys.storage.ports import FeedVersionRecord, Transaction
-    from stellakeys.timestamp import TimestampVerifier
-    from stellakeys.verifier import Verifier
-
 from stellakeys.feed_document import (  # re-exported: moved in issue 16
     _STORED_MARKER,
     DEFAULT_EXPIRES_IN,
@@ -64,6 +55,15 @@ from stellakeys.feed_document import (  # re-exported: moved in issue 16
     parse_feed,
     walk_chain,
 )
+from stellakeys.keys import KeyOrigin, KeyRecord
+
+if TYPE_CHECKING:
+    from stellakeys.clock import Clock
+    from stellakeys.manager import KeyManager
+    from stellakeys.storage.ports import FeedVersionRecord, Transaction
+    from stellakeys.timestamp import TimestampVerifier
+    from stellakeys.verifier import Verifier
+
 
 __all__ = [
     "DEFAULT_EXPIRES_IN",

@@ -178,6 +178,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
         "signing_time",
         "verifier",
         "timestamp",
+        "timestamp_token",
     ),
     5: ("storage.ports", "keystores.ports", "ceremony.ports", "notify"),
     6: ("storage", "keystores", "store_source"),
