@@ -193,7 +193,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
         "audit_replay",
         "sigstore_bundle",
     ),
-    8: ("pytest_plugin", "notebook", "forensics"),
+    8: ("pytest_plugin", "notebook", "forensics", "forensics_proofs"),
 }
 
 
