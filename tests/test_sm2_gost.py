@@ -388,7 +388,7 @@ def keys() -> dict[str, PrivateKey]:
 def test_import_does_not_load_libcrypto_and_sm2_does_not_load_the_engine() -> None:
     code = (
         "import stellakeys, stellakeys.crypto\n"
-        "from stellakeys.crypto import get_algorithm, _libcrypto as n\n"
+        "from stellakeys.crypto import get_algorithm, _libcrypto_core as n\n"
         "get_algorithm('sm2-sm3'); get_algorithm('gost-r-34.10-2012-256')\n"
         "assert n._lib is None, 'libcrypto bound at import'\n"
         "k = get_algorithm('sm2-sm3').generate()\n"
@@ -422,7 +422,7 @@ def test_missing_engine_is_a_clear_error_and_sm2_still_works() -> None:
 
 def test_missing_libcrypto_is_a_clear_error() -> None:
     code = (
-        "from stellakeys.crypto import get_algorithm, _libcrypto as n\n"
+        "from stellakeys.crypto import get_algorithm, _libcrypto_core as n\n"
         "n._candidates = lambda: ('libcrypto-does-not-exist.so.3',)\n"
         "try:\n"
         "    get_algorithm('sm2-sm3').generate()\n"
