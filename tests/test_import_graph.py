@@ -183,6 +183,11 @@ LAYERS: dict[int, tuple[str, ...]] = {
     6: ("storage", "keystores", "store_source"),
     7: (
         "manager",
+        "manager_core",
+        "manager_values",
+        "manager_keys",
+        "manager_anchors",
+        "manager_proofs",
         "ceremony",
         "key_lifecycle",
         "feed",
