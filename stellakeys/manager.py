@@ -13,33 +13,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import attrs
-
 from stellakeys import manager_anchors, manager_keys, manager_proofs, manager_values
 from stellakeys.anchors import TrustAnchor
-from stellakeys.audit import (
-    AuditEvent,
-    AuditQuery,
-    AuditRecord,
-    ChainVerification,
-    verify_chain,
-)
-from stellakeys.audit_replay import AuditReplay
+from stellakeys.audit import AuditEvent, AuditQuery, AuditRecord, ChainVerification
+from stellakeys.audit_replay import verify_store_audit
 from stellakeys.ceremony.authorization import CeremonyAuthorizer
 from stellakeys.ceremony.ports import Authorization
 from stellakeys.clock import Clock, SystemClock
 from stellakeys.config import Settings, load_settings
 from stellakeys.crypto import Algorithm, get_algorithm
 from stellakeys.dsse import Envelope
-from stellakeys.errors import (
-    KeyStoreError,
-    NotFoundError,
-    PolicyError,
-)
+from stellakeys.errors import KeyStoreError, NotFoundError, PolicyError
 from stellakeys.intoto import PAYLOAD_TYPE as INTOTO_PAYLOAD_TYPE
-from stellakeys.key_lifecycle import (
-    check_handle,
-)
+from stellakeys.key_lifecycle import check_handle
 from stellakeys.keys import KeyRecord
 from stellakeys.keystores.ports import KeyHandle, KeyStore, KeyStoreContext
 from stellakeys.manager_values import (
@@ -55,11 +41,7 @@ from stellakeys.revocation import RevocationReason
 from stellakeys.rotation import RotationWarning
 from stellakeys.storage.ports import ProofRecord, Store, Transaction
 from stellakeys.store_source import StoreSource
-from stellakeys.verification import (
-    SigningTime,
-    VerificationPolicy,
-    VerificationResult,
-)
+from stellakeys.verification import SigningTime, VerificationPolicy, VerificationResult
 from stellakeys.verifier import Verifier
 
 if TYPE_CHECKING:
@@ -607,15 +589,4 @@ class KeyManager:
         all in one read transaction and one pass over the log. Every difference is listed in
         ``state_differences`` and makes the result not ok: a change made behind stellakeys'
         back (triggers dropped, a direct UPDATE) is detected even though no event changed."""
-        with self.store.read() as tx:
-            if not check_state:
-                return verify_chain(tx.iter_audit(), expected_head)
-            replay = AuditReplay()
-            chain = verify_chain(replay.feed(tx.iter_audit()), expected_head)
-            if chain.broken_at is not None:
-                return chain
-            differences = replay.compare(tx.list_keys(), tx.list_anchors(), tx.list_ceremonies())
-        lines = tuple(d.describe() for d in differences)
-        return attrs.evolve(
-            chain, ok=chain.ok and not lines, state_differences=lines, state_checked=True
-        )
+        return verify_store_audit(self.store, expected_head, check_state=check_state)
