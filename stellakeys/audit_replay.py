@@ -22,13 +22,14 @@ from typing import Any
 import attrs
 
 from stellakeys.anchors import TrustAnchor
-from stellakeys.audit import AuditEvent, EventType
+from stellakeys.audit import AuditEvent, ChainVerification, EventType, verify_chain
 from stellakeys.ceremony.model import Ceremony
 from stellakeys.keys import KeyRecord
 from stellakeys.revocation import legacy_reason
+from stellakeys.storage.ports import Store
 from stellakeys.times import format_time
 
-__all__ = ["AuditReplay", "StateDifference"]
+__all__ = ["AuditReplay", "StateDifference", "verify_store_audit"]
 
 
 @attrs.frozen
@@ -209,3 +210,22 @@ def _diff(
                 continue
             if want[field] != have.get(field):
                 out.append(StateDifference(table, name, field, want[field], have.get(field)))
+
+
+def verify_store_audit(
+    store: Store, expected_head: str | None = None, *, check_state: bool = True
+) -> ChainVerification:
+    """``KeyManager.verify_audit``: the hash chain and (``check_state``) the replayed state
+    compared with the tables, in one read transaction and one pass over the log."""
+    with store.read() as tx:
+        if not check_state:
+            return verify_chain(tx.iter_audit(), expected_head)
+        replay = AuditReplay()
+        chain = verify_chain(replay.feed(tx.iter_audit()), expected_head)
+        if chain.broken_at is not None:
+            return chain
+        differences = replay.compare(tx.list_keys(), tx.list_anchors(), tx.list_ceremonies())
+    lines = tuple(d.describe() for d in differences)
+    return attrs.evolve(
+        chain, ok=chain.ok and not lines, state_differences=lines, state_checked=True
+    )
