@@ -456,7 +456,7 @@ def read_items(path: Path, malformed: list[tuple[int, str, str]] | None = None) 
 
 
 def _parse_line(line: bytes, label: str) -> BatchItem:
-    from stellakeys import strict_json
+    import stellakeys.strict_json as strict_json
     from stellakeys.dsse import Envelope
     from stellakeys.errors import (
         DuplicateEnvelopeMemberError,

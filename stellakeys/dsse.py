@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from stellakeys import strict_json
+import stellakeys.strict_json as strict_json
 from stellakeys.crypto import PublicKey
 from stellakeys.errors import (
     DuplicateEnvelopeMemberError,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from stellakeys import strict_json
+import stellakeys.strict_json as strict_json
 from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
 from stellakeys.dsse import Envelope, verify_envelope
 from stellakeys.errors import (

@@ -20,7 +20,7 @@ from typing import Any
 
 import attrs
 
-from stellakeys import strict_json
+import stellakeys.strict_json as strict_json
 from stellakeys.errors import (
     DuplicateEnvelopeMemberError,
     DuplicateMemberError,

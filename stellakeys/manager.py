@@ -13,7 +13,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stellakeys import manager_anchors, manager_keys, manager_proofs, manager_values
+import stellakeys.manager_anchors as manager_anchors
+import stellakeys.manager_keys as manager_keys
+import stellakeys.manager_proofs as manager_proofs
+import stellakeys.manager_values as manager_values
 from stellakeys.anchors import TrustAnchor
 from stellakeys.audit import AuditEvent, AuditQuery, AuditRecord, ChainVerification
 from stellakeys.audit_replay import verify_store_audit

@@ -168,7 +168,7 @@ def add_key(
     *,
     authorization: Authorization | None = None,
 ) -> list[uuid.UUID]:
-    """Add a key to one anchor, or to every active anchor (``ALL``) that lacks it."""
+    """The body of :meth:`KeyManager.add_key` (documented there)."""
     when = added_at or m._now()
     changed: list[uuid.UUID] = []
     with m.store.transaction() as tx:
@@ -206,17 +206,7 @@ def revoke_key(
     *,
     authorization: Authorization | None = None,
 ) -> list[uuid.UUID]:
-    """Revoke a key in one anchor or in every anchor holding it (``ALL``).
-
-    ``reason`` is a word of :class:`~stellakeys.revocation.RevocationReason` (or an alias
-    such as ``keyCompromise``); anything else raises UnknownRevocationReasonError.
-    ``effective_at`` may be past, now (None) or future (a scheduled revocation). Proofs
-    signed before it keep verifying, except for reason ``compromise``, which then needs
-    trusted time. An existing revocation can be made earlier or given a stronger reason,
-    never postponed or weakened. Compromise is a fact about the key: it is recorded in
-    every anchor holding the key (active or not), whichever anchor was named. Returns the
-    anchors whose entry changed.
-    """
+    """The body of :meth:`KeyManager.revoke_key` (documented there)."""
     if isinstance(reason, str):
         if not reason.strip():
             raise PolicyError("a revocation needs a reason")

@@ -108,11 +108,7 @@ def generate_key(
     *,
     authorization: Authorization | None = None,
 ) -> KeyRecord:
-    """A new key in the profile's key store, recorded with its pinned URI and public key.
-
-    An HSM profile's key generation is protected by dual control when the policy in force
-    says so: pass the executing ceremony's ``authorization`` (the ceremony service does).
-    """
+    """The body of :meth:`KeyManager.generate_key` (documented there)."""
     check_new_key_id(key_id)
     prof, alg = m._profile_algorithm(profile, algorithm)
     operation = OP_HSM_KEY_GENERATION if is_hsm(prof.key_store) else OP_KEY_GENERATION
@@ -159,16 +155,7 @@ def rotate_key(
     revoke_reason: str = "rotation",
     authorization: Authorization | None = None,
 ) -> KeyRecord:
-    """The key rotation runbook's steps 1, 2 and (scheduled) 4 as one atomic change.
-
-    Generates ``key_id`` in the profile's key store, adds it to ``anchor_ids`` (or, when
-    none are given and ``replaces`` is, to every active anchor where the replaced key is
-    still valid) and, if ``revoke_replaced_at`` is given, revokes the replaced key there
-    from that time (usually the end of the transition period). Everything after key
-    generation commits in one transaction, which is what lets a dual-control ceremony
-    execute a rotation exactly once (operation ``key-rotation``; pass the executing
-    ceremony's ``authorization`` when dual control protects it).
-    """
+    """The body of :meth:`KeyManager.rotate_key` (documented there)."""
     check_new_key_id(key_id)
     if revoke_replaced_at is not None and replaces is None:
         raise PolicyError("revoke_replaced_at needs the key being replaced")
@@ -273,7 +260,7 @@ def rotate_key(
 def import_key(
     m: ManagerCore, key_id: str, public_key_pem: str, profile: str | None = None
 ) -> KeyRecord:
-    """Record an external public key (verification only)."""
+    """The body of :meth:`KeyManager.import_key` (documented there)."""
     check_new_key_id(key_id)
     public = load_public_key_pem(public_key_pem)
     if profile is not None:
@@ -319,7 +306,7 @@ def check_validity(m: ManagerCore, key_id: str, at: datetime | None = None) -> K
 
 
 def rotation_warnings(m: ManagerCore, at: datetime | None = None) -> list[RotationWarning]:
-    """Rotation status of every key still in use (not revoked in every anchor it is in)."""
+    """The body of :meth:`KeyManager.rotation_warnings` (documented there)."""
     now = at or m._now()
     with m.store.read() as tx:
         keys = tx.list_keys()

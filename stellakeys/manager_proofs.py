@@ -37,13 +37,7 @@ def sign(
     timestamp_url: str | None = None,
     within: Callable[[Transaction, str], None] | None = None,
 ) -> str:
-    """Sign with one or several keys (any mix of algorithms); returns ``sha256:<hex>``.
-
-    ``timestamp_url``: get an RFC 3161 token for every signature from that TSA before
-    anything is stored, so the proof is stored with its trusted time or not at all.
-    ``within(tx, digest)`` runs in the transaction that stores the proof, after storing
-    it; if it raises, nothing is stored (the feed records its version number this way).
-    """
+    """The body of :meth:`KeyManager.sign` (documented there)."""
     ids = [key_ids] if isinstance(key_ids, str) else list(dict.fromkeys(key_ids))
     if not ids:
         raise PolicyError("at least one key id is required to sign")
@@ -90,13 +84,7 @@ def timestamp_proof(
     tokens: Sequence[bytes] = (),
     verifier: TimestampVerifier | None = None,
 ) -> list[AddedTimestamp]:
-    """Store RFC 3161 tokens with a proof: given ``tokens`` (DER TimeStampResp or bare
-    TimeStampToken) and/or one per signature from the TSA at ``tsa_url``.
-
-    Each token must cover one of the proof's signatures and, when TSA roots are
-    configured (or ``verifier`` is given), verify; otherwise TimestampError and nothing
-    is stored. Without roots the tokens are stored unverified, to be judged when verified.
-    """
+    """The body of :meth:`KeyManager.timestamp_proof` (documented there)."""
     from stellakeys.errors import TimestampError
     from stellakeys.timestamp import AddedTimestamp, parse_token
 

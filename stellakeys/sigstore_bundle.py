@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from stellakeys import strict_json
+import stellakeys.strict_json as strict_json
 from stellakeys.dsse import Envelope, b64decode
 from stellakeys.errors import (
     DuplicateEnvelopeMemberError,

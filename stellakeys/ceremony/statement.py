@@ -31,7 +31,7 @@ from datetime import datetime
 
 import attrs
 
-from stellakeys import strict_json
+import stellakeys.strict_json as strict_json
 from stellakeys.ceremony._canonical import canonical_json
 from stellakeys.ceremony.model import MAX_REASON, Ceremony, Decision, is_ceremony_id
 from stellakeys.crypto import PublicKey

@@ -27,7 +27,7 @@ verification refuses wrong lengths and r or s outside [1, q-1] before OpenSSL se
 
 from __future__ import annotations
 
-from stellakeys.crypto import _libcrypto as native
+import stellakeys.crypto._libcrypto as native
 from stellakeys.crypto._base import Algorithm, PrivateKey, PublicKey
 from stellakeys.crypto._ecsig import check_scalars
 from stellakeys.errors import (

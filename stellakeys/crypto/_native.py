@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stellakeys.crypto import _libcrypto as native
+import stellakeys.crypto._libcrypto as native
 from stellakeys.crypto._base import PrivateKey
 from stellakeys.crypto._gost import GOST_256, GOST_512
 from stellakeys.crypto._native_pem import decode_native_private_pem

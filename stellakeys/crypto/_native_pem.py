@@ -12,7 +12,7 @@ turn it into a key, so an SM2 user never needs the engine.
 
 from __future__ import annotations
 
-from stellakeys.crypto import _libcrypto as native
+import stellakeys.crypto._libcrypto as native
 from stellakeys.crypto._base import der_from_pem
 from stellakeys.errors import MalformedKeyError, UnsupportedKeyError
 

@@ -23,7 +23,7 @@ Verification parses the DER strictly first (canonical encoding, no trailing byte
 
 from __future__ import annotations
 
-from stellakeys.crypto import _libcrypto as native
+import stellakeys.crypto._libcrypto as native
 from stellakeys.crypto._base import Algorithm, PrivateKey, PublicKey
 from stellakeys.crypto._ecpoint import SM2_CURVE, check_sec1_point
 from stellakeys.crypto._ecsig import parse_strict_der

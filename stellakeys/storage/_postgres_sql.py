@@ -18,12 +18,12 @@ from typing import Any, Final
 import psycopg
 from psycopg import errors as pg_errors
 
+import stellakeys.storage._ceremony_codec as cc
+import stellakeys.storage._codec as codec
 from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
 from stellakeys.audit import AuditEvent
 from stellakeys.ceremony.model import Ceremony
 from stellakeys.errors import StorageError
-from stellakeys.storage import _ceremony_codec as cc
-from stellakeys.storage import _codec as codec
 from stellakeys.storage._sql import FETCH, Dialect, SqlCore, glob_to_like, one_line
 from stellakeys.storage.ports import ProofRecord
 

@@ -33,12 +33,12 @@ from typing import Any, ClassVar, Final, Protocol, Self, TypeVar
 
 import attrs
 
+import stellakeys.storage._codec as codec
+import stellakeys.storage._intent_codec as ic
 from stellakeys.audit import AuditEvent, AuditQuery
 from stellakeys.ceremony.policy import PolicyVersion
 from stellakeys.errors import NotFoundError, StorageError
 from stellakeys.intents import KeyIntent
-from stellakeys.storage import _codec as codec
-from stellakeys.storage import _intent_codec as ic
 from stellakeys.storage.ports import ProofRecord
 
 __all__ = [

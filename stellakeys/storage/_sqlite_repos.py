@@ -18,14 +18,14 @@ import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
+import stellakeys.storage._ceremony_codec as cc
+import stellakeys.storage._codec as codec
 from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
 from stellakeys.audit import AuditEvent, AuditRecord, chain_event
 from stellakeys.ceremony.model import Approval, Ceremony, CeremonyState
 from stellakeys.ceremony.policy import PolicyVersion
 from stellakeys.errors import ConflictError, NotFoundError, StorageError
 from stellakeys.keys import KeyRecord
-from stellakeys.storage import _ceremony_codec as cc
-from stellakeys.storage import _codec as codec
 from stellakeys.storage._sql import (
     CHUNK,
     AnchorCommon,

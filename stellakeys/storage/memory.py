@@ -21,6 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+import stellakeys.storage._ceremony_codec as cc
+import stellakeys.storage._codec as codec
+import stellakeys.storage._intent_codec as ic
 from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
 from stellakeys.audit import AuditEvent, AuditQuery, AuditRecord, chain_event
 from stellakeys.ceremony.model import Approval, Ceremony, CeremonyState
@@ -28,9 +31,6 @@ from stellakeys.ceremony.policy import PolicyVersion
 from stellakeys.errors import ConflictError, NotFoundError, StorageError
 from stellakeys.intents import KeyIntent
 from stellakeys.keys import KeyRecord
-from stellakeys.storage import _ceremony_codec as cc
-from stellakeys.storage import _codec as codec
-from stellakeys.storage import _intent_codec as ic
 from stellakeys.storage.ports import FeedVersionRecord, ProofRecord
 
 if TYPE_CHECKING:
