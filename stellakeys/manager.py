@@ -79,11 +79,18 @@ class KeyManager:
         authorizer: CeremonyAuthorizer | None = None,
         timestamp_verifier: TimestampVerifier | None = None,
         on_key_lookup: Callable[[], None] | None = None,
+        settings: Settings | None = None,
+        owns_store: bool = True,
     ) -> None:
         """``timestamp_verifier`` checks RFC 3161 tokens (default: built from the settings'
         ``timestamping.tsaRoots`` on first use); ``on_key_lookup`` is called once per
-        verification (metrics)."""
+        verification (metrics); ``settings`` are what :meth:`from_settings` was built from
+        (the ``timestamping`` section is read from them); with ``owns_store=False``,
+        :meth:`close` leaves the store open for its owner (a service sharing one store
+        between per-identity managers)."""
         self.store = store
+        self.settings = settings
+        self._owns_store = owns_store
         self.config = config or SignerConfig.from_dict(None)
         self.clock: Clock = clock or SystemClock()
         self.actor = actor
@@ -101,7 +108,7 @@ class KeyManager:
         #: Verifies RFC 3161 tokens. When None, it is built on first use from the
         #: ``timestamping`` section of the settings (``tsaRoots``); with no roots anywhere,
         #: tokens give no trusted time (verification says so).
-        self.timestamp_verifier: TimestampVerifier | None = timestamp_verifier
+        self._timestamp_verifier: TimestampVerifier | None = timestamp_verifier
         #: Every verification goes through this object (docs/verification.md).
         self.verifier = Verifier(self._source, self._source, on_verify=on_key_lookup)
         #: Asked inside the write transaction of every protected operation, with the
@@ -160,8 +167,8 @@ class KeyManager:
             authorizer=authorizer,
             timestamp_verifier=timestamp_verifier,
             on_key_lookup=on_key_lookup,
+            settings=settings,
         )
-        manager.settings = settings
         if authorizer.config.enabled:
             # Store initialisation: the first process configured for dual control records
             # it in the store (a no-op when the store's policy is already as strict).
@@ -172,7 +179,11 @@ class KeyManager:
                     authorizer.record_configured_policy(tx, manager.actor, manager._now())
         return manager
 
-    settings: Settings | None = None
+    @property
+    def timestamp_verifier(self) -> TimestampVerifier | None:
+        """The RFC 3161 token verifier given at construction, or None (then one is built from
+        the settings' ``timestamping.tsaRoots`` when a token is first checked)."""
+        return self._timestamp_verifier
 
     def close(self) -> None:
         with self._ks_lock:
@@ -180,7 +191,8 @@ class KeyManager:
                 ks.close()
             self._key_stores.clear()
             self._handles.clear()
-        self.store.close()
+        if self._owns_store:
+            self.store.close()
 
     def __enter__(self) -> KeyManager:
         return self
@@ -474,9 +486,9 @@ class KeyManager:
 
     def _tsa_verifier(self) -> TimestampVerifier | None:
         # Built lazily (reading the roots costs file I/O that most verifications never need).
-        if self.timestamp_verifier is None:
-            self.timestamp_verifier = self.timestamping().verifier()
-        return self.timestamp_verifier
+        if self._timestamp_verifier is None:
+            self._timestamp_verifier = self.timestamping().verifier()
+        return self._timestamp_verifier
 
     def proof_timestamps(self, digest: str) -> tuple[bytes, ...]:
         """The DER tokens stored with a proof; empty when the proof is not stored."""

@@ -48,8 +48,7 @@ class Library:
     def close(self) -> None:
         with self._lock:
             for manager, _ in self._per_actor.values():
-                # The store is the base manager's: close only this manager's key stores.
-                manager.store = _NoClose(manager.store)
+                # Built with owns_store=False: this closes only the manager's key stores.
                 manager.close()
             self._per_actor.clear()
         self.base.close()
@@ -67,8 +66,10 @@ class Library:
                     # One authorizer for every identity: the ceremonies section, approvers
                     # and the store's policy, as composed from the settings.
                     authorizer=self.base.authorizer,
+                    settings=self.settings,
+                    # The store is the base manager's, closed once by close().
+                    owns_store=False,
                 )
-                manager.settings = self.settings
                 service = CeremonyService.from_settings(manager, self.settings)
                 found = (manager, service)
                 self._per_actor[identity] = found
@@ -267,16 +268,3 @@ class Library:
             "cancelledAt": format_time(done.cancelled_at) if done.cancelled_at else None,
             "cancelReason": done.cancel_reason,
         }
-
-
-class _NoClose:
-    """The shared store, seen by a per-identity manager that must not close it."""
-
-    def __init__(self, store: Any) -> None:
-        self._store = store
-
-    def close(self) -> None:
-        pass
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)

@@ -64,8 +64,8 @@ def km(
         store,
         clock=FrozenClock(datetime.now(UTC) - timedelta(days=1)),
         keystore_context=KeyStoreContext(home=home),
+        timestamp_verifier=RFC3161Verifier.from_pem_files([tsa.root_pem]),
     )
-    manager.timestamp_verifier = RFC3161Verifier.from_pem_files([tsa.root_pem])
     yield manager
     manager.close()
 
@@ -244,12 +244,13 @@ def test_no_tsa_roots_means_no_trusted_time(km: KeyManager, tsa: TestTsa) -> Non
     digest, envelope = signed(km)
     token = tsa.reply(envelope.signatures[0].sig)
     compromise(km, "stolen", km.clock.now() + HOUR)
-    km.timestamp_verifier = None  # and no settings: nothing to build one from
-    result = km.verify(digest, timestamps=[token])
+    # Another process on the same store, with no verifier and no settings to build one from.
+    bare = KeyManager(km.store, clock=km.clock, owns_store=False)
+    result = bare.verify(digest, timestamps=[token])
     assert not result.ok
     assert any("no TSA roots are configured" in r for r in result.reasons)
     # Stored unverified, it counts as soon as roots are known.
-    (added,) = km.timestamp_proof(digest, tokens=[token])
+    (added,) = bare.timestamp_proof(digest, tokens=[token])
     assert not added.verified
     other = RFC3161Verifier.from_pem_files([tsa.other_root_pem])
     assert not km.verify(digest, timestamp_verifier=other).ok
@@ -452,9 +453,15 @@ def test_tsa_token_is_verified_at_request_time(
 ) -> None:
     url, _ = tsa_url
     digest, _ = signed(km)
-    km.timestamp_verifier = RFC3161Verifier.from_pem_files([tsa.other_root_pem])
+    # Another process on the same store, trusting only another TSA root.
+    other = KeyManager(
+        km.store,
+        clock=km.clock,
+        timestamp_verifier=RFC3161Verifier.from_pem_files([tsa.other_root_pem]),
+        owns_store=False,
+    )
     with pytest.raises(TimestampError, match="does not chain"):
-        km.timestamp_proof(digest, tsa_url=f"{url}/tsa")
+        other.timestamp_proof(digest, tsa_url=f"{url}/tsa")
     with pytest.raises(TimestampError, match="cannot reach"):
         km.timestamp_proof(digest, tsa_url="http://127.0.0.1:9/tsa")
     with pytest.raises(TimestampError, match="http or https"):

@@ -68,18 +68,10 @@ class ServiceBase:
         """The ceremony configuration, shared with the authorizer the facade consults."""
         return self.authorizer.config
 
-    @config.setter
-    def config(self, config: CeremonyConfig) -> None:
-        self.authorizer.config = config
-
     @property
     def approvers(self) -> ApproverRegistry:
         """The approvers as they are now (the authorizer's: one source for both halves)."""
         return self.authorizer.approvers
-
-    @approvers.setter
-    def approvers(self, registry: ApproverRegistry | Callable[[], ApproverRegistry]) -> None:
-        self.authorizer.approvers = registry
 
     def policy(self, tx: Transaction | None = None) -> CeremonyPolicy:
         """The policy in force: the store's recorded policy, made stricter by this service's

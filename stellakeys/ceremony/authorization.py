@@ -88,7 +88,7 @@ class CeremonyAuthorizer:
     def __init__(
         self, config: CeremonyConfig | None = None, approvers: ApproverSource = None
     ) -> None:
-        self.config = config or CeremonyConfig()
+        self._config = config or CeremonyConfig()
         self._approvers_source = approvers
 
     @classmethod
@@ -108,6 +108,12 @@ class CeremonyAuthorizer:
         return cls(config, approvers)
 
     @property
+    def config(self) -> CeremonyConfig:
+        """This process's ceremony configuration (given at construction: a process asks for
+        what its settings say; the store's recorded policy is never weakened by it)."""
+        return self._config
+
+    @property
     def approvers(self) -> ApproverRegistry:
         """The approvers as they are now: a loader is asked again on every access (take one
         snapshot per decision)."""
@@ -117,10 +123,6 @@ class CeremonyAuthorizer:
         if isinstance(source, ApproverRegistry):
             return source
         return source()
-
-    @approvers.setter
-    def approvers(self, source: ApproverRegistry | Callable[[], ApproverRegistry]) -> None:
-        self._approvers_source = source
 
     def policy(self, tx: Transaction) -> CeremonyPolicy:
         """The policy in force: the store's recorded policy, made stricter by this

@@ -8,7 +8,8 @@ import email.policy
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 from stellakeys.audit import AuditEvent, AuditQuery
 from stellakeys.ceremony.actor import Actor
 from stellakeys.ceremony.approvers import ApproverRegistry
-from stellakeys.ceremony.authorization import CeremonyAuthorizer
+from stellakeys.ceremony.authorization import ApproverSource, CeremonyAuthorizer
 from stellakeys.ceremony.config import CeremonyConfig
 from stellakeys.ceremony.model import Approval, Ceremony, Decision
 from stellakeys.ceremony.service import CeremonyService
@@ -179,6 +180,10 @@ PROFILES = SignerConfig(
 )
 
 
+#: Builds a facade and its ceremony service from a ceremony configuration and approvers.
+Composer = Callable[[CeremonyConfig, ApproverSource], tuple[KeyManager, CeremonyService]]
+
+
 @dataclass
 class World:
     manager: KeyManager
@@ -187,6 +192,35 @@ class World:
     keys: dict[str, PrivateKey]
     keystore: MemoryKeyStore
     sent: list[Any] = field(default_factory=list)
+    #: Builds a facade and its service over the same store, clock and key stores from a
+    #: ceremony configuration and approvers (what another process would compose).
+    compose: (
+        Callable[[CeremonyConfig, ApproverSource], tuple[KeyManager, CeremonyService]] | None
+    ) = None
+
+    def reconfigure(
+        self, config: CeremonyConfig | None = None, approvers: ApproverSource = None
+    ) -> None:
+        """Go on as a process composed with another ceremony configuration and/or approvers
+        (library objects are never changed after construction: a new facade and service are
+        built over the same store)."""
+        assert self.compose is not None
+        authorizer = self.service.authorizer
+        config = config if config is not None else authorizer.config
+        if approvers is None:
+            approvers = authorizer.approvers
+        self.manager, self.service = self.compose(config, approvers)
+
+    @contextmanager
+    def ceremonies_off(self) -> Iterator[None]:
+        """Briefly as a process configured without ceremonies (the store's recorded policy
+        still applies), then back to this world's configuration."""
+        before = self.service.authorizer.config
+        self.reconfigure(CeremonyConfig(enabled=False))
+        try:
+            yield
+        finally:
+            self.reconfigure(before)
 
     def actor(self, who: str) -> Actor:
         return self.service.actor(who)
@@ -274,20 +308,26 @@ def make_world(
             {k: v.public_key() for k, v in keys.items()}, initiator_in_group=initiator_in_group
         )
     )
-    # Composed at construction, as KeyManager.from_settings does: one authorizer, given to
-    # the facade and shared by the service.
-    authorizer = CeremonyAuthorizer(config or CeremonyConfig(enabled=True), registry)
-    manager = KeyManager(
-        store,
-        config=PROFILES,
-        clock=clock,
-        actor=INITIATOR,
-        keystore_context=KeyStoreContext(home=home),
-        open_key_store=opener,
-        authorizer=authorizer,
-    )
-    service = CeremonyService(manager, authorizer, notifier=notifier)
-    return World(manager, service, clock, keys, ks)
+
+    def compose(
+        config: CeremonyConfig, approvers: ApproverSource
+    ) -> tuple[KeyManager, CeremonyService]:
+        # Composed at construction, as KeyManager.from_settings does: one authorizer, given
+        # to the facade and shared by the service.
+        authorizer = CeremonyAuthorizer(config, approvers)
+        manager = KeyManager(
+            store,
+            config=PROFILES,
+            clock=clock,
+            actor=INITIATOR,
+            keystore_context=KeyStoreContext(home=home),
+            open_key_store=opener,
+            authorizer=authorizer,
+        )
+        return manager, CeremonyService(manager, authorizer, notifier=notifier)
+
+    manager, service = compose(config or CeremonyConfig(enabled=True), registry)
+    return World(manager, service, clock, keys, ks, compose=compose)
 
 
 # --- multi-process workers (spawned: importable by name, arguments picklable) ------------

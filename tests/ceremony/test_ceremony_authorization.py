@@ -164,7 +164,7 @@ def test_boasted_approvals_count_for_nothing(world: World) -> None:
     # CISO leaves the custodians; the caller still presents both approvals.
     doc = approvers_document({k: v.public_key() for k, v in world.keys.items()})
     doc["approverGroups"][0]["members"].remove(CISO)
-    world.service.approvers = ApproverRegistry.from_dict(doc)
+    world.reconfigure(approvers=ApproverRegistry.from_dict(doc))
     with pytest.raises(ExecutionRefusedError, match="1 of the 2 approvals"):
         world.manager.rotate_key("root-auth", authorization=real)
     assert world.manager.list_keys() == []

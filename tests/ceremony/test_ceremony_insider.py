@@ -263,9 +263,9 @@ def test_weakening_the_policy_is_itself_a_ceremony(tmp_path: Path) -> None:
     doc["approverGroups"][0]["operations"].append(POLICY_UPDATE)
     from stellakeys.ceremony.approvers import ApproverRegistry
 
-    w.service.approvers = ApproverRegistry.from_dict(doc)
+    w.reconfigure(approvers=ApproverRegistry.from_dict(doc))
     w.service.record_configured_policy()
-    w.service.config = CeremonyConfig(enabled=False)  # this process asks for less
+    w.reconfigure(CeremonyConfig(enabled=False))  # this process asks for less
     weaker = CeremonyPolicy(require_signed_approvals=True, allow_self_approval=False)
     with w.manager.store.transaction() as tx, pytest.raises(PolicyError, match="needs an executed"):
         record_policy(tx, weaker, "dba", w.clock.now())

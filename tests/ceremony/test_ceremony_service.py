@@ -300,8 +300,8 @@ def test_self_approval_when_configured(store_factory: object, tmp_path: Path) ->
     keys = {k: v.public_key() for k, v in world.keys.items()}
     keys[INITIATOR] = world.keys[OUTSIDER].public_key()
     del keys[OUTSIDER]
-    world.service.approvers = ApproverRegistry.from_dict(  # type: ignore[misc]
-        approvers_document(keys, initiator_in_group=True)
+    world.reconfigure(
+        approvers=ApproverRegistry.from_dict(approvers_document(keys, initiator_in_group=True))
     )
     world.keys[INITIATOR] = world.keys[OUTSIDER]
     c = world.create()
@@ -515,13 +515,9 @@ def test_cancel_after_execution_is_refused(world: World) -> None:
 
 def _anchor(world: World, key_id: str = "signing-2025") -> uuid.UUID:
     """An anchor holding one key, made while ceremonies are off."""
-    enabled = world.service.config
-    world.service.config = CeremonyConfig(enabled=False)
-    try:
+    with world.ceremonies_off():
         world.manager.generate_key(key_id)
         return world.manager.create_anchor("pkg:npm/*", [key_id], ["evidence.stella/v1"]).anchor_id
-    finally:
-        world.service.config = enabled
 
 
 def test_protected_operations_are_refused_outside_a_ceremony(world: World) -> None:
@@ -580,9 +576,8 @@ def test_failed_operation_leaves_the_ceremony_approved(world: World) -> None:
     world.approve(c.ceremony_id, LEAD)
     world.approve(c.ceremony_id, CISO)
     # Someone revokes it another way meanwhile (ceremonies briefly off): the operation fails.
-    world.service.config = CeremonyConfig(enabled=False)
-    world.manager.revoke_key(anchor, "signing-2025", "superseded")
-    world.service.config = CeremonyConfig(enabled=True)
+    with world.ceremonies_off():
+        world.manager.revoke_key(anchor, "signing-2025", "superseded")
     with pytest.raises(ConflictError, match="already revoked"):
         world.service.execute(world.actor(INITIATOR), c.ceremony_id)
     assert world.service.get(c.ceremony_id).state is S.APPROVED
@@ -649,9 +644,8 @@ def test_trust_anchor_update_actions(world: World) -> None:
     result = _approve_and_execute(world, create.ceremony_id, (TRUST_ADMIN, LEAD))
     assert result["anchorId"] == anchor_id
     assert world.manager.get_anchor(anchor_id).purl_pattern == "pkg:maven/org.apache.*"
-    world.service.config = CeremonyConfig(enabled=False)
-    world.manager.generate_key("extra")
-    world.service.config = CeremonyConfig(enabled=True)
+    with world.ceremonies_off():
+        world.manager.generate_key("extra")
     add = world.create(
         "trust-anchor-update",
         payload={"action": "add-key", "anchorId": anchor_id, "keyId": "extra"},
@@ -667,9 +661,8 @@ def test_trust_anchor_update_actions(world: World) -> None:
 
 def test_recovery_key_activation_is_three_of_five(world: World) -> None:
     anchor = _anchor(world)
-    world.service.config = CeremonyConfig(enabled=False)
-    world.manager.generate_key("recovery-1")  # pre-registered, offline until activated
-    world.service.config = CeremonyConfig(enabled=True)
+    with world.ceremonies_off():
+        world.manager.generate_key("recovery-1")  # pre-registered, offline until activated
     c = world.create("recovery-key-activation", payload={"keyId": "recovery-1"})
     assert (c.threshold, c.required_approvers, c.payload["anchorId"]) == (3, 5, "ALL")
     world.approve(c.ceremony_id, LEAD)

@@ -51,8 +51,8 @@ def km(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tsa: TestTsa) -> Iterato
         MemoryStore(),
         clock=FrozenClock(datetime.now(UTC) - timedelta(days=1)),
         keystore_context=KeyStoreContext(home=home),
+        timestamp_verifier=RFC3161Verifier.from_pem_files([tsa.root_pem]),
     )
-    manager.timestamp_verifier = RFC3161Verifier.from_pem_files([tsa.root_pem])
     yield manager
     manager.close()
 
