@@ -44,6 +44,7 @@ _FIXES = {
     " ('stellaops ceremony create --server ...')",
     "not-found": "check the id ('list' shows the existing ones)",
     "conflict": "check the current state ('status' / 'list')",
+    "ceremony-executed": "nothing to do: its operation ran once ('status' shows the result)",
     "too-large": "send a smaller body",
     "internal": "see the service's log",
 }

@@ -7,7 +7,11 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
-from stellakeys.ceremony.errors import ApprovalRejectedError, UnauthorizedError
+from stellakeys.ceremony.errors import (
+    ApprovalRejectedError,
+    CeremonyExecutedError,
+    UnauthorizedError,
+)
 from stellakeys.errors import (
     ConflictError,
     DuplicateMemberError,
@@ -65,6 +69,9 @@ def from_library(exc: StellaKeysError) -> Problem:
         return Problem(403, "forbidden", str(exc))
     if isinstance(exc, NotFoundError):
         return Problem(404, "not-found", str(exc))
+    if isinstance(exc, CeremonyExecutedError):
+        # Also what the loser of a concurrent execution gets: the operation ran once, not now.
+        return Problem(409, "ceremony-executed", str(exc))
     if isinstance(exc, DuplicateMemberError):
         return Problem(422, "duplicate-member", str(exc))
     if isinstance(exc, ConflictError):

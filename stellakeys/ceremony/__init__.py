@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from stellakeys.ceremony.actor import SCOPE_APPROVE, SCOPE_CANCEL, Actor
 from stellakeys.ceremony.errors import (
     ApprovalRejectedError,
+    CeremonyExecutedError,
     CeremonyExpiredError,
     CeremonyStateError,
     InvalidTransitionError,
@@ -58,6 +59,7 @@ __all__ = [
     "Ceremony",
     "CeremonyAuthorizer",
     "CeremonyConfig",
+    "CeremonyExecutedError",
     "CeremonyExpiredError",
     "CeremonyPolicy",
     "CeremonyService",

@@ -12,6 +12,7 @@ from stellakeys.errors import ConflictError, PolicyError
 
 __all__ = [
     "ApprovalRejectedError",
+    "CeremonyExecutedError",
     "CeremonyExpiredError",
     "CeremonyStateError",
     "InvalidTransitionError",
@@ -26,6 +27,11 @@ class InvalidTransitionError(ConflictError):
 class CeremonyStateError(ConflictError):
     """The ceremony is in the wrong state for the request (threshold not met, already
     executed, cancelled, ...)."""
+
+
+class CeremonyExecutedError(CeremonyStateError):
+    """The ceremony was executed already, by this caller or another (another thread, process
+    or host that won a concurrent execution): its operation ran exactly once, and not now."""
 
 
 class CeremonyExpiredError(CeremonyStateError):

@@ -12,12 +12,17 @@ and the execution together, here.
 from __future__ import annotations
 
 import logging
+import time
 
 from stellakeys.audit import EventType
 from stellakeys.ceremony._service_base import ServiceBase
 from stellakeys.ceremony.actor import Actor
 from stellakeys.ceremony.authorization import ExecutionRefusedError, audit_discounted
-from stellakeys.ceremony.errors import CeremonyExpiredError, CeremonyStateError
+from stellakeys.ceremony.errors import (
+    CeremonyExecutedError,
+    CeremonyExpiredError,
+    CeremonyStateError,
+)
 from stellakeys.ceremony.model import POLICY_UPDATE, Ceremony, CeremonyState
 from stellakeys.ceremony.operations import plan_for
 from stellakeys.ceremony.policy import EVENT_EXECUTION_REFUSED, CeremonyPolicy
@@ -26,7 +31,11 @@ from stellakeys.ceremony.ports import Authorization
 from stellakeys.ceremony.rules import Recheck, recheck_approvals
 from stellakeys.errors import StellaKeysError
 
-__all__ = ["Execution"]
+__all__ = ["CONCURRENT_EXECUTION_WAIT_SECONDS", "Execution"]
+
+#: How long an executor refused by the key store waits for a concurrent executor of the same
+#: ceremony (whose intent is pending) to commit. A rate bound, not a date: monotonic time.
+CONCURRENT_EXECUTION_WAIT_SECONDS = 30.0
 
 _log = logging.getLogger("stellakeys.ceremony.service")
 
@@ -43,8 +52,9 @@ class Execution(ServiceBase):
         ``signer.ceremony.approval_discounted`` event; below the threshold, execution is
         refused (``signer.ceremony.execution_refused``).
 
-        Raises CeremonyStateError when the threshold is not met or the ceremony was already
-        executed (by anyone, in any process), CeremonyExpiredError after its timeout, and
+        Raises CeremonyStateError when the threshold is not met, CeremonyExecutedError (one)
+        when the ceremony was already executed (by anyone, in any process, also by a
+        concurrent executor that won), CeremonyExpiredError after its timeout, and
         whatever the operation itself raises (then nothing is recorded and the ceremony stays
         Approved, so the cause can be fixed and execution retried within the window).
         """
@@ -68,12 +78,8 @@ class Execution(ServiceBase):
         except StellaKeysError as exc:
             # A concurrent executor may have won between our check and the operation's own
             # (e.g. "key already exists"): report that, not the operation's symptom of it.
-            with self._store.read() as tx:
-                now_state = self._load(tx, ceremony_id)
-            if now_state.state is CeremonyState.EXECUTED and not isinstance(
-                exc, CeremonyStateError
-            ):
-                raise CeremonyStateError(
+            if not isinstance(exc, CeremonyStateError) and self._lost_to_concurrent(ceremony):
+                raise CeremonyExecutedError(
                     f"cannot execute ceremony {ceremony_id}: it was executed concurrently ({exc})"
                 ) from exc
             raise
@@ -87,6 +93,28 @@ class Execution(ServiceBase):
                 f" {ceremony_id} was not recorded as executed"
             )
         return done
+
+    def _lost_to_concurrent(self, ceremony: Ceremony) -> bool:
+        """Whether another executor of ``ceremony`` has executed it (waiting for it if it is
+        still at work).
+
+        A key-making operation creates the key in the key store between two transactions
+        (decision 0016). Two executors of one ceremony share its intent, so the loser can be
+        refused by the key store ("already exists") while the winner has made the key but not
+        yet committed the execution, and the ceremony still reads Approved. While that intent
+        is pending, wait (bounded) for the winner's commit, so the loser is always told the
+        ceremony was executed, never the key store's symptom of it."""
+        key_id = ceremony.payload.get("keyId")
+        deadline = time.monotonic() + CONCURRENT_EXECUTION_WAIT_SECONDS
+        while True:
+            with self._store.read() as tx:
+                state = self._load(tx, ceremony.ceremony_id).state
+                pending = isinstance(key_id, str) and tx.get_intent(key_id) is not None
+            if state is CeremonyState.EXECUTED:
+                return True
+            if not pending or time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
 
     # --- re-verification ------------------------------------------------------------------
 

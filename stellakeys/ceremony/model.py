@@ -38,6 +38,7 @@ import attrs
 from stellakeys.ceremony._canonical import canonical_json, check_canonical_value
 from stellakeys.ceremony.errors import (
     ApprovalRejectedError,
+    CeremonyExecutedError,
     CeremonyExpiredError,
     CeremonyStateError,
     InvalidTransitionError,
@@ -489,9 +490,10 @@ class Ceremony:
                 " (timeout reached): create a new ceremony"
             )
         when = f" at {format_time(self.executed_at)}" if self.executed_at else ""
-        raise CeremonyStateError(
-            f"cannot execute ceremony {self.ceremony_id}: it is {self.state.value}{when}"
-        )
+        refused = f"cannot execute ceremony {self.ceremony_id}: it is {self.state.value}{when}"
+        if self.state is CeremonyState.EXECUTED:
+            raise CeremonyExecutedError(refused)
+        raise CeremonyStateError(refused)
 
     def executed(self, result: Mapping[str, Any], now: datetime) -> Ceremony:
         self.require_executable(now)
