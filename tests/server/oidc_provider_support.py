@@ -46,17 +46,30 @@ INSTALL_HINT = (
 )
 
 
-def node_modules() -> Path:
-    """The installed packages, or a test failure naming the commands that install them."""
-    given = os.environ.get(MODULES_ENV)
-    if not given:
-        pytest.fail(f"{MODULES_ENV} is not set: {INSTALL_HINT}")
-    modules = Path(given)
-    if not (modules / "oidc-provider" / "package.json").is_file():
-        pytest.fail(f"{modules} holds no oidc-provider package: {INSTALL_HINT}")
+def node_modules(scratch: Path) -> Path:
+    """The installed packages: ``$STELLAKEYS_OIDC_PROVIDER_MODULES`` (``.ci/run`` installs them
+    once), else ``npm ci`` of the pinned lock file into ``scratch`` (as the sigstore-js test
+    does). No node or npm, or a failed install, fails the test with what to do."""
     if shutil.which("node") is None:
         pytest.fail("node is required (Node.js 20.17 or later: apt-get install nodejs)")
-    return modules
+    given = os.environ.get(MODULES_ENV)
+    if given:
+        modules = Path(given)
+        if not (modules / "oidc-provider" / "package.json").is_file():
+            pytest.fail(f"{modules} holds no oidc-provider package: {INSTALL_HINT}")
+        return modules
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.fail(f"npm is required (apt-get install npm), or {INSTALL_HINT}")
+    for name in ("package.json", "package-lock.json"):
+        shutil.copy(HERE / name, scratch / name)
+    proc = subprocess.run(
+        [npm, "ci", "--no-audit", "--no-fund", "--omit=dev"],
+        cwd=scratch, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        pytest.fail(f"npm ci of tests/interop/oidc_provider failed: {proc.stderr[-2000:]}")
+    return scratch / "node_modules"
 
 
 def signing_key(kid: str) -> ECKey:

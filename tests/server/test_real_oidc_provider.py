@@ -40,7 +40,8 @@ REFRESH_FLOOR = 1  # seconds: the smallest floor the configuration accepts
 
 @pytest.fixture(scope="module")
 def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcProvider]:
-    op = OidcProvider(tmp_path_factory.mktemp("oidc-provider"), node_modules())
+    modules = node_modules(tmp_path_factory.mktemp("oidc-provider-packages"))
+    op = OidcProvider(tmp_path_factory.mktemp("oidc-provider"), modules)
     op.start([signing_key("op-key-1")], "op-key-1")
     try:
         yield op
