@@ -180,6 +180,10 @@ def combine_subjects(
     if not judged:
         raise ValueError("no subject to combine")
     first = judged[0][1]
+    if len(judged) == 1:  # the common case: the result stands, with its one subject
+        target = judged[0][0]
+        name = target.purl.canonical if target.purl else None
+        return attrs.evolve(first, subjects=(subject_result(target.name, name, first),))
     several = len(judged) > 1
     reasons: list[Reason] = []
     notes: dict[str, None] = {}

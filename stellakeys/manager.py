@@ -42,10 +42,9 @@ from stellakeys.manager_values import (
 from stellakeys.profiles import KeyProfile, SignerConfig
 from stellakeys.revocation import RevocationReason
 from stellakeys.rotation import RotationWarning
-from stellakeys.storage.ports import ProofRecord, Store, Transaction
-from stellakeys.store_source import StoreSource
+from stellakeys.storage.ports import Store, Transaction
+from stellakeys.store_verifier import StoreVerifier
 from stellakeys.verification import SigningTime, VerificationPolicy, VerificationResult
-from stellakeys.verifier import Verifier
 
 if TYPE_CHECKING:
     from stellakeys.timestamp import AddedTimestamp, TimestampingConfig, TimestampVerifier
@@ -82,12 +81,9 @@ class KeyManager:
         settings: Settings | None = None,
         owns_store: bool = True,
     ) -> None:
-        """``timestamp_verifier`` checks RFC 3161 tokens (default: built from the settings'
-        ``timestamping.tsaRoots`` on first use); ``on_key_lookup`` is called once per
-        verification (metrics); ``settings`` are what :meth:`from_settings` was built from
-        (the ``timestamping`` section is read from them); with ``owns_store=False``,
-        :meth:`close` leaves the store open for its owner (a service sharing one store
-        between per-identity managers)."""
+        """``timestamp_verifier``: RFC 3161 tokens (default: from ``settings``); ``on_key_lookup``
+        is called once per verification; ``owns_store=False``: :meth:`close` leaves the store
+        to its owner (a service sharing one store between per-identity managers)."""
         self.store = store
         self.settings = settings
         self._owns_store = owns_store
@@ -103,19 +99,20 @@ class KeyManager:
         self._key_stores: dict[str, KeyStore] = {}
         self._handles: dict[str, KeyHandle] = {}
         self._ks_lock = threading.Lock()
-        #: Anchors and keys for verification, from the store (cached per PURL).
-        self._source = StoreSource(store)
-        #: Verifies RFC 3161 tokens. When None, it is built on first use from the
-        #: ``timestamping`` section of the settings (``tsaRoots``); with no roots anywhere,
-        #: tokens give no trusted time (verification says so).
         self._timestamp_verifier: TimestampVerifier | None = timestamp_verifier
+        #: Verification against the store (no clock: this facade gives ``now``); its TSA
+        #: verifier is the given one, else built on first use from the settings.
+        self._verifying = StoreVerifier(
+            store,
+            timestamp_verifier=timestamp_verifier,
+            timestamp_verifier_factory=lambda: self.timestamping().verifier(),
+            on_verify=on_key_lookup,
+        )
         #: Every verification goes through this object (docs/verification.md).
-        self.verifier = Verifier(self._source, self._source, on_verify=on_key_lookup)
-        #: Asked inside the write transaction of every protected operation, with the
-        #: operation's explicit ``authorization`` (an executing ceremony) or None. It raises to
-        #: refuse, or records the ceremony's execution in that same transaction, so an
-        #: operation and "ceremony executed" commit together or not at all. The default one
-        #: has no ceremony configuration of its own: the store's recorded policy still holds.
+        self.verifier = self._verifying.verifier
+        #: Asked inside the write transaction of every protected operation with its explicit
+        #: ``authorization`` (or None): it refuses, or records the ceremony's execution in
+        #: that transaction. The default one applies only the store's recorded policy.
         self.authorizer = authorizer or CeremonyAuthorizer()
 
     @classmethod
@@ -181,8 +178,7 @@ class KeyManager:
 
     @property
     def timestamp_verifier(self) -> TimestampVerifier | None:
-        """The RFC 3161 token verifier given at construction, or None (then one is built from
-        the settings' ``timestamping.tsaRoots`` when a token is first checked)."""
+        """The RFC 3161 verifier given at construction (None: built from the settings)."""
         return self._timestamp_verifier
 
     def close(self) -> None:
@@ -389,7 +385,7 @@ class KeyManager:
 
     def find_anchor(self, purl: str) -> TrustAnchor | None:
         """The one anchor that applies to an artifact PURL, if any."""
-        return self._source.lookup(purl).anchor
+        return self._verifying.source.lookup(purl).anchor
 
     def deactivate_anchor(
         self, anchor_id: uuid.UUID | str, *, authorization: Authorization | None = None
@@ -465,14 +461,7 @@ class KeyManager:
         )
 
     def get_proof(self, digest: str) -> Envelope:
-        return Envelope.from_json(self._proof_record(digest).envelope_json)
-
-    def _proof_record(self, digest: str) -> ProofRecord:
-        with self.store.read() as tx:
-            proof = tx.get_proof(digest)
-        if proof is None:
-            raise NotFoundError(f"no proof {digest}")
-        return proof
+        return Envelope.from_json(self._verifying.proof_record(digest).envelope_json)
 
     # --- proofs: trusted time (RFC 3161) --------------------------------------------------------
 
@@ -486,15 +475,11 @@ class KeyManager:
 
     def _tsa_verifier(self) -> TimestampVerifier | None:
         # Built lazily (reading the roots costs file I/O that most verifications never need).
-        if self._timestamp_verifier is None:
-            self._timestamp_verifier = self.timestamping().verifier()
-        return self._timestamp_verifier
+        return self._verifying.timestamp_verifier()
 
     def proof_timestamps(self, digest: str) -> tuple[bytes, ...]:
         """The DER tokens stored with a proof; empty when the proof is not stored."""
-        with self.store.read() as tx:
-            proof = tx.get_proof(digest)
-        return proof.timestamp_tokens if proof is not None else ()
+        return self._verifying.proof_timestamps(digest)
 
     def timestamp_proof(
         self,
@@ -543,52 +528,31 @@ class KeyManager:
         ``now`` (default: the manager's clock) is the time when none is asserted (batch
         verification judges a whole batch at one instant). The work is :attr:`verifier`'s.
         """
-        envelope, digest, tokens = self.proof_with_tokens(proof, timestamps)
-        return self.verifier.verify(
-            envelope,
+        return self._verifying.verify(
+            proof,
+            now=now if now is not None else self._now(),
             purl=purl,
             at=at,
-            now=now if now is not None else self._now(),
-            policy=policy or VerificationPolicy(),
-            tokens=tokens,
             trusted_time=trusted_time,
-            digest=digest,
-            timestamp_verifier=(timestamp_verifier or self._tsa_verifier()) if tokens else None,
+            policy=policy,
+            timestamps=timestamps,
+            timestamp_verifier=timestamp_verifier,
         )
 
     def proof_with_tokens(
         self, proof: Envelope | str | bytes, extra: Sequence[bytes] = ()
     ) -> tuple[Envelope, str | None, tuple[bytes, ...]]:
         """The envelope of ``proof``, its ``sha256:`` address when given by it, and the RFC
-        3161 tokens that go with it: those stored with the proof, then ``extra``.
-
-        A proof given by address brings its stored tokens in the same read. An envelope given
-        as such is not looked up: that would cost the hot path a read per proof; callers that
-        want its stored tokens use :meth:`stored_tokens_for`.
-        """
-        if isinstance(proof, str) and proof.startswith("sha256:"):
-            record = self._proof_record(proof)
-            envelope = Envelope.from_json(record.envelope_json)
-            return envelope, proof, (*record.timestamp_tokens, *extra)
-        return self._envelope_of(proof), None, tuple(extra)
+        3161 tokens that go with it (:meth:`StoreVerifier.proof_with_tokens
+        <stellakeys.store_verifier.StoreVerifier.proof_with_tokens>`)."""
+        return self._verifying.proof_with_tokens(proof, extra)
 
     def stored_tokens_for(
         self, proof: Envelope | str | bytes, extra: Sequence[bytes] = ()
     ) -> tuple[Envelope | str, tuple[bytes, ...]]:
-        """The one place that merges stored timestamp tokens for a proof (``stellaops verify``
-        and batch workers): a proof given by address keeps its address (``verify`` reads its
-        tokens with it); an envelope gets the tokens stored under its digest, then ``extra``."""
-        if isinstance(proof, str) and proof.startswith("sha256:"):
-            return proof, tuple(extra)
-        envelope = self._envelope_of(proof)
-        return envelope, (*self.proof_timestamps(envelope.digest()), *extra)
-
-    def _envelope_of(self, proof: Envelope | str | bytes) -> Envelope:
-        if isinstance(proof, Envelope):
-            return proof
-        if isinstance(proof, str) and proof.startswith("sha256:"):
-            return self.get_proof(proof)
-        return Envelope.from_json(proof)
+        """A proof and every token that goes with it (:meth:`StoreVerifier.stored_tokens_for
+        <stellakeys.store_verifier.StoreVerifier.stored_tokens_for>`)."""
+        return self._verifying.stored_tokens_for(proof, extra)
 
     # --- audit ----------------------------------------------------------------------------
 

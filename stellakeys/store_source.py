@@ -8,17 +8,25 @@ and this adapter implements them with the store's PURL index.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 
-from stellakeys.anchors import KeyHistoryEntry
+from stellakeys.anchor_keys import AnchorKeys
+from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
 from stellakeys.keys import KeyRecord
-from stellakeys.purl import lookup_keys_for, parse_purl
+from stellakeys.purl import Purl, lookup_keys_for, parse_purl
 from stellakeys.verification import key_wide_compromises
-from stellakeys.verifier import _NO_COMPROMISE, AnchorLookup, _by_fingerprint, select_anchor
+from stellakeys.verifier import (
+    _NO_COMPROMISE,
+    AnchorLookup,
+    _by_fingerprint,
+    _pattern,
+    select_anchor,
+)
 
 if TYPE_CHECKING:
     from stellakeys.storage.ports import Store, Transaction
@@ -26,9 +34,28 @@ if TYPE_CHECKING:
 __all__ = ["StoreSource"]
 
 
+@attrs.frozen
+class _Compiled:
+    """One active anchor as verification needs it, built once per change token."""
+
+    anchor: TrustAnchor
+    compromises: Mapping[str, datetime]
+    keys: AnchorKeys
+
+
 class StoreSource:
-    """Anchors and keys from a store, through its PURL index, remembered per PURL until the
-    store's change token moves (verifying many proofs for one artifact costs one query)."""
+    """Anchors and keys from a store, remembered until the store's change token moves.
+
+    Three caches, all dropped together when the token moves (a revocation committed before a
+    verification starts is always seen):
+
+    * per index key (:attr:`PurlPattern.index_key`): the active anchors having it, each with
+      its key-wide compromises and its keys compiled once (:class:`AnchorKeys`), and the
+      keys known to have none. A new PURL under a known anchor costs one indexed query for
+      its few unknown keys, never a re-read of the anchor's history;
+    * per PURL: the applicable anchor (verifying many proofs for one artifact costs nothing);
+    * the universal anchor.
+    """
 
     _MAX = 65536
     #: The cache key of the universal anchor (a PURL never starts with NUL).
@@ -38,43 +65,66 @@ class StoreSource:
         self._store = store
         self._token: object = object()
         self._by_purl: dict[str, AnchorLookup] = {}
+        self._by_key: dict[str, tuple[_Compiled, ...]] = {}
         self._lock = threading.Lock()
 
-    def lookup(self, purl: str) -> AnchorLookup:
-        return self._cached(purl, lambda: parse_purl(purl))
+    def lookup(self, purl: str | Purl) -> AnchorLookup:
+        parsed = purl if isinstance(purl, Purl) else parse_purl(purl)
+        return self._cached(parsed.canonical, parsed)
 
     def universal(self) -> AnchorLookup:
-        return self._cached(self._UNIVERSAL, lambda: None)
+        return self._cached(self._UNIVERSAL, None)
 
-    def _cached(self, key: str, parse: Callable[[], Any]) -> AnchorLookup:
+    def _cached(self, key: str, parsed: Purl | None) -> AnchorLookup:
         token = self._store.change_token()
         with self._lock:
             if token != self._token:
                 self._by_purl.clear()
+                self._by_key.clear()
                 self._token = token
             hit = self._by_purl.get(key)
         if hit is not None:
             return hit
-        parsed = parse()
-        with self._store.read() as tx:
-            answer = self._read(tx, parsed)
+        index_keys = [""] if parsed is None else lookup_keys_for(parsed)
         with self._lock:
-            if len(self._by_purl) >= self._MAX:
-                self._by_purl.clear()
-            self._by_purl[key] = answer
-        return answer
+            known = {k: self._by_key[k] for k in index_keys if k in self._by_key}
+        missing = [k for k in index_keys if k not in known]
+        if missing:
+            with self._store.read() as tx:
+                fetched = self._read(tx, missing)
+            with self._lock:
+                if self._token == token:  # not if another thread saw a newer token meanwhile
+                    if len(self._by_key) >= self._MAX:
+                        self._by_key.clear()
+                    self._by_key.update(fetched)
+            known.update(fetched)
+        views = {id(c.anchor): c for k in index_keys for c in known[k]}
+        found = select_anchor((c.anchor for c in views.values()), parsed)
+        if found.anchor is not None:
+            view = views[id(found.anchor)]
+            found = attrs.evolve(found, compromises=view.compromises, keys=view.keys)
+        with self._lock:
+            if self._token == token:
+                if len(self._by_purl) >= self._MAX:
+                    self._by_purl.clear()
+                self._by_purl[key] = found
+        return found
 
     @staticmethod
-    def _read(tx: Transaction, parsed: Any) -> AnchorLookup:
-        index_keys = [""] if parsed is None else lookup_keys_for(parsed)
-        found = select_anchor(tx.anchors_by_index_keys(index_keys), parsed)
-        if found.anchor is None:
-            return found
-        fingerprints = {e.fingerprint for e in found.anchor.key_history}
-        compromises = key_wide_compromises(tx.history_by_fingerprints(fingerprints))
-        return attrs.evolve(
-            found, compromises=MappingProxyType(compromises) if compromises else _NO_COMPROMISE
-        )
+    def _read(tx: Transaction, index_keys: Sequence[str]) -> dict[str, tuple[_Compiled, ...]]:
+        """The active anchors of each index key, compiled (an empty tuple for a key without)."""
+        anchors = [a for a in tx.anchors_by_index_keys(index_keys) if a.active]
+        out: dict[str, list[_Compiled]] = {k: [] for k in index_keys}
+        if anchors:
+            fingerprints = {e.fingerprint for a in anchors for e in a.key_history}
+            found = _by_fingerprint(tx.history_by_fingerprints(fingerprints))
+            for anchor in anchors:
+                fps = {e.fingerprint for e in anchor.key_history}
+                compromises = key_wide_compromises([e for f in fps for e in found.get(f, ())])
+                frozen = MappingProxyType(compromises) if compromises else _NO_COMPROMISE
+                compiled = _Compiled(anchor, frozen, AnchorKeys(anchor.key_history, frozen))
+                out.setdefault(_pattern(anchor.purl_pattern).index_key, []).append(compiled)
+        return {k: tuple(v) for k, v in out.items()}
 
     def key_only_view(
         self, key_ids: Collection[str]

@@ -31,6 +31,7 @@ from typing import Any
 import attrs
 
 from stellakeys._display import render_html
+from stellakeys.anchor_keys import AnchorKeys
 from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
 from stellakeys.crypto import PublicKey
 from stellakeys.dsse import Envelope, EnvelopeVerification, VerifiedKey, verify_envelope
@@ -39,8 +40,6 @@ from stellakeys.key_validity import (
     _compromised,
     _entry_rejection,
     _key_rejection,
-    _usable,
-    _with_compromise,
     key_wide_compromises,
 )
 from stellakeys.keys import KeyRecord, public_key_of_pem
@@ -239,6 +238,7 @@ def evaluate(
     signature_times: Mapping[int, SigningTime] | None = None,
     timestamp_issues: Sequence[str] = (),
     compromises: Mapping[str, datetime] | None = None,
+    keys: AnchorKeys | None = None,
 ) -> VerificationResult:
     """Check ``envelope`` against ``anchor`` at ``time``. The caller resolved the anchor (the
     one applicable to ``purl``), the predicate type, and may pass reasons it found earlier.
@@ -252,6 +252,10 @@ def evaluate(
     judged at ``time``. ``timestamp_issues`` are tokens that gave no trusted time: they become
     reasons when a signer was rejected for lack of trusted time (they say why there was
     none), notes otherwise.
+
+    ``keys`` is the anchor's history compiled once (:class:`~stellakeys.anchor_keys.
+    AnchorKeys` over the same ``compromises``); sources that keep anchors pass it so that a
+    verification looks at the keys the signatures name, not the whole history.
     """
     reasons = list(as_reasons(context_reasons))
     times = _times_of(envelope, time, signature_times)
@@ -279,18 +283,25 @@ def evaluate(
                     f"predicateType {predicate_type} is not allowed by the anchor ({allowed})",
                 )
             )
-        history = tuple(_with_compromise(e, compromises or {}) for e in anchor.key_history)
+        if keys is None:
+            keys = AnchorKeys(anchor.key_history, compromises or {})
+        history = keys.entries
 
-        # Hot path: decide usability with comparisons only; the wording of why a key is not
-        # usable is worked out in _explain_failure, only when the proof fails.
-        def keyring_at(at: SigningTime) -> dict[str, PublicKey]:
-            return {
-                e.key_id: public_key_of_pem(e.public_key_pem)
-                for e in history
-                if _usable(e, at, require)
-            }
+        # Hot path: decide usability with comparisons only, first among the keys the
+        # signatures name; the wording of why a key is not usable is worked out in
+        # _explain_failure, only when the proof fails.
+        def keyring_of(entries: Sequence[KeyHistoryEntry]) -> Callable[[SigningTime], Keyring]:
+            return lambda at: AnchorKeys.keyring_at(entries, at, require)
 
-        outcome = _count(envelope, time, times, keyring_at, policy.threshold)
+        hinted = keys.hinted([s.keyid for s in envelope.signatures])
+        outcome = _count(envelope, time, times, keyring_of(hinted or history), policy.threshold)
+        if hinted is not None and (
+            outcome is None or len(outcome.verified) < len(envelope.signatures)
+        ):
+            # Hints are not authenticated: a signature may be by another key of the anchor
+            # than the one it names. When any signature did not verify with the named keys,
+            # every key, as if there were no hints (the same verdict and the same keys).
+            outcome = _count(envelope, time, times, keyring_of(history), policy.threshold)
         if outcome is None or not threshold_met(outcome.verified, policy):
             entries = {e.key_id: e for e in history}
 
@@ -342,6 +353,9 @@ def evaluate(
         notes=tuple(notes),
         key_times=_key_times(times, outcome),
     )
+
+
+Keyring = dict[str, PublicKey]
 
 
 def _times_of(

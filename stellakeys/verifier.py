@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
+from stellakeys.anchor_keys import AnchorKeys
 from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
 from stellakeys.binding import (
     combine_subjects,
@@ -36,7 +37,7 @@ from stellakeys.binding import (
 )
 from stellakeys.dsse import Envelope
 from stellakeys.keys import KeyRecord
-from stellakeys.purl import PurlPattern, most_specific_matches, parse_purl
+from stellakeys.purl import Purl, PurlPattern, most_specific_matches, parse_purl
 from stellakeys.reasons import Reason, ReasonCode
 from stellakeys.verification import (
     SigningTime,
@@ -71,6 +72,9 @@ class AnchorLookup:
     anchor: TrustAnchor | None = None
     why: Reason | None = None
     compromises: Mapping[str, datetime] = _NO_COMPROMISE
+    #: The anchor's keys compiled with ``compromises`` (built on demand when a source does
+    #: not keep one per anchor).
+    keys: AnchorKeys | None = None
 
 
 _UNJUDGED = AnchorLookup()
@@ -79,8 +83,9 @@ _UNJUDGED = AnchorLookup()
 class AnchorSource(Protocol):
     """Port: the applicable anchor for an artifact."""
 
-    def lookup(self, purl: str) -> AnchorLookup:
-        """The anchor for a (normalised) package URL."""
+    def lookup(self, purl: str | Purl) -> AnchorLookup:
+        """The anchor for a package URL (its text, or the parsed value: the verifier passes
+        what it already parsed, so no PURL is parsed twice)."""
         ...
 
     def universal(self) -> AnchorLookup:
@@ -151,16 +156,26 @@ class StaticSource:
         if keys is None:
             keys = _keys_of(self._anchors)
         self._keys = {r.key_id: r for r in keys}
+        #: anchor id -> (its compromises, its compiled keys), built on first lookup.
+        self._compiled: dict[uuid.UUID, tuple[Mapping[str, datetime], AnchorKeys]] = {}
+        self._lock = threading.Lock()
 
     def _answer(self, found: AnchorLookup) -> AnchorLookup:
-        if found.anchor is None:
+        anchor = found.anchor
+        if anchor is None:
             return found
-        fps = {e.fingerprint for e in found.anchor.key_history}
-        compromises = {f: t for f, t in self._compromises.items() if f in fps}
-        return attrs.evolve(found, compromises=MappingProxyType(compromises))
+        compiled = self._compiled.get(anchor.anchor_id)
+        if compiled is None:
+            fps = {e.fingerprint for e in anchor.key_history}
+            compromises = MappingProxyType({f: t for f, t in self._compromises.items() if f in fps})
+            compiled = (compromises, AnchorKeys(anchor.key_history, compromises))
+            with self._lock:
+                self._compiled[anchor.anchor_id] = compiled
+        return attrs.evolve(found, compromises=compiled[0], keys=compiled[1])
 
-    def lookup(self, purl: str) -> AnchorLookup:
-        return self._answer(select_anchor(self._anchors, parse_purl(purl)))
+    def lookup(self, purl: str | Purl) -> AnchorLookup:
+        parsed = purl if isinstance(purl, Purl) else parse_purl(purl)
+        return self._answer(select_anchor(self._anchors, parsed))
 
     def universal(self) -> AnchorLookup:
         return self._answer(select_anchor(self._anchors, None))
@@ -319,13 +334,14 @@ class Verifier:
                 signature_times=signature_times,
                 timestamp_issues=issues,
                 compromises=lookup.compromises,
+                keys=lookup.keys,
             )
 
         if purl is not None:
             requested = parse_purl(purl)  # malformed input raises
             unbound = requested_subject_reason(requested, facts)
             reasons = [r for r in (facts.error, unbound) if r]
-            result = judge(self.anchors.lookup(purl), purl, reasons)
+            result = judge(self.anchors.lookup(requested), purl, reasons)
             judged = subject_result(purl, requested.canonical, result)
             return attrs.evolve(result, subjects=(judged,))
         if facts.error is not None:
@@ -351,14 +367,16 @@ class Verifier:
         by_anchor: dict[uuid.UUID, VerificationResult] = {}
         for target in subject_targets(facts.subjects):
             if target.purl is not None:
-                lookup = self.anchors.lookup(target.purl.canonical)
+                lookup = self.anchors.lookup(target.purl)
                 anchor = lookup.anchor
                 seen = by_anchor.get(anchor.anchor_id) if anchor is not None else None
                 if seen is None:
                     seen = judge(lookup, target.purl.canonical, [])
                     if anchor is not None:
                         by_anchor[anchor.anchor_id] = seen
-                per_subject.append((target, attrs.evolve(seen, purl=target.purl.canonical)))
+                elif seen.purl != target.purl.canonical:
+                    seen = attrs.evolve(seen, purl=target.purl.canonical)
+                per_subject.append((target, seen))
                 continue
             lookup = self.anchors.universal()
             missing = (

@@ -15,6 +15,7 @@ import click
 if TYPE_CHECKING:
     from stellakeys.clock import Clock
     from stellakeys.manager import KeyManager
+    from stellakeys.store_verifier import StoreVerifier
     from stellakeys.timestamp import TimestampVerifier
     from stellakeys.verifier import Verifier
 
@@ -91,6 +92,7 @@ class CliState:
         self.database_url = database_url
         self.actor = actor
         self._manager: KeyManager | None = None
+        self._verifying: StoreVerifier | None = None
         self._clock: Clock | None = clock
         self._verifier = verifier
 
@@ -136,6 +138,18 @@ class CliState:
             )
         return self._manager
 
+    def verifying(self, *, timestamp_verifier: TimestampVerifier | None = None) -> StoreVerifier:
+        """The store opened for verification only: no key store, no ceremony code, no
+        facade (``stellaops verify`` imports and opens just this; issue 20)."""
+        if self._verifying is None:
+            from stellakeys.config import load_settings
+            from stellakeys.store_verifier import StoreVerifier
+
+            self._refuse_missing_home()
+            settings = load_settings(self.home, self.config_path, self.database_url, self.actor)
+            self._verifying = StoreVerifier.open(settings, timestamp_verifier=timestamp_verifier)
+        return self._verifying
+
     def _refuse_missing_home(self) -> None:
         """A read-only command on a home that does not exist says so, rather than creating an
         empty one and reporting "no proof" (issue 17: a mistyped STELLAKEYS_HOME)."""
@@ -170,6 +184,9 @@ class CliState:
         if self._manager is not None:
             self._manager.close()
             self._manager = None
+        if self._verifying is not None:
+            self._verifying.close()
+            self._verifying = None
 
 
 def _prompt_secret(text: str) -> str:

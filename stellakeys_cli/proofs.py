@@ -313,17 +313,17 @@ def verify(
             timestamp_verifier=verifier_from(tsa_roots),
         )
     else:
-        m = manager()
+        store = cli.verifying(timestamp_verifier=verifier_from(tsa_roots))
         # Stored tokens come with a proof given by address; an envelope given as JSON brings
         # the tokens stored for it (if it is stored) and any given with --timestamp.
-        target, tokens = m.stored_tokens_for(proof, given)
-        result = m.verify(
+        target, tokens = store.stored_tokens_for(proof, given)
+        result = store.verify(
             target,
+            now=now(),
             purl=purl,
             at=parse_time_option(at_time),
             policy=policy,
             timestamps=tokens,
-            timestamp_verifier=verifier_from(tsa_roots),
         )
     if as_json:
         emit_json(result.to_dict())

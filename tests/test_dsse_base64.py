@@ -10,7 +10,6 @@ hypothesis can think of, valid and hostile, and on hand-picked edge cases.
 from __future__ import annotations
 
 import base64
-import binascii
 import string
 
 import pytest

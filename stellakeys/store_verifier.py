@@ -1,0 +1,166 @@
+"""Verifying against a store, read-only: the one composition ``KeyManager.verify`` and
+``stellaops verify`` share.
+
+A :class:`StoreVerifier` is a :class:`~stellakeys.verifier.Verifier` over the store's anchors
+and keys (:class:`~stellakeys.store_source.StoreSource`) plus the reads that go with a proof:
+the stored envelope for a ``sha256:`` address and the RFC 3161 tokens stored with it. It
+needs no key store, no ceremony code and no clock (``now`` is an argument), so a process that
+only verifies imports and opens only this (issue 20: ``stellaops verify`` starts in a blink).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from stellakeys.dsse import Envelope
+from stellakeys.errors import NotFoundError
+from stellakeys.store_source import StoreSource
+from stellakeys.verification import SigningTime, VerificationPolicy, VerificationResult
+from stellakeys.verifier import Verifier
+
+if TYPE_CHECKING:
+    from stellakeys.config import Settings
+    from stellakeys.storage.ports import ProofRecord, Store
+    from stellakeys.timestamp import TimestampVerifier
+
+__all__ = ["StoreVerifier"]
+
+_DEFAULT_POLICY = VerificationPolicy()
+
+
+class StoreVerifier:
+    """Verifies proofs (envelopes, their JSON, or stored ``sha256:`` addresses) against a store.
+
+    ``timestamp_verifier`` checks RFC 3161 tokens; when None, ``timestamp_verifier_factory``
+    (e.g. from the settings' ``timestamping.tsaRoots``) builds one the first time a token
+    must be checked, so verifications without tokens never read TSA roots.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        timestamp_verifier: TimestampVerifier | None = None,
+        timestamp_verifier_factory: Callable[[], TimestampVerifier | None] | None = None,
+        on_verify: Callable[[], None] | None = None,
+    ) -> None:
+        self.store = store
+        #: The store's anchors and keys, cached until the store's change token moves.
+        self.source = StoreSource(store)
+        #: The verifier over them (docs/verification.md).
+        self.verifier = Verifier(self.source, self.source, on_verify=on_verify)
+        self._tsa = timestamp_verifier
+        self._tsa_factory = timestamp_verifier_factory
+
+    @classmethod
+    def open(
+        cls, settings: Settings, *, timestamp_verifier: TimestampVerifier | None = None
+    ) -> StoreVerifier:
+        """Open the settings' store for verification (TSA roots from ``timestamping``)."""
+        from stellakeys.storage import open_store
+
+        def from_settings() -> TimestampVerifier | None:
+            from stellakeys.timestamp import TimestampingConfig
+
+            return TimestampingConfig.from_document(settings.document, settings.home).verifier()
+
+        return cls(
+            open_store(settings),
+            timestamp_verifier=timestamp_verifier,
+            timestamp_verifier_factory=from_settings,
+        )
+
+    def timestamp_verifier(self) -> TimestampVerifier | None:
+        """The RFC 3161 verifier: the given one, else built once by the factory."""
+        if self._tsa is None and self._tsa_factory is not None:
+            self._tsa = self._tsa_factory()
+            self._tsa_factory = None
+        return self._tsa
+
+    def close(self) -> None:
+        self.store.close()
+
+    # --- stored proofs ---------------------------------------------------------------------
+
+    def proof_record(self, digest: str) -> ProofRecord:
+        """The stored proof at ``digest`` (NotFoundError if there is none)."""
+        with self.store.read() as tx:
+            proof = tx.get_proof(digest)
+        if proof is None:
+            raise NotFoundError(f"no proof {digest}")
+        return proof
+
+    def proof_timestamps(self, digest: str) -> tuple[bytes, ...]:
+        """The DER tokens stored with a proof; empty when the proof is not stored."""
+        with self.store.read() as tx:
+            proof = tx.get_proof(digest)
+        return proof.timestamp_tokens if proof is not None else ()
+
+    def proof_with_tokens(
+        self, proof: Envelope | str | bytes, extra: Sequence[bytes] = ()
+    ) -> tuple[Envelope, str | None, tuple[bytes, ...]]:
+        """The envelope of ``proof``, its ``sha256:`` address when given by it, and the RFC
+        3161 tokens that go with it: those stored with the proof, then ``extra``.
+
+        A proof given by address brings its stored tokens in the same read. An envelope given
+        as such is not looked up: that would cost the hot path a read per proof; callers that
+        want its stored tokens use :meth:`stored_tokens_for`.
+        """
+        if isinstance(proof, str) and proof.startswith("sha256:"):
+            record = self.proof_record(proof)
+            envelope = Envelope.from_json(record.envelope_json)
+            return envelope, proof, (*record.timestamp_tokens, *extra)
+        return self.envelope_of(proof), None, tuple(extra)
+
+    def stored_tokens_for(
+        self, proof: Envelope | str | bytes, extra: Sequence[bytes] = ()
+    ) -> tuple[Envelope | str, tuple[bytes, ...]]:
+        """The one place that merges stored timestamp tokens for a proof (``stellaops verify``
+        and batch workers): a proof given by address keeps its address (``verify`` reads its
+        tokens with it); an envelope gets the tokens stored under its digest, then ``extra``."""
+        if isinstance(proof, str) and proof.startswith("sha256:"):
+            return proof, tuple(extra)
+        envelope = self.envelope_of(proof)
+        return envelope, (*self.proof_timestamps(envelope.digest()), *extra)
+
+    def envelope_of(self, proof: Envelope | str | bytes) -> Envelope:
+        if isinstance(proof, Envelope):
+            return proof
+        if isinstance(proof, str) and proof.startswith("sha256:"):
+            return Envelope.from_json(self.proof_record(proof).envelope_json)
+        return Envelope.from_json(proof)
+
+    # --- verification ----------------------------------------------------------------------
+
+    def verify(
+        self,
+        proof: Envelope | str | bytes,
+        *,
+        now: datetime,
+        purl: str | None = None,
+        at: datetime | None = None,
+        trusted_time: SigningTime | None = None,
+        policy: VerificationPolicy | None = None,
+        timestamps: Sequence[bytes] = (),
+        timestamp_verifier: TimestampVerifier | None = None,
+    ) -> VerificationResult:
+        """:meth:`KeyManager.verify <stellakeys.manager.KeyManager.verify>` without a clock:
+        the same arguments, ``now`` given."""
+        envelope, digest, tokens = self.proof_with_tokens(proof, timestamps)
+        if tokens and timestamp_verifier is None:
+            timestamp_verifier = self.timestamp_verifier()
+        return self.verifier.verify(
+            envelope,
+            purl=purl,
+            at=at,
+            now=now,
+            policy=policy or _DEFAULT_POLICY,
+            tokens=tokens,
+            trusted_time=trusted_time,
+            digest=digest,
+            timestamp_verifier=(timestamp_verifier or self.timestamp_verifier())
+            if tokens
+            else None,
+        )

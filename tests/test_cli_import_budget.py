@@ -1,0 +1,109 @@
+"""``stellaops verify`` of a plain software-key proof loads only what verification needs.
+
+Runs ``python -X importtime -m stellakeys_cli verify ...`` in a subprocess and fails when a
+module on the forbidden list is imported: database drivers it does not use, HSM and cloud
+SDKs, presentation (rich tables, notebooks), the signer service, and the parts of stellakeys
+that a read-only verification never touches (the KeyManager facade, key stores, ceremony
+execution). Each of them is start-up time every verification in a CI pipeline pays
+(issue 20: the CLI must start in a blink).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
+from stellakeys.crypto import get_algorithm
+from stellakeys.dsse import sign_envelope
+from stellakeys.intoto import PAYLOAD_TYPE, Statement, Subject
+from stellakeys.purl import PurlPattern
+from stellakeys.storage.ports import ProofRecord
+from stellakeys.storage.sqlite import SqliteStore
+
+FORBIDDEN = (
+    "psycopg",
+    "psycopg_pool",
+    "pkcs11",
+    "boto3",
+    "botocore",
+    "rich",
+    "jinja2",
+    "pandas",
+    "matplotlib",
+    "dask",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "httpx",
+    "jsonschema",
+    "rfc3161_client",
+    "prometheus_client",
+    "stellakeys.manager",
+    "stellakeys.keystores.software",
+    "stellakeys.keystores.pkcs11",
+    "stellakeys.keystores.kms",
+    "stellakeys.ceremony.service",
+    "stellakeys.ceremony.execution",
+    "stellakeys.notebook",
+    "stellakeys.forensics",
+    "stellakeys_server",
+)
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def _home(root: Path) -> str:
+    key = get_algorithm("ed25519").generate()
+    aid = uuid.UUID(int=1)
+    entry = KeyHistoryEntry(
+        anchor_id=aid,
+        key_id="release-key",
+        algorithm="ed25519",
+        public_key_pem=key.public_key().to_pem(),
+        fingerprint=key.fingerprint,
+        added_at=T0,
+    )
+    pattern = PurlPattern.parse("pkg:npm/*")
+    statement = Statement(
+        (Subject("pkg:npm/app@1.0.0", {"sha256": "ab" * 32}),), "evidence.stella/v1", {}
+    )
+    envelope = sign_envelope(PAYLOAD_TYPE, statement.to_json(), [key], keyids=["release-key"])
+    store = SqliteStore.open_home(root)
+    with store.transaction() as tx:
+        tx.insert_anchor(
+            TrustAnchor(aid, pattern.text, ("evidence.stella/v1",), "v1", T0, (entry,)),
+            pattern.index_key,
+        )
+        tx.put_proof(ProofRecord(envelope.digest(), envelope.to_json(), T0, ()))
+    store.close()
+    return envelope.digest()
+
+
+def imported_modules(stderr: str) -> set[str]:
+    names = set()
+    for line in stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            names.add(line.rsplit("|", 1)[1].strip())
+    return names
+
+
+def test_plain_verify_imports_nothing_it_does_not_use(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    digest = _home(home)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STELLAKEYS_")}
+    env["STELLAKEYS_TEST_NOW"] = "2030-01-01T00:00:00Z"
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "stellakeys_cli", "--home", str(home),
+         "verify", "--proof-bundle", digest],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert proc.stdout.startswith("OK: " + digest)
+    modules = imported_modules(proc.stderr)
+    assert "stellakeys.verifier" in modules  # the measurement itself works
+    loaded = sorted(m for m in modules for f in FORBIDDEN if m == f or m.startswith(f + "."))
+    assert loaded == [], f"a plain verify imported {loaded}"
