@@ -64,6 +64,8 @@ __all__ = [
 
 def as_reasons(values: Sequence[str]) -> tuple[Reason, ...]:
     """Reasons as :class:`Reason`; a plain string (a caller's own context) is ``OTHER``."""
+    if not values:  # the verified case, on every result
+        return ()
     return tuple(v if isinstance(v, Reason) else Reason(ReasonCode.OTHER, v) for v in values)
 
 
@@ -239,6 +241,7 @@ def evaluate(
     timestamp_issues: Sequence[str] = (),
     compromises: Mapping[str, datetime] | None = None,
     keys: AnchorKeys | None = None,
+    subject: tuple[str, str | None] | None = None,
 ) -> VerificationResult:
     """Check ``envelope`` against ``anchor`` at ``time``. The caller resolved the anchor (the
     one applicable to ``purl``), the predicate type, and may pass reasons it found earlier.
@@ -256,6 +259,9 @@ def evaluate(
     ``keys`` is the anchor's history compiled once (:class:`~stellakeys.anchor_keys.
     AnchorKeys` over the same ``compromises``); sources that keep anchors pass it so that a
     verification looks at the keys the signatures name, not the whole history.
+
+    ``subject`` is ``(name, canonical PURL)`` of the one artifact judged: the result then
+    lists it in ``subjects`` (built here, not by copying the result afterwards).
     """
     reasons = list(as_reasons(context_reasons))
     times = _times_of(envelope, time, signature_times)
@@ -335,7 +341,26 @@ def evaluate(
                     )
     reasons, notes = _place_issues(reasons, [], timestamp_issues, lacking)
     reported = _reported_time(time, times, outcome)
+    verified = outcome.verified if outcome is not None else ()
+    final = tuple(reasons)
+    subjects = (
+        (
+            SubjectResult(
+                name=subject[0],
+                purl=subject[1],
+                ok=not final,
+                anchor_id=anchor.anchor_id if anchor else None,
+                anchor_pattern=anchor.purl_pattern if anchor else None,
+                policy_version=anchor.policy_version if anchor else None,
+                verified_keys=verified,
+                reasons=final,
+            ),
+        )
+        if subject is not None
+        else ()
+    )
     return VerificationResult(
+        subjects=subjects,
         ok=not reasons,
         time=reported.at,
         time_source=reported.source,
@@ -348,8 +373,8 @@ def evaluate(
         anchor_id=anchor.anchor_id if anchor else None,
         anchor_pattern=anchor.purl_pattern if anchor else None,
         policy_version=anchor.policy_version if anchor else None,
-        verified_keys=outcome.verified if outcome is not None else (),
-        reasons=tuple(reasons),
+        verified_keys=verified,
+        reasons=final,
         notes=tuple(notes),
         key_times=_key_times(times, outcome),
     )

@@ -32,7 +32,6 @@ from stellakeys.binding import (
     combine_subjects,
     payload_facts,
     requested_subject_reason,
-    subject_result,
     subject_targets,
 )
 from stellakeys.dsse import Envelope
@@ -320,7 +319,10 @@ class Verifier:
         facts = payload_facts(envelope)
 
         def judge(
-            lookup: AnchorLookup, artifact: str | None, reasons: Sequence[str]
+            lookup: AnchorLookup,
+            artifact: str | None,
+            reasons: Sequence[str],
+            subject: tuple[str, str | None] | None = None,
         ) -> VerificationResult:
             return evaluate(
                 envelope,
@@ -335,15 +337,14 @@ class Verifier:
                 timestamp_issues=issues,
                 compromises=lookup.compromises,
                 keys=lookup.keys,
+                subject=subject,
             )
 
         if purl is not None:
             requested = parse_purl(purl)  # malformed input raises
             unbound = requested_subject_reason(requested, facts)
             reasons = [r for r in (facts.error, unbound) if r]
-            result = judge(self.anchors.lookup(requested), purl, reasons)
-            judged = subject_result(purl, requested.canonical, result)
-            return attrs.evolve(result, subjects=(judged,))
+            return judge(self.anchors.lookup(requested), purl, reasons, (purl, requested.canonical))
         if facts.error is not None:
             return judge(_UNJUDGED, None, [facts.error])
         if not facts.names_artifact:
@@ -361,11 +362,15 @@ class Verifier:
                     timestamp_issues=issues,
                 )
             return judge(_UNJUDGED, None, [Reason(ReasonCode.NO_ARTIFACT, _NO_ARTIFACT)])
+        targets = subject_targets(facts.subjects)
+        if len(targets) == 1 and (only := targets[0].purl) is not None:  # the common case
+            canonical = only.canonical
+            return judge(self.anchors.lookup(only), canonical, [], (targets[0].name, canonical))
         per_subject = []
         # Subjects under one anchor get one verdict (a release's many files, one anchor):
         # the signatures are checked once per anchor, not once per subject.
         by_anchor: dict[uuid.UUID, VerificationResult] = {}
-        for target in subject_targets(facts.subjects):
+        for target in targets:
             if target.purl is not None:
                 lookup = self.anchors.lookup(target.purl)
                 anchor = lookup.anchor
