@@ -77,6 +77,7 @@ if TYPE_CHECKING:
         VerificationPolicy,
         VerificationResult,
     )
+    from stellakeys.store_verifier import StoreVerifier
     from stellakeys.verifier import AnchorLookup, AnchorSource, KeySource, StaticSource, Verifier
 
 __version__ = "0.1.0"
@@ -156,6 +157,8 @@ __all__ = [
     "StaticSource",
     "Verifier",
     "verify_envelope",
+    # issue 20: verification against a store without the facade
+    "StoreVerifier",
     # issue 18: ecosystem formats
     "AlgorithmOptionError",
     "algorithm_of_spki",
@@ -251,6 +254,7 @@ _EXPORTS: dict[str, str] = {
     "ReasonCode": "stellakeys.reasons",
     "StaticSource": "stellakeys.verifier",
     "Verifier": "stellakeys.verifier",
+    "StoreVerifier": "stellakeys.store_verifier",
 }
 
 
