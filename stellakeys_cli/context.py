@@ -83,6 +83,7 @@ class CliState:
         *,
         verifier: Verifier | None = None,
         clock: Clock | None = None,
+        max_staleness: float | None = None,
     ) -> None:
         """``verifier``: verify with it rather than the store's (``verify --feed``: a
         verifier built from the feed alone); ``clock`` shares an invocation's clock."""
@@ -90,6 +91,7 @@ class CliState:
         self.config_path = config_path
         self.database_url = database_url
         self.actor = actor
+        self.max_staleness = max_staleness
         self._manager: KeyManager | None = None
         self._clock: Clock | None = clock
         self._verifier = verifier
@@ -103,6 +105,7 @@ class CliState:
             self.actor,
             verifier=verifier,
             clock=self.clock,
+            max_staleness=self.max_staleness,
         )
 
     def given_verifier(self) -> Verifier | None:
@@ -133,6 +136,7 @@ class CliState:
                 clock=self.clock,
                 prompt=prompt,
                 timestamp_verifier=timestamp_verifier,
+                max_staleness=self.max_staleness,
             )
         return self._manager
 

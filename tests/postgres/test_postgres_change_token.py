@@ -218,3 +218,46 @@ def test_another_process_refuses_a_revoked_key_within_the_bound(
     assert seen["last_ok"] <= committed + BOUND
     assert seen["refused"] <= committed + BOUND + 0.25  # A had no pause in its loop
     assert seen["n"] > 10
+
+
+def test_settings_carry_max_staleness_listen_url_and_pooler_to_the_store(
+    clean_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stellakeys.config import load_settings
+    from stellakeys.errors import ConfigError
+    from stellakeys.storage import open_store
+
+    monkeypatch.delenv("STELLAKEYS_MAX_STALENESS", raising=False)
+    config = tmp_path / "signer.yaml"
+    config.write_text(
+        f"database:\n  url: '{clean_url}'\n  maxStaleness: 0.25\n"
+        f"  listenUrl: '{clean_url}'\n  pooler: transaction\n",
+        encoding="utf-8",
+    )
+    store = open_store(load_settings(tmp_path, config))
+    try:
+        assert isinstance(store, PostgresStore)
+        assert (store.max_staleness, store.pooler) == (0.25, "transaction")
+    finally:
+        store.close()
+    # The CLI's --max-staleness (passed as the argument) wins over the environment, which
+    # wins over the file.
+    monkeypatch.setenv("STELLAKEYS_MAX_STALENESS", "2")
+    assert load_settings(tmp_path, config).max_staleness == 2.0
+    assert load_settings(tmp_path, config, max_staleness=3.0).max_staleness == 3.0
+    for bad in ("0", "-1", "soon", "inf"):
+        monkeypatch.setenv("STELLAKEYS_MAX_STALENESS", bad)
+        with pytest.raises(ConfigError, match="STELLAKEYS_MAX_STALENESS"):
+            load_settings(tmp_path, config)
+
+
+def test_cli_refuses_a_max_staleness_that_is_not_positive(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from stellakeys_cli.main import cli
+
+    result = CliRunner().invoke(
+        cli, ["--home", str(tmp_path), "--max-staleness", "0", "key", "list"]
+    )
+    assert result.exit_code == 2
+    assert "--max-staleness" in result.output
