@@ -261,3 +261,46 @@ def test_cli_refuses_a_max_staleness_that_is_not_positive(tmp_path: Path) -> Non
     )
     assert result.exit_code == 2
     assert "--max-staleness" in result.output
+
+
+def _child_sees_writes(store: PostgresStore, url: str, out: Any) -> None:
+    """In a forked child: the inherited store starts a listener of its own and follows a
+    write committed by another store."""
+    try:
+        before = store.change_token()
+        listener = store._listener
+        assert listener is not None and listener.alive is not None
+        other = PostgresStore.connect(url)
+        with other.transaction() as tx:
+            tx.insert_key(key_record("from-child"))
+        other.close()
+        committed = time.monotonic()
+        while store.change_token() == before:
+            assert time.monotonic() < committed + BOUND + 0.25, "stale beyond the bound"
+            time.sleep(0.01)
+        out.put("ok")
+    except BaseException as exc:  # reported to the parent, which asserts
+        out.put(repr(exc))
+
+
+def test_bounded_staleness_survives_fork(clean_url: str) -> None:
+    import multiprocessing
+
+    store = PostgresStore.connect(clean_url, max_staleness=BOUND)
+    try:
+        first = store.change_token()  # the parent's listener is running
+        ctx = multiprocessing.get_context("fork")
+        out = ctx.Queue()
+        child = ctx.Process(target=_child_sees_writes, args=(store, clean_url, out))
+        child.start()
+        assert out.get(timeout=30) == "ok"
+        child.join(timeout=30)
+        # The parent's connections and listener were left alone by the child.
+        deadline = time.monotonic() + BOUND + 0.25
+        while store.change_token() == first:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        with store.read() as tx:
+            assert tx.get_key("from-child") is not None
+    finally:
+        store.close()
