@@ -230,8 +230,23 @@ def lookups(url: str, anchors: int) -> list[tuple[str, float, float, float]]:
     return rows
 
 
+def cursor_token_store(url: str) -> Any:
+    """A PostgresStore whose strict token read is the one before decision 0024 (psycopg's
+    cursor path on the same dedicated connection), for a before/after in one run."""
+    from stellakeys.storage.postgres import PostgresStore
+
+    class CursorTokenStore(PostgresStore):
+        def _read_token(self) -> int:
+            with self._token_lock:
+                row = self._token.connection().execute(COUNTER_SQL).fetchone()
+            assert row is not None
+            return int(row[0])
+
+    return CursorTokenStore.connect(url)
+
+
 def verify_rates(
-    managers: dict[str, KeyManager], blobs: list[bytes]
+    managers: dict[str, KeyManager], blobs: list[bytes], rounds: int = 5
 ) -> dict[str, tuple[float, float]]:
     """{name: (cold ops/s, best warm ops/s)}; warm rounds rotate the order of the stores."""
 
@@ -247,7 +262,7 @@ def verify_rates(
     cold = {name: bv.rate(run(km), len(blobs)) for name, km in managers.items()}
     warm: dict[str, list[float]] = {name: [] for name in managers}
     names = list(managers)
-    for r in range(5):
+    for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             warm[name].append(bv.rate(run(managers[name]), len(blobs)))
     return {name: (cold[name], max(warm[name])) for name in managers}
@@ -332,6 +347,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # the anchor count. A few hundred anchors keep the run short when the point is the ratio.
     parser.add_argument("--anchors", type=int, help="number of anchors (overrides --quick)")
     parser.add_argument("--no-throughput", action="store_true", help="skip the process runs")
+    parser.add_argument("--warm-rounds", type=int, default=5, help="warm passes per store")
     args, _ = parser.parse_known_args(argv)
     anchors = args.anchors or (10_000 if args.quick else 100_000)
     print(
@@ -384,6 +400,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             managers = {
                 "sqlite": KeyManager(SqliteStore.open_home(home), keystore_context=context),
                 "postgres": KeyManager(PostgresStore.connect(url), keystore_context=context),
+                "postgres (token before)": KeyManager(
+                    cursor_token_store(url), keystore_context=context
+                ),
                 "postgres max_staleness=1": KeyManager(
                     PostgresStore.connect(url, max_staleness=1.0), keystore_context=context
                 ),
@@ -395,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 )
             try:
                 raw = bv.raw_rate(signer, blobs)
-                results = verify_rates(managers, blobs)
+                results = verify_rates(managers, blobs, args.warm_rounds)
                 raw = max(raw, bv.raw_rate(signer, blobs))
             finally:
                 for km in managers.values():
