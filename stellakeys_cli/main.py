@@ -84,7 +84,7 @@ class LazyGroup(click.Group):
 #: Options of the top-level group, accepted after the subcommand too (issue 17: the schema
 #: error tells the user to run ``stellaops db migrate --database-url <url>``, and people write
 #: ``stellaops key list --home X``).
-_GLOBAL_OPTIONS = ("--home", "--config", "--database-url", "--actor")
+_GLOBAL_OPTIONS = ("--home", "--config", "--database-url", "--actor", "--max-staleness")
 
 
 def _globals_first(group: click.Group, ctx: click.Context, args: list[str]) -> list[str]:

@@ -304,3 +304,15 @@ def test_bounded_staleness_survives_fork(clean_url: str) -> None:
             assert tx.get_key("from-child") is not None
     finally:
         store.close()
+
+
+def test_cli_max_staleness_after_the_command_reaches_a_postgres_store(
+    clean_url: str, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from stellakeys_cli.main import cli
+
+    args = ["--home", str(tmp_path), "key", "list", "--database-url", clean_url]
+    result = CliRunner().invoke(cli, [*args, "--max-staleness", "0.5"])
+    assert result.exit_code == 0, result.output
