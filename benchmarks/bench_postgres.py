@@ -15,9 +15,17 @@ Measured, each over random anchors and random times T in the keys' lifetimes:
   checkout, BEGIN REPEATABLE READ, the query, decoding, COMMIT);
 * ``anchors_by_index_keys`` in a read transaction, with the index keys a real PURL produces
   (the verification lookup: one anchor and its 10 history rows come back);
-* ``change_token()`` and an empty read transaction;
+* ``change_token()`` strict (one libpq round trip), the same read through psycopg's cursor
+  (the implementation before decision 0024), with ``max_staleness`` (no round trip), and an
+  empty read transaction;
 * ``KeyManager.verify`` end to end (as bench_verify.py: 2,000 Ed25519 proofs for distinct
-  PURLs, cold then warm) on PostgreSQL and on SQLite holding the same anchors.
+  PURLs, cold then warm) on SQLite holding the same anchors and on PostgreSQL: strict, with
+  ``max_staleness=1``, and strict through PgBouncer (``pool_mode = transaction``);
+* throughput with 1, 2, 4 and 8 processes against the one database, directly and through
+  PgBouncer: each process opens its own KeyManager (strict), verifies a fixed set of 200 proofs
+  once to warm up, then verifies them round and round for ``--seconds`` (default 5) from a
+  common start; verifies/s in total and per process, and parallel efficiency (total rate over
+  N times the one-process rate).
 
 Latencies: five rounds of 1,000 calls per operation, the operations taking turns, so bursts of
 load from elsewhere on a shared machine hit them all; p50 and p99 over all 5,000 calls, and
@@ -56,6 +64,7 @@ from stellakeys import KeyManager  # noqa: E402
 from stellakeys.crypto import PrivateKey, get_algorithm  # noqa: E402
 from stellakeys.keystores.ports import KeyStoreContext  # noqa: E402
 from stellakeys.purl import PurlPattern, lookup_keys_for, parse_purl  # noqa: E402
+from stellakeys.storage._postgres_token import COUNTER_SQL  # noqa: E402
 
 ROUNDS = 5
 PER_ROUND = 1000
@@ -165,6 +174,10 @@ def lookups(url: str, anchors: int) -> list[tuple[str, float, float, float]]:
     )
     conn = psycopg.connect(url, autocommit=True, prepare_threshold=0)
     store = PostgresStore.connect(url)
+    stale = PostgresStore.connect(url, max_staleness=1.0)
+    # The token read as it was before decision 0024: psycopg's cursor path, prepared after
+    # five calls, on a dedicated autocommit connection.
+    old = psycopg.connect(url, autocommit=True)
     try:
         conn.execute("SET TimeZone TO 'UTC'")
         plan = conn.execute("EXPLAIN " + sql, {"a": picks[0][0], "t": picks[0][1]}).fetchall()
@@ -186,6 +199,12 @@ def lookups(url: str, anchors: int) -> list[tuple[str, float, float, float]]:
         def token(i: int) -> None:
             store.change_token()
 
+        def token_cursor(i: int) -> None:
+            old.execute(COUNTER_SQL).fetchone()
+
+        def token_stale(i: int) -> None:
+            stale.change_token()
+
         def empty(i: int) -> None:
             with store.read():
                 pass
@@ -195,7 +214,9 @@ def lookups(url: str, anchors: int) -> list[tuple[str, float, float, float]]:
                 "temporal lookup, SQL (prepared, one connection)": raw,
                 "temporal lookup, read tx + keys_valid_at": adapter,
                 f"read tx + anchors_by_index_keys ({len(purl_keys[0])} keys, 1 hit)": by_index,
-                "change_token()": token,
+                "change_token(), strict (libpq, one round trip)": token,
+                "change_token() read via psycopg cursor (before)": token_cursor,
+                "change_token(), max_staleness=1": token_stale,
                 "empty read transaction": empty,
             }
         )
@@ -203,12 +224,29 @@ def lookups(url: str, anchors: int) -> list[tuple[str, float, float, float]]:
         assert set(hits) == {1}, set(hits)
     finally:
         store.close()
+        stale.close()
+        old.close()
         conn.close()
     return rows
 
 
+def cursor_token_store(url: str) -> Any:
+    """A PostgresStore whose strict token read is the one before decision 0024 (psycopg's
+    cursor path on the same dedicated connection), for a before/after in one run."""
+    from stellakeys.storage.postgres import PostgresStore
+
+    class CursorTokenStore(PostgresStore):
+        def _read_token(self) -> int:
+            with self._token_lock:
+                row = self._token.connection().execute(COUNTER_SQL).fetchone()
+            assert row is not None
+            return int(row[0])
+
+    return CursorTokenStore.connect(url)
+
+
 def verify_rates(
-    managers: dict[str, KeyManager], blobs: list[bytes]
+    managers: dict[str, KeyManager], blobs: list[bytes], rounds: int = 5
 ) -> dict[str, tuple[float, float]]:
     """{name: (cold ops/s, best warm ops/s)}; warm rounds rotate the order of the stores."""
 
@@ -224,18 +262,94 @@ def verify_rates(
     cold = {name: bv.rate(run(km), len(blobs)) for name, km in managers.items()}
     warm: dict[str, list[float]] = {name: [] for name in managers}
     names = list(managers)
-    for r in range(5):
-        for name in names[r % 2 :] + names[: r % 2]:
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             warm[name].append(bv.rate(run(managers[name]), len(blobs)))
     return {name: (cold[name], max(warm[name])) for name in managers}
+
+
+THROUGHPUT_PROOFS = 200
+
+
+def _throughput_worker(
+    url: str, pooler: str | None, blobs: list[bytes], start: float, seconds: float, out: Any
+) -> None:
+    """One process: its own KeyManager, a warm-up pass, then verify round and round."""
+    from stellakeys.storage.postgres import PostgresStore
+
+    km = KeyManager(PostgresStore.connect(url, pooler=pooler))
+    try:
+        for blob in blobs:
+            assert km.verify(blob, at=bv.AT).ok
+        while time.monotonic() < start:
+            time.sleep(0.001)
+        done, end = 0, start + seconds
+        while time.monotonic() < end:
+            for blob in blobs:
+                if not km.verify(blob, at=bv.AT).ok:
+                    raise AssertionError("a proof failed")
+            done += len(blobs)
+        out.put(done / (time.monotonic() - start))
+    finally:
+        km.close()
+
+
+def throughput(
+    url: str, pooler: str | None, blobs: list[bytes], procs: int, seconds: float
+) -> list[float]:
+    """verifies/s of each of ``procs`` processes (spawned, so nothing is inherited)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    # Start-up (interpreter, imports, warm-up pass) takes a few seconds per process on a
+    # loaded 2-core machine: the common start is far enough ahead for all of them.
+    start = time.monotonic() + 4 + 1.5 * procs
+    workers = [
+        ctx.Process(target=_throughput_worker, args=(url, pooler, blobs, start, seconds, out))
+        for _ in range(procs)
+    ]
+    for w in workers:
+        w.start()
+    rates = [out.get(timeout=120 + seconds) for _ in workers]
+    for w in workers:
+        w.join()
+    return rates
+
+
+def throughput_table(
+    urls: dict[str, tuple[str, str | None]], blobs: list[bytes], seconds: float
+) -> None:
+    print(f"throughput ({len(blobs)} proofs, {seconds:g} s per run, strict mode)")
+    print(
+        f"{'path':<12} {'procs':>5} {'total/s':>9} {'per proc/s':>11} {'efficiency':>11}"
+        f" {'load':>5}"
+    )
+    for name, (url, pooler) in urls.items():
+        one = 0.0
+        for procs in (1, 2, 4, 8):
+            rates = throughput(url, pooler, blobs, procs, seconds)
+            total = sum(rates)
+            one = one or total
+            print(
+                f"{name:<12} {procs:>5} {total:>9,.0f} {total / procs:>11,.0f}"
+                f" {total / (procs * one):>11.2f} {os.getloadavg()[0]:>5.1f}"
+            )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10,000 anchors, not 100,000")
     parser.add_argument("--database-url", help="an empty database to use (default: throwaway)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per throughput run")
+    # Every anchor holds the same ten keys, and a cold lookup today reads the key-wide
+    # compromises of its keys across all anchors (issue 20, item 1): the cold pass grows with
+    # the anchor count. A few hundred anchors keep the run short when the point is the ratio.
+    parser.add_argument("--anchors", type=int, help="number of anchors (overrides --quick)")
+    parser.add_argument("--no-throughput", action="store_true", help="skip the process runs")
+    parser.add_argument("--warm-rounds", type=int, default=5, help="warm passes per store")
     args, _ = parser.parse_known_args(argv)
-    anchors = 10_000 if args.quick else 100_000
+    anchors = args.anchors or (10_000 if args.quick else 100_000)
     print(
         "== bench_postgres:",
         platform.processor() or platform.machine(),
@@ -243,15 +357,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         "cpus, load average",
         " ".join(f"{x:.1f}" for x in os.getloadavg()),
     )
-    server = None
+    server = bouncer = None
     url = args.database_url
+    bouncer_url: str | None = None
     if url is None:
-        from pg_server import PostgresServer
+        from pg_server import PgBouncer, PostgresServer
 
         # Durable settings (fsync on), unlike the test server; shared_buffers big enough to
         # hold the table and its indexes, as a server dedicated to this would.
         server = PostgresServer(durable=True, settings={"shared_buffers": "'512MB'"})
         url = server.create_database("bench")
+        bouncer = PgBouncer(server)
+        bouncer_url = bouncer.url_for(url)
     try:
         from stellakeys.storage.postgres import PostgresStore, migrate_url
 
@@ -283,20 +400,46 @@ def main(argv: Sequence[str] | None = None) -> None:
             managers = {
                 "sqlite": KeyManager(SqliteStore.open_home(home), keystore_context=context),
                 "postgres": KeyManager(PostgresStore.connect(url), keystore_context=context),
+                "postgres (token before)": KeyManager(
+                    cursor_token_store(url), keystore_context=context
+                ),
+                "postgres max_staleness=1": KeyManager(
+                    PostgresStore.connect(url, max_staleness=1.0), keystore_context=context
+                ),
             }
+            if bouncer_url is not None:
+                managers["postgres via pgbouncer"] = KeyManager(
+                    PostgresStore.connect(bouncer_url, pooler="transaction"),
+                    keystore_context=context,
+                )
             try:
                 raw = bv.raw_rate(signer, blobs)
-                results = verify_rates(managers, blobs)
+                results = verify_rates(managers, blobs, args.warm_rounds)
                 raw = max(raw, bv.raw_rate(signer, blobs))
             finally:
                 for km in managers.values():
                     km.close()
-        print(f"{'verify (KeyManager.verify)':<28} {'cold/s':>8} {'warm/s':>8} {'warm/raw':>9}")
+        cold_lite, warm_lite = results["sqlite"]
+        print(
+            f"{'verify (KeyManager.verify)':<28} {'cold/s':>8} {'warm/s':>8} {'warm/raw':>9}"
+            f" {'cold/SQLite':>12} {'warm/SQLite':>12}"
+        )
         for name, (cold, warm) in results.items():
-            print(f"{name:<28} {cold:>8,.0f} {warm:>8,.0f} {warm / raw:>9.2f}")
+            print(
+                f"{name:<28} {cold:>8,.0f} {warm:>8,.0f} {warm / raw:>9.2f}"
+                f" {cold / cold_lite:>12.2f} {warm / warm_lite:>12.2f}"
+            )
         print(f"{'raw Ed25519 verify':<28} {'':>8} {raw:>8,.0f}")
+        print(f"   load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        if not args.no_throughput:
+            paths = {"direct": (url, None)}
+            if bouncer_url is not None:
+                paths["pgbouncer"] = (bouncer_url, "transaction")
+            throughput_table(paths, blobs[:THROUGHPUT_PROOFS], args.seconds)
         print(f"   load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     finally:
+        if bouncer is not None:
+            bouncer.stop()
         if server is not None:
             server.stop()
 

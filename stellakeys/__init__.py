@@ -70,6 +70,7 @@ if TYPE_CHECKING:
     from stellakeys.purl import PurlPattern, parse_purl
     from stellakeys.reasons import Reason, ReasonCode
     from stellakeys.revocation import RevocationReason, is_compromise, parse_reason
+    from stellakeys.store_verifier import StoreVerifier
     from stellakeys.verification import (
         SigningTime,
         SubjectResult,
@@ -77,7 +78,6 @@ if TYPE_CHECKING:
         VerificationPolicy,
         VerificationResult,
     )
-    from stellakeys.store_verifier import StoreVerifier
     from stellakeys.verifier import AnchorLookup, AnchorSource, KeySource, StaticSource, Verifier
 
 __version__ = "0.1.0"

@@ -30,6 +30,7 @@ __all__ = ["Settings", "load_settings", "load_yaml", "resolve_home"]
 ENV_HOME = "STELLAKEYS_HOME"
 ENV_CONFIG = "STELLAKEYS_CONFIG"
 ENV_DATABASE_URL = "STELLAKEYS_DATABASE_URL"
+ENV_MAX_STALENESS = "STELLAKEYS_MAX_STALENESS"
 ENV_ACTOR = "STELLAKEYS_ACTOR"
 
 
@@ -128,6 +129,8 @@ class Settings:
     #: The whole parsed configuration document, for sections other modules own
     #: (``ceremonies``, ``notifications``, ...).
     document: Mapping[str, Any] = attrs.field(factory=dict)
+    #: PostgreSQL's opt-in bounded staleness in seconds (None: strict; decision 0024).
+    max_staleness: float | None = None
 
 
 def load_settings(
@@ -135,6 +138,7 @@ def load_settings(
     config_path: str | Path | None = None,
     database_url: str | None = None,
     actor: str | None = None,
+    max_staleness: float | None = None,
 ) -> Settings:
     resolved_home = resolve_home(home)
     path: Path | None = None
@@ -156,10 +160,30 @@ def load_settings(
         db = document.get("database")
         if isinstance(db, Mapping) and isinstance(db.get("url"), str):
             url = db["url"]
+    staleness = max_staleness if max_staleness is not None else _max_staleness(document)
     return Settings(
+        max_staleness=staleness,
         home=resolved_home,
         signer=signer or SignerConfig.from_dict(None),
         database_url=url or None,
         actor=actor or default_actor(),
         document=document or {},
     )
+
+
+def _max_staleness(document: Any) -> float | None:
+    """$STELLAKEYS_MAX_STALENESS, else ``database.maxStaleness`` (the schema checked it)."""
+    env = os.environ.get(ENV_MAX_STALENESS)
+    if env:
+        try:
+            value = float(env)
+        except ValueError:
+            value = -1.0
+        if not 0 < value < float("inf"):
+            raise ConfigError(
+                f"{ENV_MAX_STALENESS}={env!r}: give a positive number of seconds, or unset it"
+            )
+        return value
+    db = document.get("database") if isinstance(document, Mapping) else None
+    configured = db.get("maxStaleness") if isinstance(db, Mapping) else None
+    return float(configured) if isinstance(configured, int | float) else None

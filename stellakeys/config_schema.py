@@ -252,7 +252,15 @@ SIGNER_SCHEMA: Mapping[str, Any] = {
     **_obj(
         {
             "signer": _SIGNER,
-            "database": _obj({"url": _STR}, null=True),
+            "database": _obj(
+                {
+                    "url": _STR,
+                    "maxStaleness": {"type": "number", "exclusiveMinimum": 0},
+                    "listenUrl": _STR,
+                    "pooler": {"enum": ["transaction"]},
+                },
+                null=True,
+            ),
             "ceremonies": _CEREMONIES,
             "notifications": _NOTIFICATIONS,
             "timestamping": _TIMESTAMPING,

@@ -127,8 +127,9 @@ class KeyManager:
         prompt: Callable[[str], str] | None = None,
         timestamp_verifier: TimestampVerifier | None = None,
         on_key_lookup: Callable[[], None] | None = None,
+        max_staleness: float | None = None,
     ) -> KeyManager:
-        settings = load_settings(home, config_path, database_url, actor)
+        settings = load_settings(home, config_path, database_url, actor, max_staleness)
         return cls.from_settings(
             settings,
             clock=clock,

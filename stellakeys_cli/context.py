@@ -84,6 +84,7 @@ class CliState:
         *,
         verifier: Verifier | None = None,
         clock: Clock | None = None,
+        max_staleness: float | None = None,
     ) -> None:
         """``verifier``: verify with it rather than the store's (``verify --feed``: a
         verifier built from the feed alone); ``clock`` shares an invocation's clock."""
@@ -91,6 +92,7 @@ class CliState:
         self.config_path = config_path
         self.database_url = database_url
         self.actor = actor
+        self.max_staleness = max_staleness
         self._manager: KeyManager | None = None
         self._verifying: StoreVerifier | None = None
         self._clock: Clock | None = clock
@@ -105,6 +107,7 @@ class CliState:
             self.actor,
             verifier=verifier,
             clock=self.clock,
+            max_staleness=self.max_staleness,
         )
 
     def given_verifier(self) -> Verifier | None:
@@ -135,6 +138,7 @@ class CliState:
                 clock=self.clock,
                 prompt=prompt,
                 timestamp_verifier=timestamp_verifier,
+                max_staleness=self.max_staleness,
             )
         return self._manager
 
@@ -146,7 +150,9 @@ class CliState:
             from stellakeys.store_verifier import StoreVerifier
 
             self._refuse_missing_home()
-            settings = load_settings(self.home, self.config_path, self.database_url, self.actor)
+            settings = load_settings(
+                self.home, self.config_path, self.database_url, self.actor, self.max_staleness
+            )
             self._verifying = StoreVerifier.open(settings, timestamp_verifier=timestamp_verifier)
         return self._verifying
 

@@ -84,7 +84,7 @@ class LazyGroup(click.Group):
 #: Options of the top-level group, accepted after the subcommand too (issue 17: the schema
 #: error tells the user to run ``stellaops db migrate --database-url <url>``, and people write
 #: ``stellaops key list --home X``).
-_GLOBAL_OPTIONS = ("--home", "--config", "--database-url", "--actor")
+_GLOBAL_OPTIONS = ("--home", "--config", "--database-url", "--actor", "--max-staleness")
 
 
 def _globals_first(group: click.Group, ctx: click.Context, args: list[str]) -> list[str]:
@@ -161,6 +161,13 @@ def _globals_first(group: click.Group, ctx: click.Context, args: list[str]) -> l
     help="postgresql://... to use PostgreSQL instead of the embedded SQLite store.",
 )
 @click.option("--actor", envvar="STELLAKEYS_ACTOR", help="Who is acting, for the audit log.")
+@click.option(
+    "--max-staleness",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="PostgreSQL only: let verification miss a commit for at most SECONDS (LISTEN/NOTIFY)"
+    " instead of asking the database every time (default: strict; $STELLAKEYS_MAX_STALENESS).",
+)
 @click.version_option(package_name="stellakeys")
 @click.pass_context
 def cli(
@@ -169,11 +176,12 @@ def cli(
     config_path: str | None,
     database_url: str | None,
     actor: str | None,
+    max_staleness: float | None,
 ) -> None:
     """stellakeys: signing keys, trust anchors, temporal verification, audited."""
     from stellakeys_cli.context import CliState
 
-    ctx.obj = CliState(home, config_path, database_url, actor)
+    ctx.obj = CliState(home, config_path, database_url, actor, max_staleness=max_staleness)
     ctx.call_on_close(ctx.obj.close)
 
 

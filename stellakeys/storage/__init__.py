@@ -2,6 +2,8 @@
 
 ``open_store`` picks the adapter from the settings: PostgreSQL for a ``postgresql://`` URL
 (imported only then, so ``import stellakeys`` never imports psycopg), else SQLite in the home.
+``max_staleness`` and ``database.listenUrl`` / ``database.pooler`` apply to PostgreSQL only:
+SQLite's change token is read from shared memory, with no round trip to save.
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ def open_store(settings: Settings) -> Store:
                 f"PostgreSQL support needs the 'postgres' extra: pip install 'stellakeys[postgres]'"
                 f" ({exc})"
             ) from None
-        store: Store = PostgresStore.connect(url)
+        db = settings.document.get("database") or {}
+        store: Store = PostgresStore.connect(
+            url,
+            max_staleness=settings.max_staleness,
+            listen_url=db.get("listenUrl"),
+            pooler=db.get("pooler"),
+        )
         return store
     raise ConfigError(f"unsupported database URL {url.split(':', 1)[0]}:... (postgresql or sqlite)")

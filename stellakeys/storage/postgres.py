@@ -18,8 +18,12 @@ version:
 * Read transactions are REPEATABLE READ, READ ONLY: one snapshot for all their queries; they
   never wait for writers and never fail with serialization errors.
 * ``change_token()`` reads ``signer.store_state.change_counter``, which statement triggers
-  bump once per transaction that writes any table, whoever the writer is. One indexed
-  single-row SELECT on a dedicated connection (a prepared statement after five calls).
+  bump once per transaction that writes any table, whoever the writer is: one round trip on a
+  dedicated connection (strict, the default), or, with ``max_staleness``, a value kept current
+  by LISTEN/NOTIFY and confirmed at least that often (:mod:`._postgres_token`, decision 0024).
+* ``pooler="transaction"``: the URL is a PgBouncer in transaction pooling mode. No server-side
+  prepared statements and no session settings beyond TimeZone (which PgBouncer carries over);
+  the writers' lock_timeout is set per transaction. LISTEN needs a direct ``listen_url``.
 * Connections come from a psycopg_pool pool, in autocommit mode with explicit
   BEGIN/COMMIT. A pooled connection that died while idle (server restart,
   ``pg_terminate_backend``) is detected by the transaction's first statement and replaced
@@ -33,12 +37,12 @@ version:
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
-from collections.abc import Sequence
+import time
 from typing import TYPE_CHECKING, Any, Final
 
-import attrs
 import psycopg
 from psycopg.abc import Buffer
 from psycopg.adapt import AdaptersMap, Loader
@@ -46,7 +50,16 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from stellakeys.errors import StorageError
-from stellakeys.storage._migrations import Migration, check_not_newer, packaged_migrations
+from stellakeys.storage._migrations import check_not_newer
+from stellakeys.storage._postgres_migrate import (
+    MIGRATION_LOCK_KEY as MIGRATION_LOCK_KEY,
+)
+from stellakeys.storage._postgres_migrate import (
+    MigrationResult,
+    load_postgres_migrations,
+    migrate,
+    schema_version,
+)
 from stellakeys.storage._postgres_repos import PostgresTransaction
 from stellakeys.storage._postgres_sql import (  # re-exported: tests read their query plans
     _ANCHORS_BELOW_INDEX as _ANCHORS_BELOW_INDEX,
@@ -55,6 +68,7 @@ from stellakeys.storage._postgres_sql import (
     _ANCHORS_BY_INDEX as _ANCHORS_BY_INDEX,
 )
 from stellakeys.storage._postgres_sql import storage_error as _storage_error
+from stellakeys.storage._postgres_token import ChangeListener, TokenReader
 from stellakeys.storage._sql import SqlStore
 from stellakeys.storage._sql import one_line as _one_line
 
@@ -73,10 +87,6 @@ __all__ = [
     "schema_version",
     "url_schema_version",
 ]
-
-#: ``pg_advisory_xact_lock`` key of the migrator ("stlkmigr" in ASCII). Only migrators take
-#: it; the data itself is guarded by the store_state row lock.
-MIGRATION_LOCK_KEY: Final = 0x73746C6B6D696772
 
 DEFAULT_LOCK_TIMEOUT: Final = 30.0
 DEFAULT_POOL_TIMEOUT: Final = 30.0
@@ -126,93 +136,14 @@ def redact_url(url: str) -> str:
     return f"postgresql://{user}{host}{port}/{params.get('dbname') or ''}"
 
 
-# --- migrations -----------------------------------------------------------------------------
-
-
-def load_postgres_migrations() -> tuple[Migration, ...]:
-    """The packaged ``migrations/postgres/NNNN_name.sql`` files, in order."""
-    return packaged_migrations("postgres")
-
-
-@attrs.frozen
-class MigrationResult:
-    previous: int
-    current: int
-    applied: tuple[str, ...]
-
-
-def schema_version(conn: Conn) -> int | None:
-    """The highest applied migration, or None when there is no stellakeys schema at all."""
-    row = conn.execute("SELECT to_regclass('signer.schema_migrations') IS NOT NULL").fetchone()
-    if row is None or not row[0]:
-        return None
-    row = conn.execute("SELECT max(version) FROM signer.schema_migrations").fetchone()
-    return int(row[0]) if row is not None and row[0] is not None else 0
-
-
-def migrate(conn: Conn, migrations: Sequence[Migration] | None = None) -> MigrationResult:
-    """Apply the missing migrations, all in one transaction, and report what was done.
-
-    Safe to run again (a no-op) and from several processes or hosts at once: the migrator
-    takes ``pg_advisory_xact_lock(MIGRATION_LOCK_KEY)`` before it even creates the schema, so a
-    second migrator waits, then finds the work done. Once the schema exists it also locks
-    ``signer.store_state`` in EXCLUSIVE mode, so running writers finish first and new ones wait
-    for the new schema (rather than deadlocking against the DDL). PostgreSQL DDL is
-    transactional: a failing migration leaves nothing of itself behind.
-
-    ``conn`` must be in autocommit mode, outside a transaction."""
-    migrations = load_postgres_migrations() if migrations is None else tuple(migrations)
-    latest = migrations[-1].version if migrations else 0
-    doing = "schema check"
-    try:
-        # Lock-free fast path: an up-to-date database needs no privileges beyond reading.
-        current = schema_version(conn)
-        if current is not None and current >= latest:
-            check_not_newer(current, latest, "PostgreSQL")
-            return MigrationResult(current, current, ())
-        doing = "schema migration"
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
-            conn.execute(
-                "CREATE SCHEMA IF NOT EXISTS signer;"
-                " CREATE TABLE IF NOT EXISTS signer.schema_migrations ("
-                " version INTEGER PRIMARY KEY,"
-                " name TEXT NOT NULL,"
-                " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-            )
-            row = conn.execute("SELECT to_regclass('signer.store_state') IS NOT NULL").fetchone()
-            if row is not None and row[0]:
-                conn.execute("LOCK TABLE signer.store_state IN EXCLUSIVE MODE")
-            applied = {
-                int(r[0]) for r in conn.execute("SELECT version FROM signer.schema_migrations")
-            }
-            previous = max(applied, default=0)
-            check_not_newer(previous, latest, "PostgreSQL")
-            done: list[str] = []
-            for migration in migrations:
-                if migration.version in applied:
-                    continue
-                doing = f"schema migration {migration.version:04d}_{migration.name}"
-                # No parameters: psycopg sends the file as one simple query, so it may hold
-                # many statements and dollar-quoted function bodies (and % is not special).
-                conn.execute(migration.sql.encode("utf-8"))
-                conn.execute(
-                    "INSERT INTO signer.schema_migrations (version, name) VALUES (%s, %s)",
-                    (migration.version, migration.name),
-                )
-                done.append(f"{migration.version:04d}_{migration.name}")
-    except psycopg.Error as exc:
-        raise _storage_error(exc, doing) from exc
-    return MigrationResult(previous, latest, tuple(done))
-
-
 _migrate = migrate  # PostgresStore's ``migrate`` flag shadows the name inside it
 
 
-def _direct_connection(url: str) -> Conn:
+def _direct_connection(url: str, kwargs: dict[str, Any] | None = None) -> Conn:
+    options = kwargs or {"autocommit": True, "context": _ADAPTERS}
     try:
         return psycopg.Connection.connect(
-            url, autocommit=True, context=_ADAPTERS, fallback_application_name="stellakeys"
+            url, **{"fallback_application_name": "stellakeys", **options}
         )
     except psycopg.Error as exc:
         raise StorageError(
@@ -238,11 +169,10 @@ def url_schema_version(url: str) -> tuple[int | None, int]:
 
 _BEGIN_READ = b"BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 # One round trip: BEGIN and the write lock, sent as one simple query.
-_BEGIN_WRITE = (
-    b"BEGIN ISOLATION LEVEL READ COMMITTED;"
-    b" SELECT change_counter FROM signer.store_state WHERE id = 1 FOR UPDATE"
-)
-_COUNTER_SQL = "SELECT change_counter FROM signer.store_state WHERE id = 1"
+_BEGIN_WRITE = b"BEGIN ISOLATION LEVEL READ COMMITTED;"
+_LOCK_WRITE = b" SELECT change_counter FROM signer.store_state WHERE id = 1 FOR UPDATE"
+#: The values of ``pooler``: None (a direct connection) or "transaction" (PgBouncer's mode).
+POOLERS: Final = (None, "transaction")
 
 
 class _TxContext:
@@ -291,11 +221,43 @@ class PostgresStore(SqlStore):
         max_size: int = 10,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
         pool_timeout: float = DEFAULT_POOL_TIMEOUT,
+        max_staleness: float | None = None,
+        listen_url: str | None = None,
+        pooler: str | None = None,
     ) -> None:
+        if max_staleness is not None and not (0 < max_staleness < math.inf):
+            raise StorageError(
+                f"max_staleness must be a positive number of seconds, not {max_staleness!r}"
+            )
+        if pooler not in POOLERS:
+            raise StorageError(f"pooler must be 'transaction' (PgBouncer) or None, not {pooler!r}")
         self._url = url
         self.display_url = redact_url(url)
         self.min_size, self.max_size = min_size, max_size
         self.lock_timeout, self.pool_timeout = lock_timeout, pool_timeout
+        self.max_staleness, self.pooler = max_staleness, pooler
+        # LISTEN through a transaction pooler would listen on whichever server connection the
+        # pooler picked for that one statement: only a direct connection can listen.
+        self._listen_url = listen_url if listen_url is not None or pooler else url
+        self._begin_write = (
+            _BEGIN_WRITE
+            + (
+                f" SET LOCAL lock_timeout TO {int(lock_timeout * 1000)};".encode()
+                if pooler
+                else b""
+            )
+            + _LOCK_WRITE
+        )
+        self._write_results = 3 if pooler else 2
+        self._conn_kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "context": _ADAPTERS,
+            "fallback_application_name": "stellakeys",
+        }
+        if pooler:
+            # Statements psycopg would prepare stay on the server connection PgBouncer gave
+            # this transaction; the next transaction may get another one.
+            self._conn_kwargs["prepare_threshold"] = None
         # Session settings for every connection: times come back as aware UTC (psycopg maps
         # the session TimeZone to the datetime's tzinfo); writers wait lock_timeout at most;
         # statements psycopg has prepared (run five times or more) keep their generic plan.
@@ -304,12 +266,14 @@ class PostgresStore(SqlStore):
         # long as executing. Every repeated statement here is an index lookup whose best plan
         # does not depend on the values.
         self._session_sql = (
-            "SET TimeZone TO 'UTC'; SET plan_cache_mode TO force_generic_plan;"
+            "SET TimeZone TO 'UTC'"  # PgBouncer tracks TimeZone and carries it over
+            if pooler
+            else "SET TimeZone TO 'UTC'; SET plan_cache_mode TO force_generic_plan;"
             f" SET lock_timeout TO {int(lock_timeout * 1000)}"
         ).encode()
         self._closed = False
         self._reset_process_state()
-        conn = self._token_connection()  # a direct connection: its errors say what is wrong
+        conn = self._token.connection()  # a direct connection: its errors say what is wrong
         try:
             if migrate:
                 self._schema = _migrate(conn).current
@@ -329,6 +293,9 @@ class PostgresStore(SqlStore):
         max_size: int = 10,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
         pool_timeout: float = DEFAULT_POOL_TIMEOUT,
+        max_staleness: float | None = None,
+        listen_url: str | None = None,
+        pooler: str | None = None,
     ) -> PostgresStore:
         """Open a store on ``url`` (``postgresql://`` or ``postgres://``, any libpq URL).
 
@@ -336,7 +303,12 @@ class PostgresStore(SqlStore):
         than this stellakeys, asking for ``stellaops db migrate``; ``migrate=True`` applies
         the missing migrations first (tests, single-tenant tools). ``max_size`` bounds the
         pool; a transaction waits up to ``pool_timeout`` seconds for a connection and a writer
-        up to ``lock_timeout`` seconds for the write lock."""
+        up to ``lock_timeout`` seconds for the write lock.
+
+        ``max_staleness`` (seconds; default None, strict): caches may miss a commit for at
+        most that long, and warm verification makes no round trip (LISTEN/NOTIFY on
+        ``listen_url``, default ``url`` unless ``pooler`` is set). ``pooler="transaction"``:
+        ``url`` is a PgBouncer in transaction pooling mode (docs/postgres.md)."""
         return cls(
             url,
             migrate=migrate,
@@ -344,6 +316,9 @@ class PostgresStore(SqlStore):
             max_size=max_size,
             lock_timeout=lock_timeout,
             pool_timeout=pool_timeout,
+            max_staleness=max_staleness,
+            listen_url=listen_url,
+            pooler=pooler,
         )
 
     def __repr__(self) -> str:
@@ -357,30 +332,28 @@ class PostgresStore(SqlStore):
         self._pool: ConnectionPool[Conn] | None = None
         self._pool_lock = threading.Lock()
         self._token_lock = threading.Lock()
-        self._token_conn: Conn | None = None
+        self._token = TokenReader(self._connect, prepared=self.pooler is None)
+        self._listener: ChangeListener | None = None  # started by the first change_token()
 
     def _check_process(self) -> None:
         if self._pid != os.getpid():
-            # A forked child: the parent's connections and pool threads are not ours.
-            _INHERITED.append((self._pool, self._token_conn))
+            # A forked child: the parent's connections and threads are not ours (the
+            # listener's thread did not even survive the fork); new ones start on demand.
+            listener = self._listener
+            _INHERITED.append((self._pool, self._token.parked(), listener and listener.parked()))
             self._reset_process_state()
 
     def _configure(self, conn: Conn) -> None:
         conn.execute(self._session_sql)
 
-    def _connect(self) -> Conn:
-        conn = _direct_connection(self._url)
+    def _connect(self, url: str | None = None) -> Conn:
+        conn = _direct_connection(url or self._url, self._conn_kwargs)
         try:
             self._configure(conn)
         except psycopg.Error as exc:
             conn.close()
             raise _storage_error(exc, "session setup") from exc
         return conn
-
-    def _token_connection(self) -> Conn:
-        if self._token_conn is None or self._token_conn.closed:
-            self._token_conn = self._connect()
-        return self._token_conn
 
     def _get_pool(self) -> ConnectionPool[Conn]:
         pool = self._pool
@@ -390,11 +363,7 @@ class PostgresStore(SqlStore):
                     self._pool = ConnectionPool(
                         self._url,
                         connection_class=psycopg.Connection,
-                        kwargs={
-                            "autocommit": True,
-                            "context": _ADAPTERS,
-                            "fallback_application_name": "stellakeys",
-                        },
+                        kwargs=self._conn_kwargs,
                         min_size=self.min_size,
                         max_size=self.max_size,
                         timeout=self.pool_timeout,
@@ -432,8 +401,9 @@ class PostgresStore(SqlStore):
                 raise StorageError("the store is closed") from exc
             try:
                 if write:
-                    cursor = conn.execute(_BEGIN_WRITE)
-                    cursor.nextset()
+                    cursor = conn.execute(self._begin_write)
+                    for _ in range(self._write_results - 1):
+                        cursor.nextset()
                     if cursor.fetchone() is None:
                         raise StorageError(
                             "signer.store_state has no row, so writers cannot be serialised:"
@@ -507,32 +477,50 @@ class PostgresStore(SqlStore):
     def change_token(self) -> int:
         """``signer.store_state.change_counter``: bumped by statement triggers once in every
         transaction that writes, by this process or any other (manual SQL included), and only
-        when that transaction commits. One single-row query on a dedicated connection;
-        comparable across store objects on the same database."""
+        when that transaction commits; comparable across store objects on the same database.
+
+        Strict (default): read now, one round trip on a dedicated connection, so a commit
+        that finished before this call is always counted. With ``max_staleness``: the value
+        the listener keeps, confirmed by the server within the last ``max_staleness`` seconds,
+        else read now (and that read counts as a confirmation)."""
         if self._closed:
             raise StorageError("the store is closed")
         self._check_process()
+        if self.max_staleness is not None:
+            listener = self._listener or self._start_listener()
+            now = time.monotonic()
+            token = listener.current(now)
+            if token is not None:
+                return token
+            token = self._read_token()
+            listener.advance(token, now)
+            return token
+        return self._read_token()
+
+    def _read_token(self) -> int:
         with self._token_lock:
-            for attempt in range(2):
-                conn = self._token_connection()
-                try:
-                    row = conn.execute(_COUNTER_SQL).fetchone()
-                except psycopg.Error as exc:
-                    if conn.broken and attempt == 0:
-                        conn.close()  # reconnect once: the server restarted or killed it
-                        continue
-                    raise _storage_error(exc, "change check") from exc
-                if row is None:
-                    raise StorageError("signer.store_state has no row: run stellaops db migrate")
-                return int(row[0])
-        raise AssertionError("unreachable")  # pragma: no cover
+            return self._token.read()
+
+    def _start_listener(self) -> ChangeListener:
+        assert self.max_staleness is not None
+        with self._token_lock:
+            if self._listener is None:
+                url = self._listen_url
+                # Through a pooler without a listen_url: no listener, only confirmed reads.
+                connect = (lambda: self._connect(url)) if url else _refuse_listen
+                self._listener = ChangeListener(connect, self.max_staleness)
+            return self._listener
 
     def _close_connections(self) -> None:
+        if self._listener is not None:
+            self._listener.stop()
         if self._pool is not None:
             self._pool.close()
-        if self._token_conn is not None:
-            self._token_conn.close()
-            self._token_conn = None
+        self._token.close()
+
+
+def _refuse_listen() -> Conn:
+    raise StorageError("no listen_url: LISTEN does not work through a transaction pooler")
 
 
 def _check_schema(conn: Conn, display_url: str) -> int:

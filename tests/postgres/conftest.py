@@ -9,7 +9,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from pg_server import MISSING, PostgresServer, find_bin_dir, truncate
+from pg_server import MISSING, PgBouncer, PostgresServer, find_bin_dir, truncate
 
 _names = itertools.count()
 
@@ -53,3 +53,13 @@ def clean_url(migrated_url: str) -> str:
     """The module's migrated database, emptied for this test."""
     truncate(migrated_url)
     return migrated_url
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(pg_server: PostgresServer) -> Iterator[PgBouncer]:
+    """Debian's pgbouncer in transaction pooling mode in front of the session's server."""
+    bouncer = PgBouncer(pg_server)
+    try:
+        yield bouncer
+    finally:
+        bouncer.stop()

@@ -13,6 +13,7 @@ No pytest here, so ``benchmarks/bench_postgres.py`` can use it too.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -192,3 +193,86 @@ def truncate(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
         conn.execute("SET LOCAL session_replication_role = replica")
         conn.execute(f"TRUNCATE {_TABLES} RESTART IDENTITY")
+
+
+PGBOUNCER_MISSING = "pgbouncer not found: install Debian package pgbouncer"
+
+
+class PgBouncer:
+    """Debian's ``pgbouncer`` in front of a :class:`PostgresServer`, in transaction pooling
+    mode, listening on 127.0.0.1 (a free port) and reaching the server over its unix socket.
+
+    Clients authenticate to PgBouncer with ``trust`` as ``postgres`` (listed in its auth file)
+    and PgBouncer logs in to the server as that user. PgBouncer refuses to run as root, so as
+    root it runs as the server's account, like the server."""
+
+    def __init__(self, server: PostgresServer, *, pool_size: int = 20) -> None:
+        binary = shutil.which("pgbouncer") or (
+            "/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else None
+        )
+        if binary is None:
+            raise RuntimeError(PGBOUNCER_MISSING)
+        self.server = server
+        self.port = _free_port()
+        self.dir = server.base / "pgbouncer"
+        self.dir.mkdir()
+        conf = self.dir / "pgbouncer.ini"
+        (self.dir / "users.txt").write_text('"postgres" ""\n', encoding="utf-8")
+        conf.write_text(
+            "[databases]\n"
+            f"* = host={server.base} port={server.port} user=postgres\n"
+            "[pgbouncer]\n"
+            "listen_addr = 127.0.0.1\n"
+            f"listen_port = {self.port}\n"
+            "unix_socket_dir =\n"
+            "auth_type = trust\n"
+            f"auth_file = {self.dir / 'users.txt'}\n"
+            "pool_mode = transaction\n"
+            f"default_pool_size = {pool_size}\n"
+            "max_client_conn = 500\n"
+            "server_reset_query =\n"
+            f"logfile = {self.dir / 'pgbouncer.log'}\n"
+            f"pidfile = {self.dir / 'pgbouncer.pid'}\n",
+            encoding="utf-8",
+        )
+        if server._prefix:
+            shutil.chown(self.dir, server._prefix[2])
+        self._proc = subprocess.Popen(
+            [*server._prefix, binary, str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if self._proc.poll() is not None or time.monotonic() > deadline:
+                    log = self.dir / "pgbouncer.log"
+                    tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                    self.stop()
+                    raise RuntimeError(f"pgbouncer did not start: {tail}") from None
+                time.sleep(0.05)
+
+    def url(self, dbname: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
+
+    def url_for(self, direct_url: str) -> str:
+        """The PgBouncer URL of the database ``direct_url`` names."""
+        import psycopg
+
+        return self.url(psycopg.conninfo.conninfo_to_dict(direct_url)["dbname"])
+
+    def stop(self) -> None:
+        pidfile = self.dir / "pgbouncer.pid"
+        if pidfile.exists():
+            # runuser does not pass signals on to pgbouncer: signal pgbouncer itself.
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int(pidfile.read_text().strip()), 15)
+        if self._proc.poll() is None:
+            self._proc.terminate()
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
