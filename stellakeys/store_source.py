@@ -66,6 +66,9 @@ class StoreSource:
         self._token: object = object()
         self._by_purl: dict[str, AnchorLookup] = {}
         self._by_key: dict[str, tuple[_Compiled, ...]] = {}
+        #: fingerprint -> earliest compromise revocation in any anchor (None: never): a key
+        #: shared by many anchors is read once, not once per anchor holding it.
+        self._compromise: dict[str, datetime | None] = {}
         self._lock = threading.Lock()
 
     def lookup(self, purl: str | Purl) -> AnchorLookup:
@@ -81,6 +84,7 @@ class StoreSource:
             if token != self._token:
                 self._by_purl.clear()
                 self._by_key.clear()
+                self._compromise.clear()
                 self._token = token
             hit = self._by_purl.get(key)
         if hit is not None:
@@ -90,13 +94,18 @@ class StoreSource:
             known = {k: self._by_key[k] for k in index_keys if k in self._by_key}
         missing = [k for k in index_keys if k not in known]
         if missing:
+            with self._lock:
+                compromise = dict(self._compromise)
             with self._store.read() as tx:
-                fetched = self._read(tx, missing)
+                fetched = self._read(tx, missing, compromise)
             with self._lock:
                 if self._token == token:  # not if another thread saw a newer token meanwhile
                     if len(self._by_key) >= self._MAX:
                         self._by_key.clear()
+                    if len(self._compromise) >= self._MAX:
+                        self._compromise.clear()
                     self._by_key.update(fetched)
+                    self._compromise.update(compromise)
             known.update(fetched)
         views = {id(c.anchor): c for k in index_keys for c in known[k]}
         found = select_anchor((c.anchor for c in views.values()), parsed)
@@ -111,17 +120,26 @@ class StoreSource:
         return found
 
     @staticmethod
-    def _read(tx: Transaction, index_keys: Sequence[str]) -> dict[str, tuple[_Compiled, ...]]:
-        """The active anchors of each index key, compiled (an empty tuple for a key without)."""
+    def _read(
+        tx: Transaction, index_keys: Sequence[str], compromise: dict[str, datetime | None]
+    ) -> dict[str, tuple[_Compiled, ...]]:
+        """The active anchors of each index key, compiled (an empty tuple for a key without).
+        ``compromise`` (fingerprint -> earliest compromise, None for none) is what is known
+        already; the fingerprints it lacks are read and added to it."""
         anchors = [a for a in tx.anchors_by_index_keys(index_keys) if a.active]
         out: dict[str, list[_Compiled]] = {k: [] for k in index_keys}
         if anchors:
-            fingerprints = {e.fingerprint for a in anchors for e in a.key_history}
-            found = _by_fingerprint(tx.history_by_fingerprints(fingerprints))
+            unknown = {e.fingerprint for a in anchors for e in a.key_history} - compromise.keys()
+            if unknown:
+                found = key_wide_compromises(tx.history_by_fingerprints(unknown))
+                compromise.update((f, found.get(f)) for f in unknown)
             for anchor in anchors:
-                fps = {e.fingerprint for e in anchor.key_history}
-                compromises = key_wide_compromises([e for f in fps for e in found.get(f, ())])
-                frozen = MappingProxyType(compromises) if compromises else _NO_COMPROMISE
+                mine = {
+                    f: at
+                    for e in anchor.key_history
+                    if (at := compromise[f := e.fingerprint]) is not None
+                }
+                frozen = MappingProxyType(mine) if mine else _NO_COMPROMISE
                 compiled = _Compiled(anchor, frozen, AnchorKeys(anchor.key_history, frozen))
                 out.setdefault(_pattern(anchor.purl_pattern).index_key, []).append(compiled)
         return {k: tuple(v) for k, v in out.items()}
