@@ -199,6 +199,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
         "feed",
         "feed_document",
         "batch",
+        "batch_stream",
         "metrics",
         "audit_replay",
         "sigstore_bundle",
