@@ -199,7 +199,12 @@ def _parse_line(line: bytes, label: str) -> tuple[Envelope | str, str | None, da
     return proof, purl, when
 
 
-def _verify_raw(target: KeyManager | Verifier, item: RawItem, options: StreamOptions) -> ItemReport:
+#: A parsed item: (position, label, envelope or stored address, purl, asserted time, digest).
+_Parsed = tuple[int, str, "Envelope | str", str | None, datetime | None, str | None]
+
+
+def _parse_raw(item: RawItem, options: StreamOptions) -> _Parsed | ItemReport:
+    """The item parsed, or the report of why it cannot be read."""
     from stellakeys.dsse import Envelope
 
     index, label, data = item
@@ -211,12 +216,36 @@ def _verify_raw(target: KeyManager | Verifier, item: RawItem, options: StreamOpt
             proof, purl, at = Envelope.from_json(content), None, None
         else:
             proof, purl, at = _parse_line(data, label)
+        # The digest re-encodes the envelope: computed once, for the stored-token lookup
+        # and for the result both.
+        digest = proof.digest() if isinstance(proof, Envelope) else None
     except _InputError as exc:
         return _failed(index, label, str(exc), options)
     except (StellaKeysError, ValueError, OSError) as exc:
         return _failed(index, label, f"{type(exc).__name__}: {exc}", options)
-    purl = purl or options.purl
-    at = at or options.at
+    return index, label, proof, purl or options.purl, at or options.at, digest
+
+
+def _stored_tokens(target: KeyManager, digests: list[str]) -> dict[str, tuple[bytes, ...]]:
+    """The RFC 3161 tokens stored with each of ``digests`` (only those that have some), read
+    in one transaction for the whole chunk instead of one per item."""
+    found: dict[str, tuple[bytes, ...]] = {}
+    with target.store.read() as tx:
+        for digest in digests:
+            record = tx.get_proof(digest)
+            if record is not None and record.timestamp_tokens:
+                found[digest] = record.timestamp_tokens
+    return found
+
+
+def _verify_parsed(
+    target: KeyManager | Verifier,
+    parsed: _Parsed,
+    tokens: tuple[bytes, ...],
+    options: StreamOptions,
+) -> ItemReport:
+    index, label, proof, purl, at, digest = parsed
+    now, policy = options.now, options.policy
     try:
         if isinstance(target, Verifier):
             if isinstance(proof, str):
@@ -226,31 +255,24 @@ def _verify_raw(target: KeyManager | Verifier, item: RawItem, options: StreamOpt
                     f"no proof {proof} here: verification from a feed has no store;"
                     " give the envelope itself"
                 )
-            result = target.verify(proof, purl=purl, at=at, now=options.now, policy=options.policy)
+            result = target.verify(proof, purl=purl, at=at, now=now, policy=policy)
         elif isinstance(proof, str):  # a stored address: verify reads its tokens with it
-            result = target.verify(proof, purl=purl, at=at, now=options.now, policy=options.policy)
-        else:
-            # The digest is computed once (it re-encodes the envelope) and used both for
-            # the stored-token lookup and in the result.
-            digest = proof.digest()
-            tokens = target.proof_timestamps(digest)
-            if tokens:
-                result = target.verify(
-                    proof, purl=purl, at=at, now=options.now, policy=options.policy,
-                    timestamps=tokens,
-                )  # fmt: skip
-            else:
-                result = target.verifier.verify(
-                    proof, purl=purl, at=at, now=options.now, policy=options.policy,
-                    digest=digest,
-                )  # fmt: skip
+            result = target.verify(proof, purl=purl, at=at, now=now, policy=policy)
+        elif tokens:  # what KeyManager.verify does with them (the rare case)
+            result = target.verify(
+                proof, purl=purl, at=at, now=now, policy=policy, timestamps=tokens
+            )
+        else:  # KeyManager.verify without tokens, with the digest already known
+            result = target.verifier.verify(
+                proof, purl=purl, at=at, now=now, policy=policy, digest=digest
+            )
     except (StellaKeysError, ValueError) as exc:
         return _failed(index, label, f"{type(exc).__name__}: {exc}", options)
     line = None
     if options.as_json:
         out = {"input": label, "index": index}
         out.update(result.to_dict())
-        line = json.dumps(out, ensure_ascii=False)
+        line = _ENCODE(out)
     if result.ok:
         return ItemReport(index, label, True, None, None, line)
     if result.reasons:
@@ -259,12 +281,14 @@ def _verify_raw(target: KeyManager | Verifier, item: RawItem, options: StreamOpt
     return ItemReport(index, label, False, "other", "", line)
 
 
+#: One encoder for every line (json.dumps with options builds a new encoder per call).
+_ENCODE = json.JSONEncoder(ensure_ascii=False).encode
+
+
 def _failed(index: int, label: str, error: str, options: StreamOptions) -> ItemReport:
     line = None
     if options.as_json:
-        line = json.dumps(
-            {"input": label, "index": index, "ok": False, "error": error}, ensure_ascii=False
-        )
+        line = _ENCODE({"input": label, "index": index, "ok": False, "error": error})
     return ItemReport(index, label, False, "malformed input", error, line)
 
 
@@ -278,7 +302,26 @@ def _verify_raw_chunk(
     if target is None:
         assert factory is not None
         target = _worker_manager(factory)
-    return [_verify_raw(target, item, options) for item in chunk]
+    parsed = [_parse_raw(item, options) for item in chunk]
+    tokens: dict[str, tuple[bytes, ...]] = {}
+    if not isinstance(target, Verifier):
+        digests = [p[5] for p in parsed if not isinstance(p, ItemReport) and p[5] is not None]
+        try:
+            tokens = _stored_tokens(target, digests) if digests else {}
+        except StellaKeysError as exc:  # the store failed: every envelope of the chunk fails
+            error = f"{type(exc).__name__}: {exc}"
+            parsed = [
+                _failed(p[0], p[1], error, options)
+                if not isinstance(p, ItemReport) and p[5] is not None
+                else p
+                for p in parsed
+            ]
+    return [
+        p
+        if isinstance(p, ItemReport)
+        else _verify_parsed(target, p, tokens.get(p[5] or "", ()), options)
+        for p in parsed
+    ]
 
 
 def open_worker(factory: Callable[[], KeyManager | Verifier]) -> None:
