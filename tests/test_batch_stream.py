@@ -248,3 +248,44 @@ def test_the_reader_is_lazy_and_chunks_in_flight_are_bounded(tmp_path: Path) -> 
     assert taken == pulled == 100
     # The last chunk's offset is the whole file: what the progress bar's ETA is measured in.
     assert list(chunked(read_raw(path), size=1000))[-1].offset == path.stat().st_size
+
+
+def test_progress_bar_only_on_a_terminal(home: Home, tmp_path: Path) -> None:
+    """On a terminal, stderr gets items, items/s and failures so far; elsewhere the bar's
+    library is not even imported."""
+    import pty
+
+    path = _write(tmp_path / "proofs.jsonl", home.lines(60))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STELLAKEYS_")}
+    env.update(
+        STELLAKEYS_HOME=str(home.home),
+        STELLAKEYS_PASSPHRASE=PASSPHRASE,
+        STELLAKEYS_TEST_NOW=NOW,
+        PYTHONPATH=str(ROOT),
+    )
+    command = [sys.executable, "-m", "stellakeys_cli", "verify", "--batch", str(path), "--json"]
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=slave, env=env)
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        seen += data
+    assert proc.wait(timeout=300) == 1
+    os.close(master)
+    text = seen.decode(errors="replace")
+    assert "60 items" in text and "/s" in text and "5 failed" in text
+
+    piped = subprocess.run(
+        [sys.executable, "-X", "importtime", *command[1:]], capture_output=True, env=env
+    )
+    assert piped.returncode == 1
+    log = piped.stderr.decode()
+    assert "rich.progress" not in log
+    assert "items" not in log and "/s" not in log  # no bar drawn either
+    assert "| rich.table" in log  # the import log is there: the check bites
