@@ -121,9 +121,9 @@ def run_batch(
         ):
             for report in reports:
                 tally.add(report)
-                if report.line is not None:
-                    out.write(report.line)
-                    out.write("\n")
+            if as_json:  # one write per chunk, as soon as it is done
+                out.write("".join(f"{r.line}\n" for r in reports))
+                out.flush()  # a reader of the pipe sees each chunk when it is done
             if bar is not None:
                 bar(chunk.offset, tally)
     if as_json:
