@@ -134,7 +134,7 @@ def _run_rss(home: Home, *args: str) -> tuple[int, int]:
 
 def test_peak_memory_does_not_grow_with_the_input(home: Home, tmp_path: Path) -> None:
     """5x the items, about the same peak RSS: nothing is kept per item (the old reader
-    held every item and every result: about 3.5 kB an item)."""
+    held every item and every result: about 2 kB an item)."""
     n = 4000
     small = _write(tmp_path / "small.jsonl", home.lines(n))
     large = _write(tmp_path / "large.jsonl", home.lines(5 * n))
