@@ -1,145 +1,214 @@
-"""Batch verification throughput: 1 vs 2 worker processes (``verify_many`` on a process pool).
+"""Batch verification: warm library verify vs ``stellaops verify --batch`` (1 and 2 workers).
 
-The corpus: PROOFS in-toto envelopes for distinct npm PURLs, signed with one Ed25519 key that
-the one ``pkg:npm/*`` anchor trusts, given to ``verify_many`` as envelope bytes (what
-``stellaops verify --batch`` reads from a JSONL file). Each item costs what
-``stellaops verify`` costs: envelope and statement parsing, the stored-timestamp lookup in
-SQLite, the anchor lookup, the validity window and the Ed25519 verify.
+The corpus: N in-toto envelopes for distinct npm PURLs (default 100,000; ``--quick`` 10,000),
+signed with one Ed25519 key that the one ``pkg:npm/*`` anchor trusts, written one per line to
+a JSON Lines file by a streaming generator (never a list in memory).
 
-A control runs in the same rounds: a pure-Python CPU loop split the same way over the same two
-pools. Its speedup is what the machine gives two processes at that moment (on a shared or
-virtualised 2-core machine that is often well below 2x), so ``batch speedup / control
-speedup`` separates the library's overhead from the machine's.
+Modes, timed alternately in every round (so load from other processes hits all alike):
 
-Each pool is warmed first (one full pass: every worker process starts and opens its manager),
-then timed over ROUNDS passes; the pools are timed alternately so that load from other
-processes on the machine hits both alike. Before every timed pass the store changes (a key is
-imported), which empties every process's anchor cache: each pass verifies as a first look at
-these artifacts would, with the anchor lookups in SQLite. Without that, the one worker of the
-1-process pool would answer every lookup from its cache (it has seen every PURL) while each of
-two workers has seen only the PURLs of the chunks it happened to get -- a difference of about
-40% in CPU per proof that has nothing to do with parallelism.
+* **library**: this process, one ``KeyManager.verify(line)`` per line of the file, with a
+  manager opened and warmed beforehand -- the cost of verification itself;
+* **batch 1 / batch 2**: ``stellaops verify --batch FILE [--workers 2]`` in a subprocess
+  (summary output), the whole command: start-up, reading, parsing, verifying, reporting;
+* **batch 1 --json**: the same with one JSON line per item written (to /dev/null).
 
-Reported: best and median proofs/s, and the speedup of 2 processes over 1 (target >= 1.8x on
-2 cores). The in-process rate (no pool) is shown for reference: the pool's own overhead is the
-gap between it and 1 process.
+Before every timed pass the store changes (a key is imported), which empties the anchor
+cache of every process: each pass sees every PURL for the first time, as a batch of new
+artifacts would, whichever mode it is (a fresh CLI process starts cold anyway).
 
-Run: ``python benchmarks/bench_batch.py`` (``--quick`` for a smoke run).
+Reported: µs per item, ``library / batch`` per worker (target >= 0.8), the speedup of 2
+workers over 1 and the parallel efficiency (speedup / 2; target >= 1.9x, i.e. 0.95), next
+to a control (pure-Python CPU work on pools of 1 and 2 processes: what the machine gives two
+processes at that moment). "net" figures subtract the start-up of a one-item batch measured
+in the same round.
+
+Peak RSS (``ru_maxrss`` of the CLI and its workers, from ``os.wait4``) is measured for the
+N-item file and for a file of 10 N items made by repeating it (streamed), so the growth from
+N to 10 N items is the batch's own (the library's per-PURL caches are bounded at 65,536
+entries and see the same PURLs in both).
+
+Run: ``python benchmarks/bench_batch.py`` (``--quick`` for CI: 10k items, 1M RSS skipped).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
-from stellakeys import FrozenClock, KeyManager, Statement, Subject
-from stellakeys.batch import BatchItem, ManagerSpec, verify_many
-from stellakeys.crypto import get_algorithm
-from stellakeys.dsse import sign_envelope
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from stellakeys import FrozenClock, KeyManager, Statement, Subject  # noqa: E402
+from stellakeys.crypto import get_algorithm  # noqa: E402
+from stellakeys.dsse import sign_envelope  # noqa: E402
+from stellakeys.verification import VerificationPolicy  # noqa: E402
 
 PREDICATE = "evidence.stella/v1"
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
+PASSPHRASE = "bench-batch"
 
 
-def build(home: Path, n: int) -> list[BatchItem]:
+def build(home: Path, path: Path, n: int) -> None:
+    """A home with one anchor and a JSON Lines file of ``n`` envelopes, written as signed."""
     key = get_algorithm("ed25519").generate()
     with KeyManager.open(home, clock=FrozenClock(T0), actor="bench") as km:
         km.import_key("bench-key", key.public_key().to_pem())
         km.create_anchor("pkg:npm/*", ["bench-key"], [PREDICATE])
-    items = []
-    for i in range(n):
-        payload = Statement(
-            (Subject(f"pkg:npm/package-{i}@1.0.{i % 97}", {"sha256": f"{i:064x}"}),),
-            PREDICATE,
-            {"build": i},
-        ).to_json()
-        envelope = sign_envelope("application/vnd.in-toto+json", payload, [key], ["bench-key"])
-        items.append(BatchItem(envelope.to_json()))
-    return items
+    with path.open("wb") as out:
+        for i in range(n):
+            payload = Statement(
+                (Subject(f"pkg:npm/package-{i}@1.0.{i % 97}", {"sha256": f"{i:064x}"}),),
+                PREDICATE,
+                {"build": i},
+            ).to_json()
+            envelope = sign_envelope("application/vnd.in-toto+json", payload, [key], ["bench-key"])
+            out.write(envelope.to_json() + b"\n")
 
 
-def _burn(n: int) -> int:
-    total = 0
-    for i in range(n):
-        total += i * i
-    return total
+def repeat(source: Path, target: Path, times: int) -> None:
+    with target.open("wb") as out:
+        for _ in range(times):
+            with source.open("rb") as handle:
+                while block := handle.read(1 << 20):
+                    out.write(block)
 
 
-def control(pool: Executor, loops: int = 1_000_000, tasks: int = 8) -> float:
-    """Seconds for a fixed amount of pure CPU work spread over ``pool``."""
+def bust(km: KeyManager) -> None:
+    # A write moves the store's change token: every process drops its anchor cache.
+    pem = get_algorithm("ed25519").generate().public_key().to_pem()
+    km.import_key(f"cache-buster-{time.monotonic_ns()}", pem)
+
+
+def library(km: KeyManager, path: Path) -> float:
+    policy = VerificationPolicy()
     started = time.perf_counter()
-    list(pool.map(_burn, [loops] * tasks))
+    with path.open("rb") as handle:
+        for line in handle:
+            if not km.verify(line, now=NOW, policy=policy).ok:
+                raise SystemExit("library verify failed: the corpus is wrong")
     return time.perf_counter() - started
 
 
-def run(
-    items: list[BatchItem], executor: Executor | None, spec: ManagerSpec, local: KeyManager
-) -> float:
-    # A write moves the store's change token: every process drops its anchor cache.
-    pem = get_algorithm("ed25519").generate().public_key().to_pem()
-    local.import_key(f"cache-buster-{time.monotonic_ns()}", pem)
+def cli(home: Path, path: Path, *extra: str) -> tuple[float, int]:
+    """(seconds, peak RSS in KiB of the command and its workers)."""
+    env = {
+        **os.environ,
+        "STELLAKEYS_HOME": str(home),
+        "STELLAKEYS_PASSPHRASE": PASSPHRASE,
+        "STELLAKEYS_TEST_NOW": NOW.isoformat().replace("+00:00", "Z"),
+        "PYTHONPATH": str(ROOT),
+    }
+    command = [sys.executable, "-m", "stellakeys_cli", "verify", "--batch", str(path), *extra]
     started = time.perf_counter()
-    if executor is None:
-        outcomes = verify_many(items, manager=local, now=NOW)
-    else:
-        outcomes = verify_many(items, executor, manager_factory=spec, now=NOW)
+    with open(os.devnull, "wb") as null:
+        proc = subprocess.Popen(command, stdout=null, stderr=subprocess.PIPE, env=env)
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
     elapsed = time.perf_counter() - started
-    assert all(o.ok for o in outcomes), next(o for o in outcomes if not o.ok)
-    return len(items) / elapsed
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} exited {proc.returncode}: {err.decode()[-2000:]}")
+    return elapsed, usage.ru_maxrss
+
+
+def control(workers: int, size: int = 40_000, tasks: int = 8) -> float:
+    # math.factorial: CPU-bound, and picklable by reference from any module (run_all.py
+    # loads this file under another name, so a function of its own would not be).
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(math.factorial, [10] * workers))  # started
+        started = time.perf_counter()
+        list(pool.map(math.factorial, [size] * tasks))
+        return time.perf_counter() - started
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small corpus, few rounds")
-    parser.add_argument("--proofs", type=int, default=None)
+    parser.add_argument("--quick", action="store_true", help="10k items, 2 rounds, no 10x RSS")
+    parser.add_argument("--items", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=None)
-    args, _ = parser.parse_known_args()
-    quick = args.quick or "--quick" in sys.argv
-    n = args.proofs or (600 if quick else 6000)
-    rounds = args.rounds or (2 if quick else 7)
+    parser.add_argument("--no-rss", action="store_true", help="skip the 10x-items RSS run")
+    args, _ = parser.parse_known_args()  # run_all.py passes its own arguments on
+    n = args.items or (10_000 if args.quick else 100_000)
+    rounds = args.rounds or (2 if args.quick else 1)
+    os.environ["STELLAKEYS_PASSPHRASE"] = PASSPHRASE
+    times: dict[str, list[float]] = {
+        "library": [],
+        "batch 1": [],
+        "batch 2": [],
+        "batch 1 --json": [],
+        "start-up 1": [],
+        "start-up 2": [],
+    }
+    rss: dict[str, int] = {}
+    controls: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
-        home = Path(tmp) / "home"
-        items = build(home, n)
-        spec = ManagerSpec(home=str(home))
-        rates: dict[str, list[float]] = {"in-process": [], "1 process": [], "2 processes": []}
-        controls: list[float] = []
-        with spec() as local, ProcessPoolExecutor(1) as one, ProcessPoolExecutor(2) as two:
-            for pool in (None, one, two):  # warm: managers open, anchor caches fill
-                run(items, pool, spec, local)
+        home, items = Path(tmp) / "home", Path(tmp) / "items.jsonl"
+        one = Path(tmp) / "one.jsonl"
+        build(home, items, n)
+        with items.open("rb") as handle:
+            one.write_bytes(handle.readline())
+        with KeyManager.open(home) as km:
+            library(km, one)  # warm: imports done, store open
             for _ in range(rounds):
-                rates["in-process"].append(run(items, None, spec, local))
-                rates["1 process"].append(run(items, one, spec, local))
-                rates["2 processes"].append(run(items, two, spec, local))
-                controls.append(control(one) / control(two))
+                bust(km)
+                times["library"].append(library(km, items))
+                for mode, extra in (
+                    ("batch 1", ()),
+                    ("batch 2", ("--workers", "2")),
+                    ("batch 1 --json", ("--json",)),
+                ):
+                    bust(km)
+                    elapsed, peak = cli(home, items, *extra)
+                    times[mode].append(elapsed)
+                    rss[mode] = max(rss.get(mode, 0), peak)
+                times["start-up 1"].append(cli(home, one)[0])
+                times["start-up 2"].append(cli(home, one, "--workers", "2")[0])
+                controls.append(control(1) / control(2))
+            if not (args.quick or args.no_rss):
+                big = Path(tmp) / "items10.jsonl"
+                repeat(items, big, 10)
+                bust(km)
+                rss["10x, batch 2"] = cli(home, big, "--workers", "2")[1]
+                big.unlink()
     load = os.getloadavg()
     print(
-        f"batch verification: {n} Ed25519 proofs, {rounds} rounds, chunk 64;"
+        f"batch verification: {n:,} Ed25519 proofs (distinct PURLs), {rounds} round(s);"
         f" Python {platform.python_version()}, {os.cpu_count()} CPUs,"
-        f" load {load[0]:.1f}/{load[1]:.1f}"
+        f" load {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}"
     )
-    print(f"{'mode':<14}{'best/s':>10}{'median/s':>10}")
-    for mode, values in rates.items():
-        print(f"{mode:<14}{max(values):>10,.0f}{statistics.median(values):>10,.0f}")
-    best = max(rates["2 processes"]) / max(rates["1 process"])
-    paired = statistics.median(
-        b / a for a, b in zip(rates["1 process"], rates["2 processes"], strict=True)
-    )
-    verdict = "met" if best >= 1.8 else "NOT met"
-    print(f"speedup 2 vs 1 process: best {best:.2f}x, paired median {paired:.2f}x ({verdict})")
+    med = {mode: statistics.median(values) for mode, values in times.items()}
+    lib = med["library"] / n
+    print(f"{'mode':<16}{'us/item':>9}{'net us/item':>13}{'library/this':>14}")
+    for mode in ("library", "batch 1", "batch 1 --json", "batch 2"):
+        start = med["start-up 2"] if mode == "batch 2" else med["start-up 1"]
+        net = (med[mode] - (start if mode != "library" else 0.0)) / n
+        per_worker = net * (2 if mode == "batch 2" else 1)
+        print(
+            f"{mode:<16}{med[mode] / n * 1e6:>9.1f}{net * 1e6:>13.1f}"
+            f"{lib / per_worker:>14.2f}" + ("  (per worker)" if mode == "batch 2" else "")
+        )
+    speedup = med["batch 1"] / med["batch 2"]
+    net_speedup = (med["batch 1"] - med["start-up 1"]) / (med["batch 2"] - med["start-up 2"])
+    ctl = statistics.median(controls)
     print(
-        f"control (pure CPU, same pools): best {max(controls):.2f}x,"
-        f" median {statistics.median(controls):.2f}x;"
-        f" batch/control (paired medians): {paired / statistics.median(controls):.2f}"
+        f"2 workers vs 1: {speedup:.2f}x (net {net_speedup:.2f}x), parallel efficiency"
+        f" {speedup / 2:.2f} (net {net_speedup / 2:.2f}); control (pure CPU) {ctl:.2f}x;"
+        f" batch/control {net_speedup / ctl:.2f}"
     )
+    for mode, kib in rss.items():
+        print(f"peak RSS {mode:<16}{kib / 1024:>8.1f} MiB")
 
 
 if __name__ == "__main__":

@@ -35,11 +35,12 @@ import os
 import pickle
 import re
 import threading
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Executor, Future, as_completed
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, Future
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
@@ -57,6 +58,7 @@ __all__ = [
     "BatchOutcome",
     "ManagerSpec",
     "category_of",
+    "in_order",
     "reason_category",
     "summarize",
     "verify_many",
@@ -244,6 +246,7 @@ def verify_many(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     now: datetime | None = None,
     progress: Callable[[int], None] | None = None,
+    max_in_flight: int | None = None,
 ) -> list[BatchOutcome]:
     """Verify every item; outcomes in input order.
 
@@ -255,7 +258,9 @@ def verify_many(
     envelopes, not addresses), and ``manager_factory`` may make one
     (:class:`~stellakeys.feed.FeedVerifierSpec`). ``progress`` is called with the number of
     items finished each time a chunk completes. ``now`` (default: the manager's clock, else
-    the system clock) is the time of items without an asserted time.
+    the system clock) is the time of items without an asserted time. ``max_in_flight``
+    bounds the chunks submitted to ``executor`` at a time (default: all of them). For more
+    items than fit in memory, see :mod:`stellakeys.batch_stream`.
     """
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
@@ -292,22 +297,53 @@ def verify_many(
         if manager is None or isinstance(manager, Verifier):
             raise ValueError("give a manager_factory (picklable) or a manager opened from settings")
         manager_factory = ManagerSpec.of(manager)
-    futures: list[Future[list[BatchOutcome]]] = [
-        executor.submit(_verify_chunk, manager_factory, now, policy, chunk) for chunk in chunks
-    ]
-    try:
+    factory = manager_factory
+    results: list[BatchOutcome] = []
+    outcomes: list[BatchOutcome]
+    for chunk, outcomes in in_order(
+        executor,
+        lambda chunk: (_verify_chunk, factory, now, policy, chunk),
+        chunks,
+        max_in_flight or max(1, len(chunks)),
+    ):
+        results.extend(outcomes)
         if progress is not None:
-            sizes = {id(f): len(c) for f, c in zip(futures, chunks, strict=True)}
-            for done in as_completed(futures):
-                progress(sizes[id(done)])
-        results: list[BatchOutcome] = []
-        for future in futures:  # input order, whatever order the chunks finished in
-            results.extend(future.result())
-        return results
-    except BaseException:
-        for future in futures:
+            progress(len(chunk))
+    return results
+
+
+_C = TypeVar("_C")
+_R = TypeVar("_R")
+
+
+def in_order(
+    executor: Executor,
+    call: Callable[[_C], tuple[Any, ...]],
+    chunks: Iterable[_C],
+    max_in_flight: int = 8,
+) -> Iterator[tuple[_C, _R]]:
+    """(chunk, result) for every chunk, in input order, with at most ``max_in_flight``
+    chunks submitted and not yet taken back: the next chunk is read from ``chunks`` only when
+    there is room (back-pressure, so a lazy ``chunks`` is never read far ahead of the
+    workers), and a result is yielded as soon as it and every earlier one are done.
+    ``call(chunk)`` gives the function to submit and its arguments. Chunks still in flight
+    when the caller stops (an error, a closed generator) are cancelled."""
+    if max_in_flight < 1:
+        raise ValueError("max_in_flight must be at least 1")
+    pending: deque[tuple[_C, Future[_R]]] = deque()
+    try:
+        for chunk in chunks:
+            fn, *args = call(chunk)
+            pending.append((chunk, executor.submit(fn, *args)))
+            if len(pending) >= max_in_flight:
+                head, future = pending.popleft()
+                yield head, future.result()
+        while pending:
+            head, future = pending.popleft()
+            yield head, future.result()
+    finally:
+        for _, future in pending:
             future.cancel()
-        raise
 
 
 # --- reporting ---------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""``stellaops verify --batch FILE.jsonl|DIR``: many proofs, a progress bar, a summary."""
+"""``stellaops verify --batch FILE.jsonl|DIR``: many proofs, streamed in constant memory, a
+progress bar, a summary (docs/batch.md)."""
 
 from __future__ import annotations
 
@@ -16,13 +17,21 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from concurrent.futures import Executor
 
-    from stellakeys.batch import BatchOutcome, BatchSummary
+    from stellakeys.batch import BatchSummary
+    from stellakeys.batch_stream import StreamTally
     from stellakeys.manager import KeyManager
     from stellakeys.verification import VerificationPolicy
     from stellakeys.verifier import Verifier
 
 
-def _executor(stack: ExitStack, workers: int, dask_scheduler: str | None) -> Executor | None:
+def _executor(
+    stack: ExitStack,
+    workers: int,
+    dask_scheduler: str | None,
+    factory: Callable[[], KeyManager | Verifier],
+) -> tuple[Executor | None, int]:
+    """The executor and how many chunks to keep in flight on it (a few per worker: enough
+    to keep every worker busy, few enough that memory stays flat)."""
     if dask_scheduler:
         try:
             from distributed import Client
@@ -32,12 +41,17 @@ def _executor(stack: ExitStack, workers: int, dask_scheduler: str | None) -> Exe
             ) from None
         client = stack.enter_context(Client(dask_scheduler))  # type: ignore[no-untyped-call]
         executor: Executor = client.get_executor()
-        return executor
+        cores = sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
+        return executor, 4 * max(1, cores)
     if workers > 1:
         from concurrent.futures import ProcessPoolExecutor
 
-        return stack.enter_context(ProcessPoolExecutor(workers))
-    return None
+        from stellakeys.batch_stream import open_worker
+
+        # Each worker opens its one store and manager when it starts, and reuses it.
+        pool = ProcessPoolExecutor(workers, initializer=open_worker, initargs=(factory,))
+        return stack.enter_context(pool), 4 * workers
+    return None, 1
 
 
 def run_batch(
@@ -53,25 +67,18 @@ def run_batch(
     factory: Callable[[], KeyManager | Verifier] | None = None,
     verifier: Verifier | None = None,
 ) -> None:
-    """Verify every proof of ``path``; exit 1 if any fails. ``verifier`` (with its picklable
-    ``factory``): verify with it, from a feed, instead of the store."""
+    """Verify every proof of ``path``, streaming: read a chunk, verify it, write its results;
+    exit 1 if any fails. ``verifier`` (with its picklable ``factory``): verify with it, from a
+    feed, instead of the store. Memory stays flat whatever the size of the input."""
     import attrs
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from stellakeys.batch import ManagerSpec, read_items, summarize, verify_many
+    from stellakeys.batch import ManagerSpec
+    from stellakeys.batch_stream import StreamOptions, StreamTally, chunked, read_raw, verify_stream
+    from stellakeys_cli.context import now
 
     source = Path(path)
     if not source.exists():
         raise click.ClickException(f"{path}: no such file or directory")
-    malformed: list[tuple[int, str, str]] = []
-    items = read_items(source, malformed)
-    at = parse_time_option(at_time)
-    if at is not None or purl is not None:
-        items = [
-            attrs.evolve(i, at=i.at or at, purl=i.purl or purl)
-            for i in items  # flags as defaults
-        ]
     from stellakeys_cli.timestamp import verifier_from
 
     roots = tuple(str(Path(r).resolve()) for r in tsa_roots)
@@ -95,65 +102,96 @@ def run_batch(
             actor=cli.actor,
             tsa_roots=roots,
         )
-    err = Console(stderr=True)
+    # One instant for the whole batch, passed to every verification (no clock is swapped).
+    options = StreamOptions(
+        now=now(), policy=policy, at=parse_time_option(at_time), purl=purl, as_json=as_json
+    )
+    tally = StreamTally()
+    out = sys.stdout
     with ExitStack() as stack:
-        executor = _executor(stack, workers, dask_scheduler)
-        progress = Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err,
-            transient=not err.is_terminal,
-            disable=not err.is_terminal,
-        )
-        with progress:
-            task = progress.add_task("verifying", total=len(items))
-            outcomes = verify_many(
-                items,
-                executor,
-                manager=local,
-                manager_factory=factory if executor is not None else None,
-                policy=policy,
-                progress=lambda n: progress.advance(task, n),
-            )
-    outcomes = _with_malformed(outcomes, malformed)
-    summary = summarize(outcomes)
+        executor, in_flight = _executor(stack, workers, dask_scheduler, factory)
+        bar = _progress_bar(stack, source)
+        for chunk, reports in verify_stream(
+            chunked(read_raw(source)),
+            options,
+            executor,
+            manager=local,
+            manager_factory=factory,
+            max_in_flight=in_flight,
+        ):
+            for report in reports:
+                tally.add(report)
+            if as_json:  # one write per chunk, as soon as it is done
+                out.write("".join(f"{r.line}\n" for r in reports))
+                out.flush()  # a reader of the pipe sees each chunk when it is done
+            if bar is not None:
+                bar(chunk.offset, tally)
     if as_json:
-        for outcome in outcomes:
-            sys.stdout.write(json.dumps(outcome.to_dict(), ensure_ascii=False) + "\n")
-        _print_summary(summary, outcomes, Console(stderr=True))
+        out.write(json.dumps({"summary": _summary(tally).to_dict()}) + "\n")
+        out.flush()
+        _print_summary(tally, _console(stderr=True))
     else:
-        _print_summary(summary, outcomes, Console())
-    if summary.failed:
+        _print_summary(tally, _console(stderr=False))
+    if tally.failed:
         raise SystemExit(1)
 
 
-def _with_malformed(
-    outcomes: list[BatchOutcome], malformed: list[tuple[int, str, str]]
-) -> list[BatchOutcome]:
-    """The verified outcomes with one failed outcome per unreadable line, in input order."""
-    import attrs
+def _console(*, stderr: bool) -> Any:
+    from rich.console import Console
 
-    from stellakeys.batch import BatchOutcome
-
-    if not malformed:
-        return outcomes
-    bad = {position: (label, reason) for position, label, reason in malformed}
-    merged: list[BatchOutcome] = []
-    pending = iter(outcomes)
-    for position in range(len(outcomes) + len(malformed)):
-        if position in bad:
-            label, reason = bad[position]
-            merged.append(BatchOutcome(position, label, error=reason))
-        else:
-            merged.append(attrs.evolve(next(pending), index=position))
-    return merged
+    return Console(stderr=stderr)
 
 
-def _print_summary(summary: BatchSummary, outcomes: list[BatchOutcome], console: Any) -> None:
+def _summary(tally: StreamTally) -> BatchSummary:
+    from stellakeys.batch import BatchSummary
+
+    ordered = tuple(sorted(tally.by_reason.items(), key=lambda kv: (-kv[1], kv[0])))
+    return BatchSummary(tally.total, tally.ok, tally.failed, ordered)
+
+
+def _progress_bar(stack: ExitStack, source: Path) -> Callable[[int, StreamTally], None] | None:
+    """A progress bar on stderr when stderr is a terminal (else None, and rich is not even
+    imported): items/s, failures so far, and the ETA from the bytes of the file read."""
+    if not sys.stderr.isatty():
+        return None
+    import time
+
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = stack.enter_context(
+        Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            TextColumn("{task.fields[items]:,} items  {task.fields[rate]:,.0f}/s"),
+            TextColumn("{task.fields[failed]:,} failed"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+    )
+    # A directory's size is unknown without walking it twice: no total, no ETA.
+    total = None if source.is_dir() else max(1, source.stat().st_size)
+    task = progress.add_task("verifying", total=total, items=0, rate=0.0, failed=0)
+    started = time.monotonic()
+
+    def advance(offset: int, tally: StreamTally) -> None:
+        elapsed = max(time.monotonic() - started, 1e-9)
+        progress.update(
+            task,
+            completed=offset if total else tally.total,
+            items=tally.total,
+            rate=tally.total / elapsed,
+            failed=tally.failed,
+        )
+
+    return advance
+
+
+def _print_summary(tally: StreamTally, console: Any) -> None:
     from rich.table import Table
 
+    summary = _summary(tally)
     console.print(f"Batch verification: {summary.total} proofs", soft_wrap=True, markup=False)
     table = Table()
     table.add_column("Result")
@@ -163,11 +201,8 @@ def _print_summary(summary: BatchSummary, outcomes: list[BatchOutcome], console:
     for category, count in summary.by_reason:
         table.add_row(f"  {category}", str(count))
     console.print(table)
-    failed = [o for o in outcomes if not o.ok]
-    for outcome in failed[:20]:
-        why = outcome.error or (outcome.result.reasons[0] if outcome.result else "")
-        console.print(
-            f"FAILED {outcome.label or outcome.index}: {why}", markup=False, soft_wrap=True
-        )
-    if len(failed) > 20:
-        console.print(f"... and {len(failed) - 20} more (use --json for all)")
+    for label, why in tally.first_failures:
+        console.print(f"FAILED {label}: {why}", markup=False, soft_wrap=True)
+    if tally.failed > len(tally.first_failures):
+        more = tally.failed - len(tally.first_failures)
+        console.print(f"... and {more} more (use --json for all)")

@@ -236,7 +236,15 @@ def test_cli_batch(corpus: Corpus, tmp_path: Path) -> None:
 
     proc = run_cli(corpus.home, "--batch", str(jsonl), "--json")
     assert proc.returncode == 1
-    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    *rows, last = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert last == {
+        "summary": {
+            "total": 8,
+            "ok": 6,
+            "failed": 2,
+            "byReason": {"key not yet valid": 1, "no trust anchor": 1},
+        }
+    }
     assert [r["ok"] for r in rows] == [True] * 6 + [False, False]
     assert [r["input"] for r in rows] == [f"{jsonl}:{n}" for n in range(1, 9)]
     assert rows[7]["timeSource"] == "asserted"

@@ -83,7 +83,9 @@ def test_batch_mixing_good_bad_json_wrong_key_and_unknown_anchor(tmp_path: Path)
     res = run(home, "verify", "--batch", str(batch), "--json")
     assert res.returncode == 1, res.stderr  # some item failed
     assert "Traceback" not in res.stderr
-    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    *rows, last = [json.loads(line) for line in res.stdout.splitlines()]
+    assert last["summary"]["total"] == 8 and last["summary"]["failed"] == 5
+    assert last["summary"]["byReason"]["malformed input"] == 3  # lines 2, 7 and 8
     by_input = {r["input"]: r for r in rows}
     assert [r["input"] for r in rows] == [f"{batch}:{n}" for n in (1, 2, 3, 5, 6, 7, 8, 9)]
     assert [r["index"] for r in rows] == list(range(8))
@@ -121,4 +123,6 @@ def test_batch_all_good_exits_zero(tmp_path: Path) -> None:
     batch.write_text(json.dumps(good) + "\n" + json.dumps(good) + "\n")
     res = run(home, "verify", "--batch", str(batch), "--json")
     assert res.returncode == 0, res.stderr + res.stdout
-    assert all(json.loads(line)["ok"] for line in res.stdout.splitlines())
+    *rows, last = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [r["ok"] for r in rows] == [True, True]
+    assert last == {"summary": {"total": 2, "ok": 2, "failed": 0, "byReason": {}}}

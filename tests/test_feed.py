@@ -317,8 +317,9 @@ def test_cli_publish_trust_update_and_verify_with_the_feed(
     batch = tmp_path / "batch.jsonl"
     batch.write_text(envelope.read_text() + "\n" + json.dumps({"proof": proof}) + "\n")
     result = run("verify", "--batch", str(batch), "--feed", str(feed2), "--json", ok=False)
-    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    *rows, last = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["ok"] for r in rows] == [True, False]  # the address needs the store: not here
+    assert last["summary"]["failed"] == 1
     assert "no proof" in rows[1]["error"]
     shown = json.loads(run("feed", "show", str(feed2), "--json").output)
     assert shown["version"] == 2 and shown["urgent"] is True

@@ -200,6 +200,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
         "feed",
         "feed_document",
         "batch",
+        "batch_stream",
         "metrics",
         "audit_replay",
         "sigstore_bundle",
