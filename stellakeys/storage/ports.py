@@ -23,7 +23,7 @@ from typing import Protocol
 import attrs
 
 from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
-from stellakeys.audit import AuditEvent, AuditQuery, AuditRecord
+from stellakeys.audit import AuditEvent, AuditQuery, AuditRecord, AuditRow
 from stellakeys.ceremony.model import Approval, Ceremony, CeremonyState
 from stellakeys.ceremony.policy import PolicyVersion
 from stellakeys.intents import KeyIntent
@@ -219,6 +219,11 @@ class Transaction(Protocol):
 
     def iter_audit(self) -> Iterator[AuditEvent]:
         """Every event in seq order, streamed (verification of large logs)."""
+        ...
+
+    def iter_audit_rows(self) -> Iterator[AuditRow]:
+        """Every event in seq order as a stellakeys.audit.AuditRow (the hashed fields as the
+        canonical text they were hashed as), streamed: what ``audit verify`` reads."""
         ...
 
 
