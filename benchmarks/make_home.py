@@ -218,7 +218,7 @@ def build_home(
                 details={"proof": f"sha256:{n:064x}", "payloadType": PAYLOAD_TYPE},
             )
         conn.executemany(
-            f"INSERT INTO key_audit_log ({codec.AUDIT_COLUMNS})"  # noqa: S608
+            f"INSERT INTO key_audit_log ({codec.AUDIT_COLUMNS})"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             audit_rows,
         )
