@@ -50,7 +50,7 @@ from stellakeys.audit import AuditEvent, AuditRecord, EventType, chain_event  # 
 from stellakeys.crypto._base import fingerprint_of_spki  # noqa: E402
 from stellakeys.dsse import Envelope, Signature, pae  # noqa: E402
 from stellakeys.keys import KeyOrigin, KeyRecord  # noqa: E402
-from stellakeys.purl_pattern import PurlPattern  # noqa: E402
+from stellakeys.purl_pattern import PurlPattern, lookup_keys_for  # noqa: E402
 from stellakeys.storage import _codec as codec  # noqa: E402
 from stellakeys.storage.sqlite import SqliteStore  # noqa: E402
 from stellakeys.times import format_time  # noqa: E402
@@ -180,11 +180,13 @@ def build_home(
                     )
     start = T0 + timedelta(days=rotations + 1)
     digests: list[str] = []
+    keys: list[tuple[str, str]] = []  # the subject index (stellakeys.proof_index)
 
     def proof_rows() -> Iterator[tuple[object, ...]]:
         for i in range(proofs):
             kid, key = signers[i % anchors]
-            payload = _statement(f"pkg:npm/scope{i % anchors}/p{i}@1.0.0", i)
+            purl = f"pkg:npm/scope{i % anchors}/p{i}@1.0.0"
+            payload = _statement(purl, i)
             sig = key.sign(pae(PAYLOAD_TYPE, payload))
             envelope = Envelope(PAYLOAD_TYPE, payload, (Signature(sig, kid),))
             body, digest = envelope.to_json(), envelope.digest()
@@ -196,6 +198,7 @@ def build_home(
                 key_id=kid,
                 details={"proof": digest, "payloadType": PAYLOAD_TYPE},
             )
+            keys.extend((k, digest) for k in lookup_keys_for(purl) if k)
             yield (digest, body, codec.to_micros(at))
 
     store.close()
@@ -208,6 +211,13 @@ def build_home(
             "INSERT INTO proofs (digest, envelope_json, created_at) VALUES (?, ?, ?)",
             proof_rows(),
         )
+        # As put_proof files each proof: its lookup keys, and off the trigger's queue.
+        conn.executemany(
+            "INSERT INTO proof_subject_keys (index_key, digest) VALUES (?, ?)"
+            " ON CONFLICT DO NOTHING",
+            keys,
+        )
+        conn.execute("DELETE FROM proofs_unindexed")
         last = start + timedelta(seconds=proofs)
         target = len(audit_rows) if events is None else events
         for n in range(len(audit_rows), target):

@@ -12,10 +12,10 @@ finds no match in is one the strict path finds no match in either; anything the 
 cannot read is handed to the strict path. Each distinct PURL is matched (parsed) once per
 call.
 
-Cost: one streamed pass over the stored proofs (no list of the home's proofs), C-speed
-parsing for the proofs of other anchors, and the strict parse plus the caller's verification
-for the anchor's own. Finding an anchor's proofs without reading the others needs a subject
-index in the store (not yet there, see benchmarks/README.md).
+Callers pass the store's ``iter_proof_candidates(pattern.index_key)`` (the subject index of
+migration 0008: the proofs filed under the pattern's key, plus any not yet indexed), so the
+cost grows with the anchor's proofs, not the home's; for the universal pattern ``*`` it is
+one streamed pass over every proof.
 """
 
 from __future__ import annotations

@@ -295,8 +295,9 @@ def anchor_status(m: ManagerCore, anchor_id: uuid.UUID | str) -> AnchorStatus:
     pattern = PurlPattern.parse(anchor.purl_pattern)
     total = verified = rescans = 0
     with m.store.read() as tx:
-        # Streamed; only this anchor's proofs are kept (stellakeys.anchor_proofs).
-        proofs = list(proofs_of_anchor(tx.iter_proofs(), pattern))
+        # The proofs filed under the pattern's index key (a superset), streamed; only this
+        # anchor's are kept (stellakeys.anchor_proofs).
+        proofs = list(proofs_of_anchor(tx.iter_proof_candidates(pattern.index_key), pattern))
         # Key-wide: a key compromised in another anchor is compromised here too.
         found = key_wide_compromises(
             tx.history_by_fingerprints({e.fingerprint for e in anchor.key_history})

@@ -291,6 +291,23 @@ class ProofCommon(SqlCore):
         )
         return codec.group_proofs(rows, d.proof_row)
 
+    def iter_proof_candidates(self, index_key: str) -> Iterator[ProofRecord]:
+        self._check()
+        if not index_key:
+            return self.iter_proofs()
+        d = self.dialect
+        rows = self._stream(
+            "SELECT p.digest, p.envelope_json, p.created_at, t.token"
+            f" FROM {d.table('proofs')} AS p"
+            f" LEFT JOIN {d.table('proof_timestamps')} AS t ON t.digest = p.digest"
+            f" WHERE p.digest IN (SELECT digest FROM {d.table('proof_subject_keys')}"
+            f" WHERE index_key = {d.param}"
+            f" UNION SELECT digest FROM {d.table('proofs_unindexed')})"
+            " ORDER BY p.created_at, p.digest, t.id",
+            (index_key,),
+        )
+        return codec.group_proofs(rows, d.proof_row)
+
 
 class CeremonyCommon(SqlCore):
     """The part of the ceremony repository whose SQL is the same on both dialects."""

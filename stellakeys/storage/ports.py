@@ -140,6 +140,12 @@ class Transaction(Protocol):
         """Every stored proof, oldest first (anchor status, forensics, feeds)."""
         ...
 
+    def iter_proof_candidates(self, index_key: str) -> Iterator[ProofRecord]:
+        """Streamed, in iter_proofs' order: at least every proof with a PURL subject that a
+        pattern whose ``index_key`` this is can match (stellakeys.proof_index), possibly more
+        (callers decide each proof); every proof for ``""``."""
+        ...
+
     # --- feed versions ----------------------------------------------------------------------
     def feed_versions(self) -> list[FeedVersionRecord]:
         """Every recorded feed version, ordered by version (1, 2, ... without gaps)."""
