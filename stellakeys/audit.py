@@ -342,9 +342,10 @@ def _slow_digest(row: AuditRow) -> str:
     )
 
 
-def event_from_row(row: AuditRow) -> AuditEvent:
-    """The AuditEvent of a (verified) row, for checks written against events."""
-    seq, event_id, event_type, key_id, anchor_id, actor, ts, ceremony_id, details, prev, h = row
+def event_from_row(row: AuditRow, details: Mapping[str, Any] | None = None) -> AuditEvent:
+    """The AuditEvent of a (verified) row, for checks written against events (``details``:
+    the row's details already parsed)."""
+    seq, event_id, event_type, key_id, anchor_id, actor, ts, ceremony_id, text, prev, h = row
     return AuditEvent(
         seq=seq,
         event_id=uuid.UUID(event_id),
@@ -354,7 +355,7 @@ def event_from_row(row: AuditRow) -> AuditEvent:
         key_id=key_id,
         anchor_id=None if anchor_id is None else uuid.UUID(anchor_id),
         ceremony_id=ceremony_id,
-        details=json.loads(details) if details != "{}" else {},
+        details=details if details is not None else json.loads(text) if text != "{}" else {},
         prev_hash=prev,
         hash=h,
     )

@@ -246,6 +246,45 @@ def test_types_the_dual_control_check_skips_are_no_operation() -> None:
             assert kind not in (EventType.CEREMONY_EXECUTED, "signer.ceremony.policy_recorded")
 
 
+def test_dual_control_findings_are_those_of_the_whole_log(tmp_path: Path) -> None:
+    from stellakeys.ceremony.audit_check import check_protected_operations
+    from stellakeys.ceremony.operations import OP_KEY_REVOCATION, OP_TRUST_ANCHOR_UPDATE
+    from stellakeys.ceremony.policy import EVENT_POLICY_RECORDED, CeremonyPolicy
+
+    strict = CeremonyPolicy(protected=frozenset({OP_KEY_REVOCATION, OP_TRUST_ANCHOR_UPDATE}))
+    weak = CeremonyPolicy(protected=frozenset({OP_KEY_REVOCATION}))
+    aid = uuid.uuid4()
+
+    def rec(kind: str, ceremony: str | None = None, **details: object) -> AuditRecord:
+        return AuditRecord(kind, "a", T0, key_id="k", anchor_id=aid, ceremony_id=ceremony,
+                           details=details)  # fmt: skip
+
+    records = [
+        rec(EventType.KEY_REVOKED),  # before any policy: nothing required
+        rec(EventType.CEREMONY_EXECUTED, "c-early"),  # executed before the policy: counts
+        rec(EventType.PROOF_SIGNED),
+        rec(EVENT_POLICY_RECORDED, policy=strict.to_dict()),
+        rec(EventType.KEY_REVOKED),  # finding: no ceremony
+        rec(EventType.KEY_REVOKED, "c-early"),  # fine: executed earlier
+        rec(EventType.ANCHOR_CREATED, "c-never"),  # finding: not executed
+        rec(EventType.PROOF_SIGNED, "c-never"),
+        rec(EVENT_POLICY_RECORDED, policy=weak.to_dict()),  # finding: unauthorised weakening
+        rec(EventType.ANCHOR_CREATED),  # no longer required
+        rec(EVENT_POLICY_RECORDED, policy={"bogus": 1}),  # finding: unreadable
+        rec(EventType.KEY_REVOKED),  # finding: still the weak policy
+    ]
+    with SqliteStore(tmp_path / "c.db") as store:
+        with store.transaction() as tx:
+            for r in records:
+                tx.append_audit(r)
+        with store.read() as tx:
+            reference = check_protected_operations(tx.iter_audit())
+        result, findings = audit_store(store, check_state=False, check_ceremonies=True)
+    assert result.ok
+    assert findings == reference
+    assert len(reference) == 5
+
+
 # --- streamed: memory does not grow with the log --------------------------------------------
 
 _BUILD = textwrap.dedent(
