@@ -15,6 +15,9 @@ Measured in one run, alternating, best of three, CPU-bound (microseconds per eve
 * ``chain``: ``KeyManager.verify_audit(check_state=False)``;
 * ``now``: ``audit_store(check_state=True, check_ceremonies=True)``, the command's work: chain,
   replay and dual-control check in one streamed pass over ``iter_audit_rows``;
+Data, ``--shape proofs``: a benchmarks/make_home.py home (10 anchors, min(N/2, 10,000)
+signed proofs, PROOF_SIGNED filler up to N events), the shape of a production log.
+
 * ``CLI``: the wall time of ``stellaops audit verify`` in a subprocess (start-up included).
 
 Run: ``python benchmarks/bench_audit_verify.py [--sizes 1000,10000,100000]`` (``--quick``:
@@ -44,6 +47,10 @@ from stellakeys.ceremony.audit_check import check_protected_operations
 from stellakeys.clock import FrozenClock
 from stellakeys.manager import KeyManager
 from stellakeys.storage.sqlite import SqliteStore
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_home import build_home
+
 from stellakeys.times import format_time
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -183,9 +190,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument(
+        "--shape",
+        choices=("keys", "proofs"),
+        default="keys",
+        help="keys: the key-heavy log above; proofs: a make_home.py home (mostly PROOF_SIGNED)",
+    )
     args, _ = parser.parse_known_args()
     sizes = [10_000] if args.quick else [int(x) for x in args.sizes.split(",")]
-    print(f"# audit verify, SQLite; python {sys.version.split()[0]}, {platform.machine()}")
+    where = f"python {sys.version.split()[0]}, {platform.machine()}"
+    print(f"# audit verify, SQLite, {args.shape} log; {where}")
     print(f"# load before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print("| events | before us/event | chain us/event | now us/event | before/now | CLI s |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -193,8 +207,12 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             home = Path(tmp) / "home"
             home.mkdir()
-            store = SqliteStore(home / "stellakeys.db")
-            load(store, events)
+            if args.shape == "keys":
+                store = SqliteStore(home / "stellakeys.db")
+                load(store, events)
+            else:
+                build_home(home, proofs=min(events // 2, 10_000), anchors=10, events=events)
+                store = SqliteStore(home / "stellakeys.db")
             km = KeyManager(store, clock=FrozenClock(T0))
             runs: dict[str, list[float]] = {"before": [], "chain": [], "now": []}
             for _ in range(3):

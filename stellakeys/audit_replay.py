@@ -234,6 +234,8 @@ def _diff(
     implied: dict[Any, dict[str, str | None]],
     stored: dict[Any, dict[str, str | None]],
 ) -> None:
+    if implied == stored:  # the usual answer, found in C: nothing to list
+        return
     for row in sorted(implied.keys() | stored.keys()):
         want, have = implied.get(row), stored.get(row)
         name = _row_name(row)
