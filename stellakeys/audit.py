@@ -13,11 +13,14 @@ current head, so concurrent writers still produce one line.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
+import hmac
 import json
 import uuid
-from collections.abc import Iterable, Mapping
-from datetime import datetime
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from json.encoder import encode_basestring
 from typing import Any
 
 import attrs
@@ -29,9 +32,14 @@ __all__ = [
     "AuditEvent",
     "AuditQuery",
     "AuditRecord",
+    "AuditRow",
+    "ChainCheck",
     "ChainVerification",
     "EventType",
     "chain_event",
+    "event_from_row",
+    "format_micros",
+    "text_audit_row",
     "verify_chain",
 ]
 
@@ -184,6 +192,15 @@ class ChainVerification:
     state_checked: bool = False
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Constant-time equality of two hash strings; anything that is not an ASCII string (a
+    hostile writer can put any value in a column) is simply unequal."""
+    try:
+        return bool(hmac.compare_digest(a, b))
+    except TypeError:
+        return False
+
+
 def verify_chain(
     events: Iterable[AuditEvent], expected_head: str | None = None
 ) -> ChainVerification:
@@ -200,22 +217,233 @@ def verify_chain(
                 event.seq,
                 f"expected event #{expected_seq}, found #{event.seq}",
             )
-        if event.prev_hash != prev_hash:
+        if not _same(event.prev_hash, prev_hash):
             return ChainVerification(
                 False, count, prev_hash, event.seq, "link to the previous event is broken"
             )
-        if _digest(event.hashed_fields()) != event.hash:
+        if not _same(_digest(event.hashed_fields()), event.hash):
             return ChainVerification(
                 False, count, prev_hash, event.seq, "event content does not match its hash"
             )
         prev_hash = event.hash
         expected_seq += 1
         count += 1
-    if expected_head is not None and expected_head != prev_hash:
+    return _finish(count, prev_hash, expected_head)
+
+
+def _finish(count: int, prev_hash: str, expected_head: str | None) -> ChainVerification:
+    if expected_head is not None and not _same(expected_head, prev_hash):
         return ChainVerification(
             False, count, prev_hash, None, "head differs from the expected head (truncated?)"
         )
     return ChainVerification(True, count, prev_hash)
+
+
+# --- the streaming check over rows -----------------------------------------------------------
+#
+# ``audit verify`` reads every event of the log. Building an AuditEvent per row (two UUIDs, a
+# datetime, a parsed details dict, an attrs instance) and re-serialising it cost ~25 us/event;
+# the check below works on the rows themselves. An :data:`AuditRow` is what a store's
+# ``iter_audit_rows`` yields: the hashed fields already in their canonical text, in the order
+# of the SQLite columns::
+#
+#     (seq, event_id, event_type, key_id, anchor_id, actor, timestamp, ceremony_id,
+#      details_json, prev_hash, hash)
+#
+# The canonical bytes are assembled directly (the keys of _hashed_fields in sorted order, each
+# string through the json module's own C encoder, details spliced in as stored: the store
+# writes exactly the text json.dumps nests there). When the stored text is not the canonical
+# text (an older writer's spelling of a UUID or of the details JSON) the bytes differ and the
+# event is recomputed the reference way (parse, then _digest of the parsed fields, as
+# verify_chain does), so an event passes exactly when one of the two encodings of its stored
+# content hashes to its stored hash; the fast encoding is the reference one whenever the
+# stored text is canonical (tests/test_audit_perf_chain.py checks that no event written by a
+# store needs the slow path).
+
+AuditRow = tuple[Any, ...]
+
+_ROW_TEMPLATE = (
+    '{{"actor":{},"anchor_id":{},"ceremony_id":{},"details":{},"event_id":{},'
+    '"event_type":{},"key_id":{},"prev_hash":{},"seq":{},"timestamp":{}}}'
+)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@functools.lru_cache(maxsize=4096)
+def _second_text(seconds: int) -> str:
+    return (_EPOCH + timedelta(seconds=seconds)).isoformat()[:19]
+
+
+def format_micros(micros: int) -> str:
+    """``format_time`` of an instant stored as microseconds since the epoch, without building
+    a datetime per event (the seconds part is cached: a log's events share seconds)."""
+    seconds, us = divmod(micros, 1_000_000)
+    if us:
+        return f"{_second_text(seconds)}.{us:06d}Z"
+    return _second_text(seconds) + "Z"
+
+
+def text_audit_row(row: Any) -> AuditRow:
+    """An audit row as SQLite and the memory store keep it (the instant in microseconds, the
+    details as JSON text) as an AuditRow: only the instant needs formatting; every other
+    column already holds the text that was hashed."""
+    ts = row[6]
+    return (
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        # A non-integer instant (a hand-edited row) is read the way the codec reads it.
+        format_micros(ts) if type(ts) is int else format_time(_EPOCH + timedelta(microseconds=ts)),
+        row[7],
+        "{}" if row[8] is None else row[8],
+        row[9],
+        row[10],
+    )
+
+
+def _normalised(row: AuditRow) -> AuditRow:
+    """The row with its UUIDs and details in canonical text (raises on unreadable content)."""
+    seq, event_id, event_type, key_id, anchor_id, actor, ts, ceremony_id, details, prev, h = row
+    parsed = json.loads(details) if isinstance(details, str) and details != "{}" else {}
+    return (
+        seq,
+        str(uuid.UUID(event_id)),
+        event_type,
+        key_id,
+        None if anchor_id is None else str(uuid.UUID(anchor_id)),
+        actor,
+        ts,
+        ceremony_id,
+        json.dumps(dict(parsed), sort_keys=True, separators=(",", ":"), ensure_ascii=False),
+        prev,
+        h,
+    )
+
+
+def _slow_digest(row: AuditRow) -> str:
+    """The reference digest: the fields as verify_chain hashes an AuditEvent read from it."""
+    seq, event_id, event_type, key_id, anchor_id, actor, ts, ceremony_id, details, prev, _ = row
+    return _digest(
+        {
+            "seq": seq,
+            "event_id": event_id,
+            "event_type": event_type,
+            "actor": actor,
+            "timestamp": ts,
+            "key_id": key_id,
+            "anchor_id": anchor_id,
+            "ceremony_id": ceremony_id,
+            "details": json.loads(details),
+            "prev_hash": prev,
+        }
+    )
+
+
+def event_from_row(row: AuditRow, details: Mapping[str, Any] | None = None) -> AuditEvent:
+    """The AuditEvent of a (verified) row, for checks written against events (``details``:
+    the row's details already parsed)."""
+    seq, event_id, event_type, key_id, anchor_id, actor, ts, ceremony_id, text, prev, h = row
+    return AuditEvent(
+        seq=seq,
+        event_id=uuid.UUID(event_id),
+        event_type=event_type,
+        actor=actor,
+        timestamp=datetime.fromisoformat(ts.replace("Z", "+00:00")),
+        key_id=key_id,
+        anchor_id=None if anchor_id is None else uuid.UUID(anchor_id),
+        ceremony_id=ceremony_id,
+        details=details if details is not None else json.loads(text) if text != "{}" else {},
+        prev_hash=prev,
+        hash=h,
+    )
+
+
+class ChainCheck:
+    """:func:`verify_chain` over a stream of :data:`AuditRow`: :meth:`feed` passes every row
+    on (so the state replay and other checks share the one read), checking each until the
+    first break; :meth:`result` after the stream is exhausted."""
+
+    def __init__(self, expected_head: str | None = None) -> None:
+        self.expected_head = expected_head
+        self.count = 0
+        self.head = GENESIS_HASH
+        self.broken: ChainVerification | None = None
+        #: events whose stored text was not the canonical text (recomputed the reference way)
+        self.slow_events = 0
+
+    def feed(self, rows: Iterable[AuditRow]) -> Iterator[AuditRow]:
+        # The body of _fast_bytes is inlined (this loop is the whole cost of audit verify);
+        # tests/test_audit_perf_chain.py checks that it agrees with the reference bytes by
+        # counting the events that needed the slow path (:attr:`slow_events`).
+        sha256 = hashlib.sha256
+        compare = hmac.compare_digest
+        enc = encode_basestring
+        prev_hash = GENESIS_HASH
+        expected_seq = 1
+        it = iter(rows)
+        for row in it:
+            seq, event_id, kind, key_id, anchor_id, actor, ts, ceremony_id, details, prev, h = row
+            reason: str | None = None
+            ok = False
+            if seq != expected_seq:
+                reason = f"expected event #{expected_seq}, found #{seq}"
+            else:
+                try:
+                    linked = compare(prev, prev_hash)
+                except TypeError:  # not an ASCII string
+                    linked = False
+                if not linked:
+                    reason = "link to the previous event is broken"
+                # type() rather than isinstance: json writes a bool as true, and 1.0 == 1 as
+                # 1.0; a non-string where a string belongs raises TypeError in enc().
+                elif type(seq) is int and type(details) is str:
+                    try:
+                        text = (
+                            f'{{"actor":{enc(actor)},'
+                            f'"anchor_id":{"null" if anchor_id is None else enc(anchor_id)},'
+                            '"ceremony_id":'
+                            f"{'null' if ceremony_id is None else enc(ceremony_id)},"
+                            f'"details":{details},"event_id":{enc(event_id)},'
+                            f'"event_type":{enc(kind)},'
+                            f'"key_id":{"null" if key_id is None else enc(key_id)},'
+                            # prev equals prev_hash, a hex digest: nothing to escape.
+                            f'"prev_hash":"{prev_hash}","seq":{seq},"timestamp":{enc(ts)}}}'
+                        )
+                        ok = compare(sha256(text.encode()).hexdigest(), h)
+                    except TypeError:
+                        ok = False
+                if reason is None and not ok:
+                    self.slow_events += 1
+                    row, reason = self._slow(row)
+            if reason is not None:
+                self.count, self.head = expected_seq - 1, prev_hash
+                self.broken = ChainVerification(False, self.count, prev_hash, row[0], reason)
+                yield row
+                # Later rows are passed on unchecked, for checks that read the whole log.
+                yield from it
+                return
+            prev_hash = h
+            expected_seq += 1
+            yield row
+        self.count, self.head = expected_seq - 1, prev_hash
+
+    @staticmethod
+    def _slow(row: AuditRow) -> tuple[AuditRow, str | None]:
+        bad = "event content does not match its hash"
+        try:
+            canonical = _normalised(row)
+            ok = _same(_slow_digest(canonical), row[10])
+        except (TypeError, ValueError, AttributeError):
+            return row, bad
+        return (canonical, None) if ok else (row, bad)
+
+    def result(self) -> ChainVerification:
+        if self.broken is not None:
+            return self.broken
+        return _finish(self.count, self.head, self.expected_head)
 
 
 @attrs.frozen

@@ -15,21 +15,33 @@ ceremonies (not events); see benchmarks/README.md.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from stellakeys.anchors import TrustAnchor
-from stellakeys.audit import AuditEvent, ChainVerification, EventType, verify_chain
+from stellakeys.audit import (
+    AuditEvent,
+    AuditRow,
+    ChainCheck,
+    ChainVerification,
+    EventType,
+    event_from_row,
+)
 from stellakeys.ceremony.model import Ceremony
+from stellakeys.ceremony.policy import EVENT_POLICY_RECORDED
 from stellakeys.keys import KeyRecord
 from stellakeys.revocation import legacy_reason
 from stellakeys.storage.ports import Store
 from stellakeys.times import format_time
 
-__all__ = ["AuditReplay", "StateDifference", "verify_store_audit"]
+if TYPE_CHECKING:
+    from stellakeys.ceremony.audit_check import Finding
+
+__all__ = ["AuditReplay", "StateDifference", "audit_store", "verify_store_audit"]
 
 
 @attrs.frozen
@@ -97,39 +109,48 @@ class AuditReplay:
 
     def apply(self, event: AuditEvent) -> None:
         self.events += 1
-        kind = event.event_type
-        d = event.details
-        if kind in (EventType.KEY_GENERATED, EventType.KEY_IMPORTED) and event.key_id:
-            self.keys[event.key_id] = {
+        aid = None if event.anchor_id is None else str(event.anchor_id)
+        self._apply(event.event_type, event.key_id, aid, event.ceremony_id, event.details)
+
+    def _apply(
+        self,
+        kind: str,
+        key_id: str | None,
+        anchor_id: str | None,
+        ceremony_id: str | None,
+        d: Any,
+    ) -> None:
+        if kind in (EventType.KEY_GENERATED, EventType.KEY_IMPORTED) and key_id:
+            self.keys[key_id] = {
                 "algorithm": _str(d.get("algorithm")),
                 "fingerprint": _str(d.get("fingerprint")),
             }
-        elif kind == EventType.ANCHOR_CREATED and event.anchor_id is not None:
-            self.anchors[str(event.anchor_id)] = {
+        elif kind == EventType.ANCHOR_CREATED and anchor_id is not None:
+            self.anchors[anchor_id] = {
                 "purlPattern": _str(d.get("purlPattern")),
                 "policyVersion": _str(d.get("policyVersion")),
                 "predicateTypes": ",".join(str(p) for p in d.get("predicateTypes") or ()),
                 "active": "true",
             }
-        elif kind == EventType.ANCHOR_DEACTIVATED and event.anchor_id is not None:
-            self.anchors.setdefault(str(event.anchor_id), {})["active"] = "false"
-        elif kind == EventType.KEY_ADDED and event.anchor_id is not None and event.key_id:
-            fingerprint = self.keys.get(event.key_id, {}).get("fingerprint")
-            self.history[(str(event.anchor_id), event.key_id)] = {
+        elif kind == EventType.ANCHOR_DEACTIVATED and anchor_id is not None:
+            self.anchors.setdefault(anchor_id, {})["active"] = "false"
+        elif kind == EventType.KEY_ADDED and anchor_id is not None and key_id:
+            fingerprint = self.keys.get(key_id, {}).get("fingerprint")
+            self.history[(anchor_id, key_id)] = {
                 "addedAt": _str(d.get("addedAt")),
                 "revokedAt": None,
                 "revokeReason": None,
                 "expiresAt": None,
                 "fingerprint": fingerprint,
             }
-        elif kind == EventType.KEY_REVOKED and event.anchor_id is not None and event.key_id:
-            row = self.history.setdefault((str(event.anchor_id), event.key_id), {})
+        elif kind == EventType.KEY_REVOKED and anchor_id is not None and key_id:
+            row = self.history.setdefault((anchor_id, key_id), {})
             # The event carries the entry's state after the change (earliest time, strongest
             # reason); reasons logged before the vocabulary are read as the migration did.
             row["revokedAt"] = _str(d.get("effectiveAt"))
             reason = d.get("reason")
             row["revokeReason"] = legacy_reason(reason).value if isinstance(reason, str) else None
-        elif event.ceremony_id is not None:
+        elif ceremony_id is not None:
             state = _CEREMONY_STATES.get(kind)
             if state is None and (
                 kind == EventType.CEREMONY_APPROVED
@@ -137,7 +158,7 @@ class AuditReplay:
             ):
                 state = _str(d.get("state"))
             if state is not None:
-                self.ceremonies[event.ceremony_id] = state
+                self.ceremonies[ceremony_id] = state
 
     def compare(
         self,
@@ -180,6 +201,25 @@ class AuditReplay:
         return out
 
 
+#: The event types :meth:`AuditReplay._apply` reads without a ceremony id (an event with one
+#: is always applied); tests/test_audit_perf_chain.py checks that no other type changes state.
+_REPLAYED = frozenset(
+    {
+        EventType.KEY_GENERATED,
+        EventType.KEY_IMPORTED,
+        EventType.ANCHOR_CREATED,
+        EventType.ANCHOR_DEACTIVATED,
+        EventType.KEY_ADDED,
+        EventType.KEY_REVOKED,
+    }
+)
+
+#: Event types that can matter to the dual-control check (stellakeys.ceremony.audit_check)
+#: are every type but these: proofs are signed and timestamped without a ceremony, and they
+#: are most of a log. tests/test_audit_perf_chain.py checks operation_of ignores them.
+_NOT_GUARDED = frozenset({EventType.PROOF_SIGNED, EventType.PROOF_TIMESTAMPED})
+
+
 def _str(value: Any) -> str | None:
     return None if value is None else str(value)
 
@@ -194,6 +234,8 @@ def _diff(
     implied: dict[Any, dict[str, str | None]],
     stored: dict[Any, dict[str, str | None]],
 ) -> None:
+    if implied == stored:  # the usual answer, found in C: nothing to list
+        return
     for row in sorted(implied.keys() | stored.keys()):
         want, have = implied.get(row), stored.get(row)
         name = _row_name(row)
@@ -212,20 +254,90 @@ def _diff(
                 out.append(StateDifference(table, name, field, want[field], have.get(field)))
 
 
+def _stream(
+    rows: Iterable[AuditRow], replay: AuditReplay | None, guarded: bool
+) -> Iterator[AuditEvent]:
+    """Drive ``rows`` through the replay (if any) and yield the events the dual-control check
+    reads (if ``guarded``), parsing each event's details at most once.
+
+    The dual-control check (stellakeys.ceremony.audit_check.check_protected_operations) can
+    report nothing before the log's first policy event (no policy, nothing required); until
+    then the only events that change its state are executed ceremonies. So only those are
+    built before it, and every event but proofs' after it: the findings are those of the
+    whole log (tests/test_audit_perf_chain.py compares them on a log with policies).
+    """
+    replayed = _REPLAYED
+    not_guarded = _NOT_GUARDED
+    executed, recorded = EventType.CEREMONY_EXECUTED, EVENT_POLICY_RECORDED
+    policy_seen = False
+    count = 0
+    for row in rows:
+        count += 1
+        kind = row[2]
+        for_replay = replay is not None and (kind in replayed or row[7] is not None)
+        for_check = False
+        if guarded and kind not in not_guarded:
+            if kind == recorded:
+                policy_seen = True
+            for_check = policy_seen or kind == executed
+        if not (for_replay or for_check):
+            continue
+        try:
+            text = row[8]
+            details = json.loads(text) if text != "{}" else {}
+            if for_replay and replay is not None:
+                replay._apply(kind, row[3], row[4], row[7], details)
+            event = event_from_row(row, details) if for_check else None
+        except (TypeError, ValueError, AttributeError):
+            # Only a row the chain check refuses can be unreadable (every stored event's
+            # details are a JSON object); it is reported there, and the tables are not
+            # compared. Reading it used to end the command with a traceback.
+            continue
+        if event is not None:
+            yield event
+    if replay is not None:
+        replay.events += count
+
+
 def verify_store_audit(
     store: Store, expected_head: str | None = None, *, check_state: bool = True
 ) -> ChainVerification:
     """``KeyManager.verify_audit``: the hash chain and (``check_state``) the replayed state
     compared with the tables, in one read transaction and one pass over the log."""
+    return audit_store(store, expected_head, check_state=check_state)[0]
+
+
+def audit_store(
+    store: Store,
+    expected_head: str | None = None,
+    *,
+    check_state: bool = True,
+    check_ceremonies: bool = False,
+) -> tuple[ChainVerification, list[Finding]]:
+    """``stellaops audit verify`` in one streamed pass over the log: the hash chain, the
+    replayed state (``check_state``; compared only when the chain holds) and the dual-control
+    check (``check_ceremonies``: stellakeys.ceremony.audit_check over every event, as before).
+    Memory stays proportional to keys, anchors and ceremonies, never to events."""
+    from stellakeys.ceremony.audit_check import check_protected_operations
+
+    findings: list[Finding] = []
     with store.read() as tx:
-        if not check_state:
-            return verify_chain(tx.iter_audit(), expected_head)
+        chain = ChainCheck(expected_head)
         replay = AuditReplay()
-        chain = verify_chain(replay.feed(tx.iter_audit()), expected_head)
-        if chain.broken_at is not None:
-            return chain
+        events = _stream(
+            chain.feed(tx.iter_audit_rows()), replay if check_state else None, check_ceremonies
+        )
+        if check_ceremonies:
+            findings = check_protected_operations(events)
+        else:
+            for _ in events:
+                pass
+        result = chain.result()
+        if not check_state or result.broken_at is not None:
+            return result, findings
         differences = replay.compare(tx.list_keys(), tx.list_anchors(), tx.list_ceremonies())
     lines = tuple(d.describe() for d in differences)
-    return attrs.evolve(
-        chain, ok=chain.ok and not lines, state_differences=lines, state_checked=True
+    result = attrs.evolve(
+        result, ok=result.ok and not lines, state_differences=lines, state_checked=True
     )
+    return result, findings

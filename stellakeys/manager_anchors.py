@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from stellakeys.anchor_proofs import proofs_of_anchor
 from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
 from stellakeys.audit import EventType
 from stellakeys.ceremony.ports import Authorization
-from stellakeys.dsse import Envelope
 from stellakeys.errors import (
     ConflictError,
     NotFoundError,
@@ -38,8 +38,6 @@ from stellakeys.manager_values import (
     anchor_uuid,
     history_entry,
     parsed_pattern,
-    safe_match,
-    subject_purls,
 )
 from stellakeys.purl import PurlPattern, overlaps_ambiguously
 from stellakeys.revocation import RevocationReason, parse_reason
@@ -297,18 +295,15 @@ def anchor_status(m: ManagerCore, anchor_id: uuid.UUID | str) -> AnchorStatus:
     pattern = PurlPattern.parse(anchor.purl_pattern)
     total = verified = rescans = 0
     with m.store.read() as tx:
-        proofs = list(tx.iter_proofs())
+        # The proofs filed under the pattern's index key (a superset), streamed; only this
+        # anchor's are kept (stellakeys.anchor_proofs).
+        proofs = list(proofs_of_anchor(tx.iter_proof_candidates(pattern.index_key), pattern))
         # Key-wide: a key compromised in another anchor is compromised here too.
         found = key_wide_compromises(
             tx.history_by_fingerprints({e.fingerprint for e in anchor.key_history})
         )
     compromised = {e.key_id for e in anchor.key_history if e.fingerprint in found}
-    for proof in proofs:
-        envelope = Envelope.from_json(proof.envelope_json)
-        purls = subject_purls(envelope)
-        purl = next((p for p in purls if safe_match(pattern, p)), None)
-        if purl is None:
-            continue
+    for proof, envelope, purl in proofs:
         total += 1
         result = m.verify(
             envelope, purl=purl, at=proof.created_at, timestamps=proof.timestamp_tokens

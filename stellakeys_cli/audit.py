@@ -101,10 +101,12 @@ def verify(expect_head: str | None, chain_only: bool, as_json: bool) -> None:
     """Check every hash and link of the audit chain, then replay the events into the keys,
     anchors, key history and ceremony states they imply and compare with the tables, and
     check that every protected change names the ceremony that authorised it."""
-    from stellakeys_cli.audit_ceremonies import unauthorised_changes
+    from stellakeys.audit_replay import audit_store
 
-    result = manager().verify_audit(expect_head, check_state=not chain_only)
-    findings = unauthorised_changes(manager())
+    # One streamed pass over the log for the chain, the replay and the dual-control check.
+    result, findings = audit_store(
+        manager().store, expect_head, check_state=not chain_only, check_ceremonies=True
+    )
     if as_json:
         emit_json(
             {

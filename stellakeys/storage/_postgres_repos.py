@@ -30,6 +30,7 @@ from stellakeys.ceremony.model import Approval, Ceremony, CeremonyState
 from stellakeys.ceremony.policy import PolicyVersion
 from stellakeys.errors import ConflictError, NotFoundError, StorageError
 from stellakeys.keys import KeyRecord
+from stellakeys.proof_index import proof_index_keys
 from stellakeys.storage._postgres_sql import (
     _ANCHOR_BY_ID,
     _ANCHORS_BELOW_INDEX,
@@ -282,9 +283,18 @@ class PgProofs(PgCore, ProofCommon):
             " ON CONFLICT (digest) DO NOTHING RETURNING 1",
             (proof.digest, bytes(proof.envelope_json), check_aware(proof.created_at)),
         )
-        if row is not None:  # a new proof: its tokens come with it
+        if row is not None:  # a new proof: its tokens and index entries come with it
             for token in proof.timestamp_tokens:
                 self._add_token(proof.digest, token)
+            keys = sorted(proof_index_keys(bytes(proof.envelope_json)))
+            if keys:
+                self._exec(
+                    "INSERT INTO signer.proof_subject_keys (index_key, digest)"
+                    " SELECT k, %s FROM unnest(%s::text[]) AS k ON CONFLICT DO NOTHING",
+                    (proof.digest, keys),
+                )
+            # Off the queue the insert trigger put it on (migration 0009).
+            self._exec("DELETE FROM signer.proofs_unindexed WHERE digest = %s", (proof.digest,))
 
     def _add_token(self, digest: str, token: bytes) -> bool:
         """Insert unless present; False when the proof does not exist."""

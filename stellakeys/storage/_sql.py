@@ -35,11 +35,12 @@ import attrs
 
 import stellakeys.storage._codec as codec
 import stellakeys.storage._intent_codec as ic
-from stellakeys.audit import AuditEvent, AuditQuery
+from stellakeys.audit import AuditEvent, AuditQuery, AuditRow, text_audit_row
 from stellakeys.ceremony.policy import PolicyVersion
 from stellakeys.errors import NotFoundError, StorageError
 from stellakeys.intents import KeyIntent
 from stellakeys.storage.ports import ProofRecord
+from stellakeys.times import format_time
 
 __all__ = [
     "AnchorCommon",
@@ -290,6 +291,23 @@ class ProofCommon(SqlCore):
         )
         return codec.group_proofs(rows, d.proof_row)
 
+    def iter_proof_candidates(self, index_key: str) -> Iterator[ProofRecord]:
+        self._check()
+        if not index_key:
+            return self.iter_proofs()
+        d = self.dialect
+        rows = self._stream(
+            "SELECT p.digest, p.envelope_json, p.created_at, t.token"
+            f" FROM {d.table('proofs')} AS p"
+            f" LEFT JOIN {d.table('proof_timestamps')} AS t ON t.digest = p.digest"
+            f" WHERE p.digest IN (SELECT digest FROM {d.table('proof_subject_keys')}"
+            f" WHERE index_key = {d.param}"
+            f" UNION SELECT digest FROM {d.table('proofs_unindexed')})"
+            " ORDER BY p.created_at, p.digest, t.id",
+            (index_key,),
+        )
+        return codec.group_proofs(rows, d.proof_row)
+
 
 class CeremonyCommon(SqlCore):
     """The part of the ceremony repository whose SQL is the same on both dialects."""
@@ -396,3 +414,29 @@ class AuditReads(SqlCore):
         d = self.dialect
         rows = self._stream(f"SELECT {d.audit_select} FROM {d.table('key_audit_log')} ORDER BY seq")
         return map(d.audit_row, rows)
+
+    def iter_audit_rows(self) -> Iterator[AuditRow]:
+        self._check()
+        d = self.dialect
+        rows = self._stream(
+            f"SELECT {codec.AUDIT_COLUMNS} FROM {d.table('key_audit_log')} ORDER BY seq"
+        )
+        return map(native_audit_row if d.native else text_audit_row, rows)
+
+
+def native_audit_row(row: Sequence[Any]) -> AuditRow:
+    """A PostgreSQL audit row (UUIDs, timestamptz and jsonb decoded by the driver)."""
+    details = row[8]
+    return (
+        row[0],
+        str(row[1]),
+        row[2],
+        row[3],
+        None if row[4] is None else str(row[4]),
+        row[5],
+        format_time(row[6]),
+        row[7],
+        "{}" if details is None else codec.dump_json(details),
+        row[9],
+        row[10],
+    )

@@ -26,6 +26,7 @@ from stellakeys.ceremony.model import Approval, Ceremony, CeremonyState
 from stellakeys.ceremony.policy import PolicyVersion
 from stellakeys.errors import ConflictError, NotFoundError, StorageError
 from stellakeys.keys import KeyRecord
+from stellakeys.proof_index import proof_index_keys
 from stellakeys.storage._sql import (
     CHUNK,
     AnchorCommon,
@@ -305,9 +306,22 @@ class SqliteProofs(SqliteCore, ProofCommon):
             " ON CONFLICT (digest) DO NOTHING",
             codec.proof_to_row(proof),
         )
-        if cursor.rowcount == 1:  # a new proof: its tokens come with it
+        if cursor.rowcount == 1:  # a new proof: its tokens and index entries come with it
             for token in proof.timestamp_tokens:
                 self._add_token(proof.digest, token)
+            self._index_proof(proof)
+
+    def _index_proof(self, proof: ProofRecord) -> None:
+        """File a new proof under its subjects' lookup keys and take it off the queue the
+        insert trigger put it on (migration 0009)."""
+        keys = sorted(proof_index_keys(bytes(proof.envelope_json)))
+        if keys:
+            self._conn.executemany(
+                "INSERT INTO proof_subject_keys (index_key, digest) VALUES (?, ?)"
+                " ON CONFLICT DO NOTHING",
+                [(k, proof.digest) for k in keys],
+            )
+        self._exec("DELETE FROM proofs_unindexed WHERE digest = ?", (proof.digest,))
 
     def _add_token(self, digest: str, token: bytes) -> None:
         self._exec(

@@ -25,7 +25,14 @@ import stellakeys.storage._ceremony_codec as cc
 import stellakeys.storage._codec as codec
 import stellakeys.storage._intent_codec as ic
 from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
-from stellakeys.audit import AuditEvent, AuditQuery, AuditRecord, chain_event
+from stellakeys.audit import (
+    AuditEvent,
+    AuditQuery,
+    AuditRecord,
+    AuditRow,
+    chain_event,
+    text_audit_row,
+)
 from stellakeys.ceremony.model import Approval, Ceremony, CeremonyState
 from stellakeys.ceremony.policy import PolicyVersion
 from stellakeys.errors import ConflictError, NotFoundError, StorageError
@@ -316,6 +323,10 @@ class MemoryTransaction:
         if token not in hit[1]:
             self._own("proofs")[digest] = (hit[0], (*hit[1], token))
 
+    def iter_proof_candidates(self, index_key: str) -> Iterator[ProofRecord]:
+        # Every proof: a superset is allowed, and the memory store serves tests.
+        return self.iter_proofs()
+
     def iter_proofs(self) -> Iterator[ProofRecord]:
         self._check()
         hits = sorted(self._s.proofs.values(), key=lambda h: (h[0][2], h[0][0]))
@@ -452,6 +463,11 @@ class MemoryTransaction:
         # Indexing (not slicing) streams without copying; rows below ``end`` are committed
         # (or ours) and are never removed while this transaction can see them.
         return (codec.audit_from_row(shared[i]) for i in range(end))
+
+    def iter_audit_rows(self) -> Iterator[AuditRow]:
+        self._check()
+        shared, end = self._store._audit, self._audit_end()
+        return (text_audit_row(shared[i]) for i in range(end))
 
 
 class MemoryStore:

@@ -23,7 +23,7 @@ from typing import Protocol
 import attrs
 
 from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
-from stellakeys.audit import AuditEvent, AuditQuery, AuditRecord
+from stellakeys.audit import AuditEvent, AuditQuery, AuditRecord, AuditRow
 from stellakeys.ceremony.model import Approval, Ceremony, CeremonyState
 from stellakeys.ceremony.policy import PolicyVersion
 from stellakeys.intents import KeyIntent
@@ -140,6 +140,12 @@ class Transaction(Protocol):
         """Every stored proof, oldest first (anchor status, forensics, feeds)."""
         ...
 
+    def iter_proof_candidates(self, index_key: str) -> Iterator[ProofRecord]:
+        """Streamed, in iter_proofs' order: at least every proof with a PURL subject that a
+        pattern whose ``index_key`` this is can match (stellakeys.proof_index), possibly more
+        (callers decide each proof); every proof for ``""``."""
+        ...
+
     # --- feed versions ----------------------------------------------------------------------
     def feed_versions(self) -> list[FeedVersionRecord]:
         """Every recorded feed version, ordered by version (1, 2, ... without gaps)."""
@@ -219,6 +225,11 @@ class Transaction(Protocol):
 
     def iter_audit(self) -> Iterator[AuditEvent]:
         """Every event in seq order, streamed (verification of large logs)."""
+        ...
+
+    def iter_audit_rows(self) -> Iterator[AuditRow]:
+        """Every event in seq order as a stellakeys.audit.AuditRow (the hashed fields as the
+        canonical text they were hashed as), streamed: what ``audit verify`` reads."""
         ...
 
 

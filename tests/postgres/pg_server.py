@@ -179,7 +179,8 @@ class PostgresServer:
 
 _TABLES = (
     "signer.key_intents, signer.ceremony_policy, signer.ceremony_approvals, signer.ceremonies,"
-    " signer.proof_timestamps, signer.feed_versions, signer.proofs,"
+    " signer.proof_timestamps, signer.feed_versions, signer.proof_subject_keys,"
+    " signer.proofs_unindexed, signer.proofs,"
     " signer.key_audit_log, signer.key_history, signer.trust_anchors, signer.keys"
 )
 
