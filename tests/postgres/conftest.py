@@ -55,9 +55,12 @@ def clean_url(migrated_url: str) -> str:
     return migrated_url
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def pgbouncer(pg_server: PostgresServer) -> Iterator[PgBouncer]:
-    """Debian's pgbouncer in transaction pooling mode in front of the session's server."""
+    """Debian's pgbouncer in transaction pooling mode in front of the session's server: one
+    per test module, so client connections a module leaves open (stores a test abandons on
+    purpose) cannot pile up in one long-lived bouncer over a whole suite run (a full run once
+    saw connects through it time out late in the run)."""
     bouncer = PgBouncer(pg_server)
     try:
         yield bouncer
