@@ -84,7 +84,9 @@ def in_process(home: Path, digest: str, seconds: float) -> float:
         return n / (time.perf_counter() - start)
 
 
-def start_service(home: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]:
+def start_service(
+    home: Path, workers: int, http: str = "auto", loop: str = "auto"
+) -> tuple[subprocess.Popen[bytes], str]:
     import httpx
 
     from tests.server.server_support import PASSPHRASE, T0, free_port
@@ -92,7 +94,9 @@ def start_service(home: Path, workers: int) -> tuple[subprocess.Popen[bytes], st
     port = free_port()
     env = {
         **os.environ,
-        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'benchmarks'}",
+        "PYTHONPATH": os.pathsep.join(
+            [str(ROOT), str(ROOT / "benchmarks"), *filter(None, [os.environ.get("PYTHONPATH")])]
+        ),
         "STELLAKEYS_HOME": str(home),
         "STELLAKEYS_PASSPHRASE": PASSPHRASE,
         "BENCH_NOW": T0.isoformat(),
@@ -100,7 +104,7 @@ def start_service(home: Path, workers: int) -> tuple[subprocess.Popen[bytes], st
     code = (
         "import uvicorn; uvicorn.run('bench_server:make_app', factory=True,"
         f" host='127.0.0.1', port={port}, workers={workers}, log_level='warning',"
-        " access_log=False)"
+        f" access_log=False, http={http!r}, loop={loop!r})"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], env=env)
     url = f"http://127.0.0.1:{port}"
@@ -216,6 +220,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--client", choices=["wrk", "httpx"], default="wrk")
     parser.add_argument("--wrk-threads", type=int, default=1)
+    # uvicorn's "auto" picks httptools and uvloop when installed (uvicorn[standard]), else the
+    # pure-Python h11 parser and asyncio's loop; these force one or the other.
+    parser.add_argument("--http", choices=["auto", "h11", "httptools"], default="auto")
+    parser.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto")
     args = parser.parse_args()
     seconds = 3.0 if args.quick else args.seconds
     if args.client == "wrk" and shutil.which("wrk") is None:
@@ -231,6 +239,7 @@ def main() -> None:
         body = json.dumps({"proofBundle": digest}).encode()
         load_before = loadavg()
         client = f"wrk -t{args.wrk_threads}" if args.client == "wrk" else "httpx async"
+        client += f"; uvicorn http={args.http} loop={args.loop}"
         print(f"python {platform.python_version()}, {os.cpu_count()} cpus,"
               f" load average {load_before}, {seconds:.0f} s per measurement,"
               f" {CONCURRENCY} connections ({client})")  # fmt: skip
@@ -238,7 +247,7 @@ def main() -> None:
         print(f"in-process KeyManager.verify (warm), before: {before:,.0f} verifies/s")
         rows = []
         for workers in (1, 2):
-            proc, url = start_service(home, workers)
+            proc, url = start_service(home, workers, args.http, args.loop)
             try:
                 check_once(url, token, body)
                 if args.client == "wrk":
