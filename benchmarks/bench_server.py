@@ -2,16 +2,20 @@
 
 One run measures, on the same home (embedded SQLite store, Ed25519 proof, anchor pkg:npm/*):
 
-* in-process: a warm ``KeyManager.verify`` of the stored proof by address, in a loop;
-* the service on uvicorn with 1 worker and with 2 workers, driven by 64 concurrent httpx
-  async clients (one process, one keep-alive connection each), each request authenticated with a
-  real ES256 bearer token (checked on every request) -- throughput and p50/p99 latency.
+* in-process: a warm ``KeyManager.verify`` of the stored proof by address, in a loop (before
+  and after the service runs; the ratio uses their mean);
+* the service on uvicorn with 1 worker and with 2 workers, 64 concurrent keep-alive
+  connections, each request carrying a real ES256 bearer token -- throughput and p50/p99.
 
-Ratios are computed within the run (the machine's load changes between runs). The load
-generator shares the cores with the service: on 2 vCPUs it takes a large share of one, so the
-service-to-in-process ratio is a lower bound for a service with its own cores.
+The load generator is ``wrk`` (C, event-driven, one thread by default) so that it takes a
+small share of the cores being measured; ``--client httpx`` keeps the former Python load
+generator (64 httpx async clients), which on 2 vCPUs eats most of a core by itself.
 
-Run: ``PYTHONPATH=. python benchmarks/bench_server.py`` (``--seconds 8``, ``--quick``: 3 s).
+Ratios are computed within the run (the machine's load changes between runs); the load
+average is printed before and after.
+
+Run: ``PYTHONPATH=. python benchmarks/bench_server.py`` (``--seconds 8``, ``--quick``: 3 s,
+``--client wrk|httpx``, ``--wrk-threads 1``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import asyncio
 import json
 import os
 import platform
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,6 +39,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 CONCURRENCY = 64
+
+# wrk's Lua script: the POST body and headers, and a machine-readable summary at the end
+# (latency percentiles in microseconds, non-2xx answers and socket errors counted).
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = os.getenv("BENCH_BODY")
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_TOKEN")
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "BENCH %d %d %d %d %d %d %d %d\\n", summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99), e.status,
+    e.connect + e.read + e.write, e.timeout, latency.mean))
+end
+"""
 
 
 def make_app() -> Any:
@@ -62,7 +84,9 @@ def in_process(home: Path, digest: str, seconds: float) -> float:
         return n / (time.perf_counter() - start)
 
 
-def start_service(home: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]:
+def start_service(
+    home: Path, workers: int, http: str = "auto", loop: str = "auto"
+) -> tuple[subprocess.Popen[bytes], str]:
     import httpx
 
     from tests.server.server_support import PASSPHRASE, T0, free_port
@@ -70,7 +94,9 @@ def start_service(home: Path, workers: int) -> tuple[subprocess.Popen[bytes], st
     port = free_port()
     env = {
         **os.environ,
-        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'benchmarks'}",
+        "PYTHONPATH": os.pathsep.join(
+            [str(ROOT), str(ROOT / "benchmarks"), *filter(None, [os.environ.get("PYTHONPATH")])]
+        ),
         "STELLAKEYS_HOME": str(home),
         "STELLAKEYS_PASSPHRASE": PASSPHRASE,
         "BENCH_NOW": T0.isoformat(),
@@ -78,7 +104,7 @@ def start_service(home: Path, workers: int) -> tuple[subprocess.Popen[bytes], st
     code = (
         "import uvicorn; uvicorn.run('bench_server:make_app', factory=True,"
         f" host='127.0.0.1', port={port}, workers={workers}, log_level='warning',"
-        " access_log=False)"
+        f" access_log=False, http={http!r}, loop={loop!r})"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], env=env)
     url = f"http://127.0.0.1:{port}"
@@ -93,18 +119,64 @@ def start_service(home: Path, workers: int) -> tuple[subprocess.Popen[bytes], st
     raise SystemExit("the service did not start")
 
 
-async def load(url: str, token: str, digest: str, seconds: float) -> tuple[float, list[float]]:
+def check_once(url: str, token: str, body: bytes) -> None:
     import httpx
 
-    body = json.dumps({"proofBundle": digest}).encode()
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    r = httpx.post(url + "/v1/verify", content=body, headers=headers, timeout=30)
+    if r.status_code != 200 or not r.json()["ok"]:
+        raise SystemExit(f"verify failed: {r.status_code} {r.text[:200]}")
+
+
+def load_wrk(
+    url: str, token: str, body: bytes, seconds: float, threads: int
+) -> tuple[float, float, float, float]:
+    """(requests/s, p50 ms, p99 ms, requests) from wrk; refuses a run with any error."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(WRK_SCRIPT)
+    env = {**os.environ, "BENCH_BODY": body.decode(), "BENCH_TOKEN": token}
+    try:
+        # Warm every worker and connection first (not measured).
+        warm = ["wrk", "-t1", f"-c{CONCURRENCY}", "-d1s", "-s", f.name, url + "/v1/verify"]
+        subprocess.run(warm, env=env, check=True, capture_output=True)
+        cmd = [
+            "wrk",
+            f"-t{threads}",
+            f"-c{CONCURRENCY}",
+            f"-d{max(1, round(seconds))}s",
+            "--timeout",
+            "30s",
+            "-s",
+            f.name,
+            url + "/v1/verify",
+        ]
+        out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+    finally:
+        os.unlink(f.name)
+    found = re.search(r"^BENCH (.*)$", out, re.M)
+    if found is None:
+        raise SystemExit(f"wrk printed no summary:\n{out}")
+    n, duration_us, p50, p99, bad_status, sock_errors, timeouts, _mean = (
+        int(v) for v in found.group(1).split()
+    )
+    if bad_status or sock_errors or timeouts:
+        raise SystemExit(
+            f"wrk: {bad_status} non-2xx, {sock_errors} socket errors, {timeouts} timeouts"
+        )
+    return n / (duration_us / 1e6), p50 / 1000, p99 / 1000, n
+
+
+async def _load_httpx(
+    url: str, token: str, body: bytes, seconds: float
+) -> tuple[float, list[float]]:
+    import httpx
+
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     latencies: list[float] = []
     # One client (one keep-alive connection) per simulated caller: a single shared httpx pool
-    # of 64 connections spends more time in its own pool bookkeeping than the server spends
-    # per request (measured: 28 req/s shared against 150 with 8 connections).
+    # of 64 connections spends more time in its own pool bookkeeping than the server spends.
     clients = [httpx.AsyncClient(base_url=url, timeout=60) for _ in range(CONCURRENCY)]
     try:
-        # Warm every worker and connection before measuring.
         await asyncio.gather(
             *(c.post("/v1/verify", content=body, headers=headers) for c in clients for _ in "ab")
         )
@@ -126,17 +198,36 @@ async def load(url: str, token: str, digest: str, seconds: float) -> tuple[float
     return len(latencies) / elapsed, latencies
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+def load_httpx(
+    url: str, token: str, body: bytes, seconds: float
+) -> tuple[float, float, float, float]:
+    rate, lat = asyncio.run(_load_httpx(url, token, body, seconds))
+    ordered = sorted(lat)
+
+    def pct(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+    return rate, pct(0.5), pct(0.99), len(lat)
+
+
+def loadavg() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--client", choices=["wrk", "httpx"], default="wrk")
+    parser.add_argument("--wrk-threads", type=int, default=1)
+    # uvicorn's "auto" picks httptools and uvloop when installed (uvicorn[standard]), else the
+    # pure-Python h11 parser and asyncio's loop; these force one or the other.
+    parser.add_argument("--http", choices=["auto", "h11", "httptools"], default="auto")
+    parser.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto")
     args = parser.parse_args()
     seconds = 3.0 if args.quick else args.seconds
+    if args.client == "wrk" and shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (apt-get install wrk), or use --client httpx")
 
     from tests.server.server_support import Issuer, prepare_home
 
@@ -145,35 +236,45 @@ def main() -> None:
         home, facts = prepare_home(Path(tmp), issuer)
         digest = facts["proof"]
         token = issuer.token("bench@company.com", "proofs:verify")
+        body = json.dumps({"proofBundle": digest}).encode()
+        load_before = loadavg()
+        client = f"wrk -t{args.wrk_threads}" if args.client == "wrk" else "httpx async"
+        client += f"; uvicorn http={args.http} loop={args.loop}"
         print(f"python {platform.python_version()}, {os.cpu_count()} cpus,"
-              f" load average {os.getloadavg()[0]:.1f}, {seconds:.0f} s per measurement,"
-              f" {CONCURRENCY} concurrent clients")  # fmt: skip
-        base = in_process(home, digest, seconds)
-        print(f"in-process KeyManager.verify (warm): {base:,.0f} verifies/s")
+              f" load average {load_before}, {seconds:.0f} s per measurement,"
+              f" {CONCURRENCY} connections ({client})")  # fmt: skip
+        before = in_process(home, digest, seconds)
+        print(f"in-process KeyManager.verify (warm), before: {before:,.0f} verifies/s")
         rows = []
         for workers in (1, 2):
-            proc, url = start_service(home, workers)
+            proc, url = start_service(home, workers, args.http, args.loop)
             try:
-                rate, lat = asyncio.run(load(url, token, digest, seconds))
+                check_once(url, token, body)
+                if args.client == "wrk":
+                    rate, p50, p99, n = load_wrk(url, token, body, seconds, args.wrk_threads)
+                else:
+                    rate, p50, p99, n = load_httpx(url, token, body, seconds)
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)
-            rows.append((workers, rate, pct(lat, 0.5), pct(lat, 0.99), len(lat)))
-            print(
-                f"service, {workers} worker(s): {rate:,.0f} req/s = {rate / base:.2f} of"
-                f" in-process; p50 {pct(lat, 0.5):.1f} ms, p99 {pct(lat, 0.99):.1f} ms"
-                f" ({len(lat):,} requests; mean {statistics.fmean(lat) * 1000:.1f} ms)"
-            )
+            rows.append((workers, rate, p50, p99, n))
+            print(f"service, {workers} worker(s): {rate:,.0f} req/s; p50 {p50:.1f} ms,"
+                  f" p99 {p99:.1f} ms ({n:,.0f} requests)")  # fmt: skip
+        after = in_process(home, digest, seconds)
+        print(f"in-process KeyManager.verify (warm), after: {after:,.0f} verifies/s")
+        base = statistics.fmean([before, after])
+        load_after = loadavg()
         print()
         print("| run | verifies/s | ratio to in-process | p50 ms | p99 ms | requests |")
         print("| --- | ---: | ---: | ---: | ---: | ---: |")
-        print(f"| in-process warm KeyManager.verify | {base:,.0f} | 1.00 | | | |")
+        print(f"| in-process warm KeyManager.verify (mean of {before:,.0f} before,"
+              f" {after:,.0f} after) | {base:,.0f} | 1.00 | | | |")  # fmt: skip
         for workers, rate, p50, p99, n in rows:
             print(
-                f"| uvicorn, {workers} worker(s), 64 clients | {rate:,.0f} | {rate / base:.2f}"
-                f" | {p50:.1f} | {p99:.1f} | {n:,} |"
+                f"| uvicorn, {workers} worker(s), {CONCURRENCY} connections | {rate:,.0f}"
+                f" | {rate / base:.2f} | {p50:.1f} | {p99:.1f} | {n:,.0f} |"
             )
-        print(f"load average after: {os.getloadavg()[0]:.1f}")
+        print(f"load average before: {load_before}; after: {load_after}")
 
 
 if __name__ == "__main__":

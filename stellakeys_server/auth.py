@@ -7,6 +7,12 @@ issuer). Checked: signature with an allow-listed asymmetric algorithm (never ``n
 HMAC), ``iss``, ``aud``, ``exp``, ``nbf`` and ``iat`` against the injected clock with a small
 leeway. The identity is the token's ``email``, else its ``sub``; scopes are the ``scope``
 claim. Nothing the request body says changes who the caller is.
+
+A token that passed all of that is remembered (:class:`TokenCache`, keyed by the SHA-256 of
+the exact token string) so that the next request bearing it skips the ES256 verification and
+claim parsing: answered from the cache for at most ``TOKEN_CACHE_TTL_SECONDS`` of real time,
+only while the JWKS that validated it is still the one in use, and with ``exp``/``nbf``/``iat``
+checked against the clock again on every hit. Anything else is validated in full.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ import json
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -37,9 +44,14 @@ from stellakeys_server.config import (
     ServerConfig,
 )
 
-__all__ = ["AuthError", "Authenticator", "Principal", "hash_password"]
+__all__ = ["AuthError", "Authenticator", "Principal", "TokenCache", "hash_password"]
 
 _ACCEPTED_TYP = {None, "at+jwt", "application/at+jwt", "JWT"}
+#: How long (real time) a validated token is answered from the cache before it is validated
+#: again in full; short, so that a JWKS rotation or a change of policy shows soon.
+TOKEN_CACHE_TTL_SECONDS = 60.0
+#: At most this many validated tokens are remembered (the oldest is forgotten first).
+TOKEN_CACHE_SIZE = 4096
 
 
 @attrs.frozen
@@ -100,6 +112,9 @@ class JwksSource:
         self._lock = threading.Lock()
         self._keys: KeySet | None = None
         self._fetched_at: float | None = None  # monotonic: a rate limit, not a date
+        #: Bumped each time another key set is loaded: cached tokens validated with an older
+        #: one are validated again.
+        self.generation = 0
 
     def _load(self) -> KeySet:
         cfg = self._config
@@ -129,6 +144,9 @@ class JwksSource:
         return KeySet.import_key_set({"keys": keys})
 
     def keys(self, kid: str | None) -> KeySet:
+        return self.keys_and_generation(kid)[0]
+
+    def keys_and_generation(self, kid: str | None) -> tuple[KeySet, int]:
         with self._lock:
             now = time.monotonic()
             stale = self._keys is None or (
@@ -142,6 +160,7 @@ class JwksSource:
             if stale:
                 try:
                     self._keys = self._load()
+                    self.generation += 1
                 except (OSError, ValueError, httpx.HTTPError, JoseError) as exc:
                     if self._keys is None:
                         raise AuthError(
@@ -149,7 +168,94 @@ class JwksSource:
                         ) from None
                 self._fetched_at = now
             assert self._keys is not None
-            return self._keys
+            return self._keys, self.generation
+
+
+# --- validated tokens ---------------------------------------------------------------------------
+
+
+@attrs.frozen
+class _Validated:
+    principal: Principal
+    exp: float
+    nbf: float | None
+    iat: float | None
+    generation: int  # of the JWKS that validated it
+    stored_at: float  # monotonic
+
+
+class TokenCache:
+    """Bearer tokens that passed full validation, keyed by the SHA-256 of the exact token.
+
+    Only a successful validation is stored (a bad signature, a wrong issuer, an expired token
+    never is). A hit is answered only if the entry is younger than ``ttl_seconds`` (real time),
+    the JWKS generation is still the one that validated it, and ``exp``/``nbf``/``iat`` still
+    hold at ``now`` with the leeway; otherwise the entry is dropped and the caller validates in
+    full (which then names the precise failure). Bounded: the oldest entry goes first.
+    Thread-safe: hits are served on the event loop, stores come from the thread pool.
+    """
+
+    def __init__(
+        self,
+        *,
+        ttl_seconds: float = TOKEN_CACHE_TTL_SECONDS,
+        max_entries: int = TOKEN_CACHE_SIZE,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._ttl = ttl_seconds
+        self._max = max_entries
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[bytes, _Validated] = OrderedDict()
+
+    @staticmethod
+    def _key(token: str) -> bytes:
+        # A digest, not the token: no token-dependent string compare, 32 bytes per entry.
+        return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, token: str, now: int, leeway: float, generation: int) -> Principal | None:
+        """``now``: the clock's time in whole seconds, as the full validation uses it."""
+        key = self._key(token)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if (
+                self._monotonic() - entry.stored_at >= self._ttl
+                or entry.generation != generation
+                or entry.exp <= now - leeway
+                or (entry.nbf is not None and entry.nbf > now + leeway)
+                or (entry.iat is not None and entry.iat > now + leeway)
+            ):
+                del self._entries[key]
+                return None
+            return entry.principal
+
+    def put(
+        self,
+        token: str,
+        principal: Principal,
+        *,
+        exp: float,
+        nbf: float | None,
+        iat: float | None,
+        generation: int,
+    ) -> None:
+        """Remember ``token``: call only after it passed every check."""
+        key = self._key(token)
+        validated = _Validated(principal, exp, nbf, iat, generation, self._monotonic())
+        with self._lock:
+            self._entries[key] = validated
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
 
 
 def _b64json(segment: str) -> Any:
@@ -158,11 +264,31 @@ def _b64json(segment: str) -> Any:
 
 
 class Authenticator:
-    def __init__(self, config: ServerConfig, clock: Clock) -> None:
+    def __init__(
+        self, config: ServerConfig, clock: Clock, token_cache: TokenCache | None = None
+    ) -> None:
         self._config = config
         self._clock = clock
         self._jwks = JwksSource(config.oidc) if config.oidc is not None else None
         self._accounts: Mapping[str, BreakGlassAccount] = {a.name: a for a in config.break_glass}
+        self.token_cache = token_cache if token_cache is not None else TokenCache()
+
+    def cached(self, authorization: str | None) -> Principal | None:
+        """The principal of a bearer token validated before and still good, else None (then
+        call :meth:`authenticate`). Cheap and non-blocking: the app calls it on the event loop.
+        Break-glass credentials are never cached (each use is a slow hash and an audit event)."""
+        cfg = self._config.oidc
+        if not authorization or cfg is None or self._jwks is None:
+            return None
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not credentials:
+            return None
+        return self.token_cache.get(
+            credentials.strip(),
+            int(self._clock.now().timestamp()),
+            cfg.leeway_seconds,
+            self._jwks.generation,
+        )
 
     def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
@@ -178,6 +304,10 @@ class Authenticator:
         cfg = self._config.oidc
         if cfg is None or self._jwks is None:
             raise AuthError("oidc-disabled", "bearer tokens are not configured on this server")
+        now = int(self._clock.now().timestamp())
+        hit = self.token_cache.get(token, now, cfg.leeway_seconds, self._jwks.generation)
+        if hit is not None:
+            return hit
         parts = token.split(".")
         if len(parts) != 3:
             raise AuthError("malformed-token", "not a compact JWS")
@@ -195,7 +325,7 @@ class Authenticator:
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
             raise AuthError("malformed-token", "kid must be a string")
-        keys = self._jwks.keys(kid)
+        keys, generation = self._jwks.keys_and_generation(kid)
         if kid is not None and not any(k.kid == kid for k in keys.keys):
             raise AuthError("unknown-key", "the token's kid is not in the issuer's keys")
         try:
@@ -205,7 +335,6 @@ class Authenticator:
         except (ValueError, TypeError):
             raise AuthError("malformed-token", "unreadable token") from None
         claims = decoded.claims
-        now = int(self._clock.now().timestamp())
         registry = JWTClaimsRegistry(
             now=now,
             leeway=cfg.leeway_seconds,
@@ -230,7 +359,19 @@ class Authenticator:
         scope = claims.get("scope", "")
         if not isinstance(scope, str):
             raise AuthError("bad-claim", "scope must be a space-separated string")
-        return Principal(identity, frozenset(scope.split()), "oidc")
+        principal = Principal(identity, frozenset(scope.split()), "oidc")
+        nbf = claims.get("nbf")
+        # Reached only when every check above passed: the registry validated exp (required)
+        # and nbf as numbers, iat was checked above.
+        self.token_cache.put(
+            token,
+            principal,
+            exp=float(claims["exp"]),
+            nbf=float(nbf) if nbf is not None else None,
+            iat=float(iat) if iat is not None else None,
+            generation=generation,
+        )
+        return principal
 
     def _break_glass(self, credentials: str) -> Principal:
         try:
