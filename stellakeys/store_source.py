@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 __all__ = ["StoreSource"]
 
 
+_UNREAD = object()
+
+
 @attrs.frozen
 class _Compiled:
     """One active anchor as verification needs it, built once per change token."""
@@ -58,6 +61,9 @@ class StoreSource:
     """
 
     _MAX = 65536
+    #: Up to this many distinct index keys of active anchors are kept in memory (one query
+    #: per change token), so a PURL under no new key needs no query; beyond, ask per key.
+    _INDEX_KEYS_LIMIT = 20_000
     #: The cache key of the universal anchor (a PURL never starts with NUL).
     _UNIVERSAL = "\0*"
 
@@ -69,6 +75,8 @@ class StoreSource:
         #: fingerprint -> earliest compromise revocation in any anchor (None: never): a key
         #: shared by many anchors is read once, not once per anchor holding it.
         self._compromise: dict[str, datetime | None] = {}
+        #: The active anchors' index keys (None: too many to keep; _UNREAD: not read yet).
+        self._index_keys: frozenset[str] | object | None = _UNREAD
         self._lock = threading.Lock()
 
     def lookup(self, purl: str | Purl) -> AnchorLookup:
@@ -82,30 +90,42 @@ class StoreSource:
         token = self._store.change_token()
         with self._lock:
             if token != self._token:
-                self._by_purl.clear()
-                self._by_key.clear()
-                self._compromise.clear()
+                # New objects, never cleared in place: a thread still reading under the old
+                # token keeps a consistent view of what it captured (a compromise cleared
+                # under its feet would read as "never compromised").
+                self._by_purl = {}
+                self._by_key = {}
+                self._compromise = {}
+                self._index_keys = _UNREAD
                 self._token = token
             hit = self._by_purl.get(key)
-        if hit is not None:
-            return hit
-        index_keys = [""] if parsed is None else lookup_keys_for(parsed)
-        with self._lock:
+            if hit is not None:
+                return hit
+            index_keys = [""] if parsed is None else lookup_keys_for(parsed)
             known = {k: self._by_key[k] for k in index_keys if k in self._by_key}
+            present = self._index_keys
+            compromises = self._compromise
         missing = [k for k in index_keys if k not in known]
         if missing:
-            with self._lock:
-                compromise = dict(self._compromise)
             with self._store.read() as tx:
-                fetched = self._read(tx, missing, compromise)
+                if present is _UNREAD:
+                    present = tx.active_index_keys(self._INDEX_KEYS_LIMIT)
+                if isinstance(present, frozenset):
+                    # Keys no active anchor has cost nothing (the common case for a new PURL
+                    # under a known anchor: its most specific keys).
+                    known.update((k, ()) for k in missing if k not in present)
+                    missing = [k for k in missing if k in present]
+                new_compromises: dict[str, datetime | None] = {}
+                fetched = self._read(tx, missing, compromises, new_compromises)
             with self._lock:
                 if self._token == token:  # not if another thread saw a newer token meanwhile
-                    if len(self._by_key) >= self._MAX:
-                        self._by_key.clear()
-                    if len(self._compromise) >= self._MAX:
-                        self._compromise.clear()
+                    if len(self._by_key) >= self._MAX or len(self._compromise) >= self._MAX:
+                        self._by_key = {}
+                        self._compromise = {}
                     self._by_key.update(fetched)
-                    self._compromise.update(compromise)
+                    self._compromise.update(new_compromises)
+                    if self._index_keys is _UNREAD:
+                        self._index_keys = present
             known.update(fetched)
         views = {id(c.anchor): c for k in index_keys for c in known[k]}
         found = select_anchor((c.anchor for c in views.values()), parsed)
@@ -115,29 +135,39 @@ class StoreSource:
         with self._lock:
             if self._token == token:
                 if len(self._by_purl) >= self._MAX:
-                    self._by_purl.clear()
+                    self._by_purl = {}
                 self._by_purl[key] = found
         return found
 
     @staticmethod
     def _read(
-        tx: Transaction, index_keys: Sequence[str], compromise: dict[str, datetime | None]
+        tx: Transaction,
+        index_keys: Sequence[str],
+        known: Mapping[str, datetime | None],
+        new: dict[str, datetime | None],
     ) -> dict[str, tuple[_Compiled, ...]]:
         """The active anchors of each index key, compiled (an empty tuple for a key without).
-        ``compromise`` (fingerprint -> earliest compromise, None for none) is what is known
-        already; the fingerprints it lacks are read and added to it."""
+        Key-wide compromises by fingerprint come from ``known``; those it lacks are read and
+        put in ``new``."""
+        if not index_keys:
+            return {}
         anchors = [a for a in tx.anchors_by_index_keys(index_keys) if a.active]
         out: dict[str, list[_Compiled]] = {k: [] for k in index_keys}
         if anchors:
-            unknown = {e.fingerprint for a in anchors for e in a.key_history} - compromise.keys()
+            fps = {e.fingerprint for a in anchors for e in a.key_history}
+            unknown = {f for f in fps if f not in known}
             if unknown:
                 found = key_wide_compromises(tx.history_by_fingerprints(unknown))
-                compromise.update((f, found.get(f)) for f in unknown)
+                new.update((f, found.get(f)) for f in unknown)
+
+            def compromise_of(fingerprint: str) -> datetime | None:
+                return new[fingerprint] if fingerprint in new else known.get(fingerprint)
+
             for anchor in anchors:
                 mine = {
-                    f: at
+                    e.fingerprint: at
                     for e in anchor.key_history
-                    if (at := compromise[f := e.fingerprint]) is not None
+                    if (at := compromise_of(e.fingerprint)) is not None
                 }
                 frozen = MappingProxyType(mine) if mine else _NO_COMPROMISE
                 compiled = _Compiled(anchor, frozen, AnchorKeys(anchor.key_history, frozen))

@@ -521,6 +521,30 @@ class StoreConformance:
         with store.read() as tx:
             assert tx.anchors_by_index_keys(["npm"]) == [attrs.evolve(inactive, active=True)]
 
+    def test_active_index_keys(self, store: Store) -> None:
+        """The distinct keys of active anchors only, or None past the limit (then a verifier
+        asks per key): an anchor deactivated, or a key only inactive anchors have, is gone."""
+        with store.read() as tx:
+            assert tx.active_index_keys(10) == frozenset()
+        npm = anchor("pkg:npm/*", keys=("k1",))
+        npm_again = anchor("pkg:npm/a", keys=("k1",))
+        universal = anchor("*", keys=("k1",))
+        retired = anchor("pkg:pypi/*", active=False, keys=("k1",))
+        with store.transaction() as tx:
+            tx.insert_anchor(npm, "npm")
+            tx.insert_anchor(npm_again, "npm")  # two anchors, one key: counted once
+            tx.insert_anchor(universal, "")
+            tx.insert_anchor(retired, "pypi")
+        with store.read() as tx:
+            assert tx.active_index_keys(10) == frozenset({"npm", ""})
+            assert tx.active_index_keys(2) == frozenset({"npm", ""})
+            assert tx.active_index_keys(1) is None
+        with store.transaction() as tx:
+            tx.set_anchor_active(universal.anchor_id, False)
+            tx.set_anchor_active(retired.anchor_id, True)
+        with store.read() as tx:
+            assert tx.active_index_keys(10) == frozenset({"npm", "pypi"})
+
     def test_anchors_below_index_key(self, store: Store) -> None:
         npm = anchor("pkg:npm/*", created=at(0), keys=("k1",))
         acme = anchor("pkg:npm/%40acme/*", created=at(1), keys=("k2",))

@@ -9,6 +9,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import attrs
 import pytest
 
 from stellakeys import COMPROMISE, FrozenClock, KeyManager, Statement, Subject
@@ -292,3 +293,38 @@ def test_anchor_html_reads_no_clock() -> None:
     at_signing = anchor_html(anchor, at=T0 + timedelta(days=1))
     assert "Allowed keys at 2024-01-02T00:00:00Z" in at_signing
     assert anchor._repr_html_() == anchor_html(anchor)  # registered by the notebook module
+
+
+def test_caches_follow_another_process_writes_to_the_anchors(tmp_path: Path) -> None:
+    """The store-backed source keeps anchors per index key, the active index keys and key-wide
+    compromises between verifications; a write by another process (another store object on
+    the same SQLite file) must reach the next verification: a new, more specific anchor that
+    does not trust the signer, then a compromise recorded in an anchor the proof never used."""
+    from stellakeys.storage.sqlite import SqliteStore
+
+    key, other = _key(), _key()
+    broad = _anchor("pkg:npm/*", ("release", key), n=1)
+    writer = SqliteStore.open_home(tmp_path)
+    with writer.transaction() as tx:
+        tx.insert_anchor(broad, PurlPattern.parse(broad.purl_pattern).index_key)
+    reader = KeyManager(SqliteStore.open_home(tmp_path))
+    first = _proof(key, "release", "pkg:npm/app@1.0.0")
+    second = _proof(key, "release", "pkg:npm/lib@2.0.0")
+    assert reader.verify(first, at=SIGNED, now=NOW).ok
+    assert reader.verify(second, at=SIGNED, now=NOW).ok  # a new PURL: no query for its keys
+    narrow = _anchor("pkg:npm/app@1.0.0", ("other", other), n=2)
+    with writer.transaction() as tx:
+        tx.insert_anchor(narrow, PurlPattern.parse(narrow.purl_pattern).index_key)
+    refused = reader.verify(first, at=SIGNED, now=NOW)
+    assert not refused.ok and refused.anchor_id == narrow.anchor_id
+    assert reader.verify(second, at=SIGNED, now=NOW).ok
+    # The same key, compromised (before the signature) in a third, inactive anchor: key-wide,
+    # so the broad anchor's proof is refused too.
+    stolen = _anchor("pkg:pypi/*", ("release", key), n=3, revoked_at=T0, revoke_reason=COMPROMISE)
+    with writer.transaction() as tx:
+        tx.insert_anchor(attrs.evolve(stolen, active=False), "pypi")
+    after = reader.verify(second, at=SIGNED, now=NOW)
+    assert not after.ok
+    assert ReasonCode.KEY_COMPROMISED in {r.code for r in after.reasons}
+    reader.close()
+    writer.close()

@@ -155,6 +155,15 @@ class PgAnchors(PgCore, AnchorCommon):
         keys = list(dict.fromkeys(index_keys))
         return _group_anchors(self._all(_ANCHORS_BY_INDEX, (keys,)))
 
+    def active_index_keys(self, limit: int) -> frozenset[str] | None:
+        self._check()
+        # The partial index idx_trust_anchors_index_key (index_key) WHERE active.
+        rows = self._all(
+            "SELECT DISTINCT index_key FROM signer.trust_anchors WHERE active LIMIT %s",
+            (limit + 1,),
+        )
+        return None if len(rows) > limit else frozenset(r[0] for r in rows)
+
     def anchors_below_index_key(self, index_key: str) -> list[TrustAnchor]:
         self._check()
         return _group_anchors(self._all(_ANCHORS_BELOW_INDEX, (index_key + "/", index_key + "0")))

@@ -228,6 +228,14 @@ class SqliteAnchors(SqliteCore, AnchorCommon):
             rows.sort(key=lambda r: (r[4], r[0]))
         return self._with_history(rows)
 
+    def active_index_keys(self, limit: int) -> frozenset[str] | None:
+        self._check()
+        # A covering scan of idx_trust_anchors_index_key (index_key, active).
+        rows = self._all(
+            "SELECT DISTINCT index_key FROM trust_anchors WHERE active = 1 LIMIT ?", (limit + 1,)
+        )
+        return None if len(rows) > limit else frozenset(r[0] for r in rows)
+
     def anchors_below_index_key(self, index_key: str) -> list[TrustAnchor]:
         self._check()
         # A range on idx_trust_anchors_index_key: '0' is the character after '/' in BINARY

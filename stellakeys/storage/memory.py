@@ -251,6 +251,13 @@ class MemoryTransaction:
         pairs.sort(key=self._anchor_order)
         return [codec.anchor_from_row(row, self._history(row[0])) for row, _ in pairs]
 
+    def active_index_keys(self, limit: int) -> frozenset[str] | None:
+        self._check()
+        keys = frozenset(
+            k for k, ids in self._s.by_index.items() if any(self._s.anchors[a][0][5] for a in ids)
+        )
+        return None if len(keys) > limit else keys
+
     def anchors_below_index_key(self, index_key: str) -> list[TrustAnchor]:
         prefix = index_key + "/"
         return self.anchors_by_index_keys([k for k in self._s.by_index if k.startswith(prefix)])

@@ -95,6 +95,12 @@ class Transaction(Protocol):
         then id, each with its history."""
         ...
 
+    def active_index_keys(self, limit: int) -> frozenset[str] | None:
+        """The distinct index keys of the active anchors, or None when there are more than
+        ``limit`` of them (verification then asks per key). With it, a PURL whose keys name
+        no anchor costs no query at all."""
+        ...
+
     def anchors_below_index_key(self, index_key: str) -> list[TrustAnchor]:
         """Active anchors whose index key continues ``index_key`` with ``/`` (patterns nested
         under it), same order as :meth:`anchors_by_index_keys`. With that method over a
