@@ -64,12 +64,17 @@ def loads(
     """``json.loads`` that refuses duplicate members, non-UTF-8 bytes and lone surrogates."""
     if isinstance(data, bytes | bytearray | memoryview):
         # Strict UTF-8 (a UnicodeDecodeError is a ValueError): no guessing of UTF-16/32.
-        text = bytes(data).decode("utf-8")
-        suspicious = _SURROGATE_ESCAPE.search(bytes(data)) is not None
+        raw = bytes(data)
+        text = raw.decode("utf-8")
+        # An escape needs a backslash: a one-byte memchr clears most documents (a base64
+        # payload has none) before the regex, which costs ~0.5 us per KiB.
+        suspicious = b"\\" in raw and _SURROGATE_ESCAPE.search(raw) is not None
     else:
         text = data
         # A str may already hold raw surrogates (e.g. read with errors="surrogateescape").
-        suspicious = _SURROGATE_ESCAPE_STR.search(text) is not None or not _encodable(text)
+        suspicious = (
+            "\\" in text and _SURROGATE_ESCAPE_STR.search(text) is not None
+        ) or not _encodable(text)
     if text.startswith("\ufeff"):  # as json.loads does for a str
         raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
     try:
