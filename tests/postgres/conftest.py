@@ -66,3 +66,15 @@ def pgbouncer(pg_server: PostgresServer) -> Iterator[PgBouncer]:
         yield bouncer
     finally:
         bouncer.stop()
+
+
+@pytest.fixture
+def pgbouncer_each(pg_server: PostgresServer) -> Iterator[PgBouncer]:
+    """A fresh PgBouncer for one test (the storage conformance suite): a test that leaves a
+    transaction open on purpose (rollback paths, refused writes) then cannot hold one of the
+    pool's server connections for the tests after it, which a full serial run showed."""
+    bouncer = PgBouncer(pg_server)
+    try:
+        yield bouncer
+    finally:
+        bouncer.stop()

@@ -215,8 +215,8 @@ class PgBouncer:
             raise RuntimeError(PGBOUNCER_MISSING)
         self.server = server
         self.port = _free_port()
-        self.dir = server.base / "pgbouncer"
-        self.dir.mkdir()
+        # One directory per bouncer: a session may start several (one per test module).
+        self.dir = Path(tempfile.mkdtemp(prefix="pgbouncer-", dir=server.base))
         conf = self.dir / "pgbouncer.ini"
         (self.dir / "users.txt").write_text('"postgres" ""\n', encoding="utf-8")
         conf.write_text(
@@ -268,9 +268,11 @@ class PgBouncer:
     def stop(self) -> None:
         pidfile = self.dir / "pgbouncer.pid"
         if pidfile.exists():
-            # runuser does not pass signals on to pgbouncer: signal pgbouncer itself.
+            # runuser does not pass signals on to pgbouncer: signal pgbouncer itself. SIGKILL:
+            # a throwaway bouncer has nothing to save, and its SIGTERM shutdown takes ~2 s
+            # (a fresh bouncer per conformance test would add minutes to a suite run).
             with contextlib.suppress(OSError, ValueError):
-                os.kill(int(pidfile.read_text().strip()), 15)
+                os.kill(int(pidfile.read_text().strip()), 9)
         if self._proc.poll() is None:
             self._proc.terminate()
         try:

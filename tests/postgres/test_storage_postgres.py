@@ -17,7 +17,7 @@ def store_url(request: pytest.FixtureRequest, clean_url: str) -> tuple[str, str 
     """(URL, pooler): the database itself, or PgBouncer (pool_mode = transaction) before it."""
     if request.param == "direct":
         return clean_url, None
-    bouncer: PgBouncer = request.getfixturevalue("pgbouncer")
+    bouncer: PgBouncer = request.getfixturevalue("pgbouncer_each")
     return bouncer.url_for(clean_url), "transaction"
 
 
