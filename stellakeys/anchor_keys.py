@@ -71,10 +71,21 @@ class AnchorKeys:
     def keyring_at(
         entries: Sequence[KeyHistoryEntry], at: SigningTime, require_trusted: bool
     ) -> dict[str, PublicKey]:
-        """key id -> public key of the ``entries`` that can vouch for a signature at ``at``
-        (later entries of the same key id win, as in the history's order)."""
-        return {
-            e.key_id: public_key_of_pem(e.public_key_pem)
-            for e in entries
-            if _usable(e, at, require_trusted)
-        }
+        """key id -> public key of the ``entries`` that can vouch for a signature at ``at``.
+
+        One key id should name one key; a store written around the library could hold two
+        keys under one id in an anchor. Both are kept (the later one under its fingerprint)
+        so that no usable key is silently dropped from the ring, whichever subset of the
+        entries is asked for (hypothesis found the shadowing in tests/test_anchor_keys.py).
+        """
+        ring: dict[str, PublicKey] = {}
+        for e in entries:
+            if not _usable(e, at, require_trusted):
+                continue
+            key = public_key_of_pem(e.public_key_pem)
+            known = ring.get(e.key_id)
+            if known is None or known.fingerprint == key.fingerprint:
+                ring[e.key_id] = key
+            else:
+                ring[e.fingerprint] = key
+        return ring
