@@ -32,6 +32,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 if TYPE_CHECKING:
     from conftest import OpenSSL
 
+    from stellakeys import KeyManager
+
 TSA_CONFIG = """\
 [ tsa ]
 default_tsa = tsa_config
@@ -267,3 +269,21 @@ def http_tsa(tsa: TestTsa) -> Iterator[tuple[str, list[str]]]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def manager_trusting(tsa: TestTsa, home: Path) -> KeyManager:
+    """A manager on a memory store whose keys and anchors are made a day before now (the TSA
+    signs at the real now: every comparison is relative to that same clock) and which trusts
+    ``tsa``'s root for RFC 3161 tokens. Software keys live in ``home`` (created 0700)."""
+    from stellakeys import FrozenClock, KeyManager
+    from stellakeys.keystores.ports import KeyStoreContext
+    from stellakeys.storage.memory import MemoryStore
+    from stellakeys.timestamp import RFC3161Verifier
+
+    home.mkdir(mode=0o700)
+    return KeyManager(
+        MemoryStore(),
+        clock=FrozenClock(datetime.now(UTC) - timedelta(days=1)),
+        keystore_context=KeyStoreContext(home=home),
+        timestamp_verifier=RFC3161Verifier.from_pem_files([tsa.root_pem]),
+    )

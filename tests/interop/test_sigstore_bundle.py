@@ -14,12 +14,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from sigstore_protobuf_specs.dev.sigstore.bundle.v1 import Bundle
-from tsa_support import TestTsa
+from tsa_support import TestTsa, manager_trusting
 
 from stellakeys import ALL_ANCHORS, FrozenClock, KeyManager, Statement, Subject, TimeSource
 from stellakeys.dsse import Envelope, sign_envelope
 from stellakeys.errors import MalformedEnvelopeError
-from stellakeys.keystores.ports import KeyStoreContext
 from stellakeys.sigstore_bundle import (
     BUNDLE_MEDIA_TYPE,
     MalformedBundleError,
@@ -27,8 +26,7 @@ from stellakeys.sigstore_bundle import (
     to_bundle,
     verify_bundle,
 )
-from stellakeys.storage.memory import MemoryStore
-from stellakeys.timestamp import RFC3161Verifier, parse_token
+from stellakeys.timestamp import parse_token
 from stellakeys_cli.main import cli
 
 EVIDENCE = "evidence.stella/v1"
@@ -44,15 +42,7 @@ def tsa(openssl, tmp_path_factory: pytest.TempPathFactory) -> TestTsa:  # type: 
 @pytest.fixture
 def km(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tsa: TestTsa) -> Iterator[KeyManager]:
     monkeypatch.setenv("STELLAKEYS_PASSPHRASE", "bundle-test-passphrase")
-    home = tmp_path / "home"
-    home.mkdir(mode=0o700)
-    # Keys and anchor a day before the signature; signing at the TSA's (real) now.
-    manager = KeyManager(
-        MemoryStore(),
-        clock=FrozenClock(datetime.now(UTC) - timedelta(days=1)),
-        keystore_context=KeyStoreContext(home=home),
-        timestamp_verifier=RFC3161Verifier.from_pem_files([tsa.root_pem]),
-    )
+    manager = manager_trusting(tsa, tmp_path / "home")
     yield manager
     manager.close()
 

@@ -16,21 +16,18 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tsa_support import TestTsa
+from node_support import npm_ci
+from tsa_support import TestTsa, manager_trusting
 
 from stellakeys import FrozenClock, KeyManager, Statement, Subject, TimeSource
-from stellakeys.keystores.ports import KeyStoreContext
 from stellakeys.sigstore_bundle import bundle_json, export_bundle, read_bundle, verify_bundle
-from stellakeys.storage.memory import MemoryStore
-from stellakeys.timestamp import RFC3161Verifier
 
 HERE = Path(__file__).parent / "sigstore_js"
 EVIDENCE = "evidence.stella/v1"
@@ -43,19 +40,7 @@ def node_modules(tmp_path_factory: pytest.TempPathFactory) -> Path:
     given = os.environ.get("STELLAKEYS_SIGSTORE_JS_MODULES")
     if given:
         return Path(given)
-    npm = shutil.which("npm")
-    if shutil.which("node") is None or npm is None:
-        pytest.fail("Node.js 20.17+ and npm are required (apt-get install nodejs npm)")
-    target = tmp_path_factory.mktemp("sigstore-js")
-    for name in ("package.json", "package-lock.json"):
-        shutil.copy(HERE / name, target / name)
-    proc = subprocess.run(
-        [npm, "ci", "--no-audit", "--no-fund", "--omit=dev"],
-        cwd=target, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    if proc.returncode != 0:
-        pytest.fail(f"npm install of the sigstore-js packages failed: {proc.stderr[-2000:]}")
-    return target / "node_modules"
+    return npm_ci(HERE, tmp_path_factory.mktemp("sigstore-js"))
 
 
 def node(node_modules: Path, script: str, *args: str | Path, **env: str) -> str:
@@ -76,14 +61,7 @@ def tsa(openssl, tmp_path_factory: pytest.TempPathFactory) -> TestTsa:  # type: 
 @pytest.fixture
 def km(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tsa: TestTsa) -> Iterator[KeyManager]:
     monkeypatch.setenv("STELLAKEYS_PASSPHRASE", "sigstore-js-passphrase")
-    home = tmp_path / "home"
-    home.mkdir(mode=0o700)
-    manager = KeyManager(
-        MemoryStore(),
-        clock=FrozenClock(datetime.now(UTC) - timedelta(days=1)),
-        keystore_context=KeyStoreContext(home=home),
-        timestamp_verifier=RFC3161Verifier.from_pem_files([tsa.root_pem]),
-    )
+    manager = manager_trusting(tsa, tmp_path / "home")
     yield manager
     manager.close()
 

@@ -22,6 +22,7 @@ import httpx
 import pytest
 from joserfc.jwk import ECKey
 
+from tests.node_support import npm_ci
 from tests.server.server_support import ROOT, free_port
 
 HERE = ROOT / "tests" / "interop" / "oidc_provider"
@@ -58,18 +59,7 @@ def node_modules(scratch: Path) -> Path:
         if not (modules / "oidc-provider" / "package.json").is_file():
             pytest.fail(f"{modules} holds no oidc-provider package: {INSTALL_HINT}")
         return modules
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.fail(f"npm is required (apt-get install npm), or {INSTALL_HINT}")
-    for name in ("package.json", "package-lock.json"):
-        shutil.copy(HERE / name, scratch / name)
-    proc = subprocess.run(
-        [npm, "ci", "--no-audit", "--no-fund", "--omit=dev"],
-        cwd=scratch, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    if proc.returncode != 0:
-        pytest.fail(f"npm ci of tests/interop/oidc_provider failed: {proc.stderr[-2000:]}")
-    return scratch / "node_modules"
+    return npm_ci(HERE, scratch)
 
 
 def signing_key(kid: str) -> ECKey:
