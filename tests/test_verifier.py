@@ -295,12 +295,21 @@ def test_anchor_html_reads_no_clock() -> None:
     assert anchor._repr_html_() == anchor_html(anchor)  # registered by the notebook module
 
 
-def test_caches_follow_another_process_writes_to_the_anchors(tmp_path: Path) -> None:
+@pytest.mark.parametrize("index_keys_kept", [True, False], ids=["keys-in-memory", "per-key"])
+def test_caches_follow_another_process_writes_to_the_anchors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, index_keys_kept: bool
+) -> None:
     """The store-backed source keeps anchors per index key, the active index keys and key-wide
     compromises between verifications; a write by another process (another store object on
     the same SQLite file) must reach the next verification: a new, more specific anchor that
-    does not trust the signer, then a compromise recorded in an anchor the proof never used."""
+    does not trust the signer, then a compromise recorded in an anchor the proof never used.
+    Both ways of finding candidates: the active index keys in memory, and (past the limit)
+    one query per unknown key."""
     from stellakeys.storage.sqlite import SqliteStore
+    from stellakeys.store_source import StoreSource
+
+    if not index_keys_kept:
+        monkeypatch.setattr(StoreSource, "_INDEX_KEYS_LIMIT", 0)
 
     key, other = _key(), _key()
     broad = _anchor("pkg:npm/*", ("release", key), n=1)
