@@ -33,7 +33,7 @@ class AnchorKeys:
     """The entries of one anchor's key history as verification sees them (key-wide
     compromises applied), indexed by the hints a signature may carry. Immutable."""
 
-    __slots__ = ("_by_hint", "entries")
+    __slots__ = ("_by_hint", "_position", "entries")
 
     def __init__(
         self, history: Sequence[KeyHistoryEntry], compromises: Mapping[str, datetime]
@@ -49,6 +49,8 @@ class AnchorKeys:
             if e.fingerprint != e.key_id:
                 by_hint.setdefault(e.fingerprint, []).append(e)
         self._by_hint = {k: tuple(v) for k, v in by_hint.items()}
+        #: An entry's place in the history (several signatures' hints are merged in order).
+        self._position = {id(e): i for i, e in enumerate(self.entries)}
 
     def hinted(self, hints: Sequence[str | None]) -> tuple[KeyHistoryEntry, ...] | None:
         """The entries the signatures' hints name (key id or fingerprint), in history order;
@@ -64,8 +66,7 @@ class AnchorKeys:
                 return None
             for e in named:
                 found[id(e)] = e
-        order = {id(e): i for i, e in enumerate(self.entries)}
-        return tuple(sorted(found.values(), key=lambda e: order[id(e)]))
+        return tuple(sorted(found.values(), key=lambda e: self._position[id(e)]))
 
     @staticmethod
     def keyring_at(
