@@ -9,6 +9,7 @@ a key of no anchor, or nothing. The reference is the same envelope with every hi
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
 import attrs
@@ -21,7 +22,12 @@ from stellakeys.crypto import PrivateKey, get_algorithm
 from stellakeys.dsse import Envelope, Signature, sign_envelope
 from stellakeys.intoto import PAYLOAD_TYPE, Statement, Subject
 from stellakeys.signing_time import SigningTime, TimeSource
-from stellakeys.verification import VerificationPolicy, evaluate, key_wide_compromises
+from stellakeys.verification import (
+    VerificationPolicy,
+    VerificationResult,
+    evaluate,
+    key_wide_compromises,
+)
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 AID = uuid.UUID(int=7)
@@ -30,6 +36,29 @@ EVIDENCE = "evidence.stella/v1"
 KEYS: list[PrivateKey] = [get_algorithm("ed25519").generate() for _ in range(5)]
 OUTSIDER = get_algorithm("ed25519").generate()
 PAYLOAD = Statement((Subject(PURL, {"sha256": "ab" * 32}),), EVIDENCE, {}).to_json()
+
+
+def _judge_for_purl(
+    envelope: Envelope,
+    anchor: TrustAnchor,
+    time: SigningTime,
+    keys: AnchorKeys | None,
+    policy: VerificationPolicy | None = None,
+    compromises: Mapping[str, datetime] | None = None,
+) -> VerificationResult:
+    """``evaluate`` of ``envelope`` for PURL against ``anchor`` (keys compiled or not)."""
+    return evaluate(
+        envelope,
+        digest=None,
+        time=time,
+        policy=policy or VerificationPolicy(),
+        anchor=anchor,
+        purl=PURL,
+        predicate_type=EVIDENCE,
+        compromises=compromises,
+        keys=keys,
+    )
+
 
 entry = st.builds(
     lambda k, start, length, revoked, reason, key_id: KeyHistoryEntry(
@@ -101,17 +130,7 @@ def test_hinted_lookup_gives_the_verdict_of_trying_every_key(
     policy = VerificationPolicy(threshold=threshold)
 
     def judge(envelope: Envelope, keys: AnchorKeys | None) -> tuple[object, ...]:
-        result = evaluate(
-            envelope,
-            digest=None,
-            time=time,
-            policy=policy,
-            anchor=anchor,
-            purl=PURL,
-            predicate_type=EVIDENCE,
-            compromises=compromises,
-            keys=keys,
-        )
+        result = _judge_for_purl(envelope, anchor, time, keys, policy, compromises)
         return (
             result.ok,
             sorted(r.code for r in result.reasons),
@@ -160,16 +179,8 @@ def test_a_verification_looks_only_at_the_named_key_of_a_long_history() -> None:
     anchor = TrustAnchor(AID, "pkg:npm/*", (EVIDENCE,), "v1", T0, history)
     AnchorKeys.keyring_at = staticmethod(counting)  # type: ignore[assignment,method-assign]
     try:
-        result = evaluate(
-            envelope,
-            digest=None,
-            time=SigningTime(T0 + timedelta(days=400), TimeSource.ASSERTED),
-            policy=VerificationPolicy(),
-            anchor=anchor,
-            purl=PURL,
-            predicate_type=EVIDENCE,
-            keys=compiled,
-        )
+        at = SigningTime(T0 + timedelta(days=400), TimeSource.ASSERTED)
+        result = _judge_for_purl(envelope, anchor, at, compiled)
     finally:
         AnchorKeys.keyring_at = staticmethod(original)  # type: ignore[method-assign]
     assert result.ok
@@ -200,15 +211,7 @@ def test_two_keys_under_one_id_are_both_kept() -> None:
         for hint in (None, "shared-id", signer.fingerprint):
             envelope = attrs.evolve(bare, signatures=(Signature(bare.signatures[0].sig, hint),))
             for keys in (None, AnchorKeys(history, {})):
-                result = evaluate(
-                    envelope,
-                    digest=None,
-                    time=SigningTime(T0 + timedelta(days=1), TimeSource.ASSERTED),
-                    policy=VerificationPolicy(),
-                    anchor=anchor,
-                    purl=PURL,
-                    predicate_type=EVIDENCE,
-                    keys=keys,
-                )
+                at = SigningTime(T0 + timedelta(days=1), TimeSource.ASSERTED)
+                result = _judge_for_purl(envelope, anchor, at, keys)
                 assert result.ok, (hint, result.reasons)
                 assert [k.fingerprint for k in result.verified_keys] == [signer.fingerprint]
