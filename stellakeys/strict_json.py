@@ -12,6 +12,14 @@
    written back, and other parsers replace it or refuse it. Paired surrogates (an escaped
    emoji) are fine.
 
+The parse itself is ``jiter``'s (the Rust JSON parser behind pydantic), which refuses duplicate
+names, invalid UTF-8 and lone surrogates on its own and is 4-8x faster than ``json`` (a 64 KiB
+statement: 7 us against 57 us). It is only an accelerator: anything it refuses, and any ``str``
+that is not UTF-8-encodable, goes through the stdlib reference path below, which decides and
+words the error. So the answer is the reference path's for every input, as long as whatever
+jiter accepts the reference accepts with an equal value; tests/test_strict_json.py checks
+that differentially (hypothesis over JSON texts, mutations and raw bytes).
+
 Callers pass the error class to raise for a duplicate (a :class:`DuplicateMemberError`
 subclass that is also their own error type), and a name for the document used in messages.
 Other problems are ``ValueError`` (as from ``json.loads``), which callers already turn into
@@ -23,6 +31,8 @@ from __future__ import annotations
 import json
 import re
 from typing import Any
+
+import jiter
 
 from stellakeys.errors import DuplicateMemberError
 
@@ -62,6 +72,34 @@ def loads(
     error: type[DuplicateMemberError] = DuplicateMemberError,
 ) -> Any:
     """``json.loads`` that refuses duplicate members, non-UTF-8 bytes and lone surrogates."""
+    raw: bytes | None
+    if isinstance(data, bytes):
+        raw = data
+    elif isinstance(data, bytearray | memoryview):
+        raw = bytes(data)
+    else:
+        try:
+            raw = data.encode("utf-8")
+        except UnicodeEncodeError:  # raw surrogates: the reference path says so
+            raw = None
+    if raw is not None:
+        try:
+            # NaN/Infinity (which json accepts) and every other refusal go to the reference.
+            return jiter.from_json(
+                raw, allow_inf_nan=False, cache_mode="keys", catch_duplicate_keys=True
+            )
+        except ValueError:
+            pass
+    return reference_loads(data, document=document, error=error)
+
+
+def reference_loads(
+    data: str | bytes,
+    *,
+    document: str = "JSON document",
+    error: type[DuplicateMemberError] = DuplicateMemberError,
+) -> Any:
+    """The stdlib implementation of :func:`loads`: the semantics, and every error's words."""
     if isinstance(data, bytes | bytearray | memoryview):
         # Strict UTF-8 (a UnicodeDecodeError is a ValueError): no guessing of UTF-16/32.
         raw = bytes(data)

@@ -10,6 +10,7 @@ file, run against main 9603a3d, fails test by test rather than on import.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import subprocess
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from stellakeys import errors
 from stellakeys.config import load_settings, load_yaml
@@ -284,3 +287,159 @@ def test_cli_refuses_a_config_with_a_duplicate_key(cli_env: dict[str, str]) -> N
     err = proc.stderr.decode()
     assert proc.returncode == 1 and "duplicate key 'url'" in err and "line 3" in err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+# --- the accelerated parse agrees with the reference everywhere ---------------------------------
+
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(2**200), max_value=2**200)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+# Bytes that matter to a JSON parser: structure, escapes, digits, exponents, UTF-8 lead and
+# continuation bytes, surrogate encodings, a BOM and controls.
+_alphabet = st.sampled_from(
+    [
+        b'"',
+        b"\\",
+        b"{",
+        b"}",
+        b"[",
+        b"]",
+        b":",
+        b",",
+        b" ",
+        b"\t",
+        b"\n",
+        b"0",
+        b"1",
+        b"-",
+        b"+",
+        b".",
+        b"e",
+        b"E",
+        b"u",
+        b"d",
+        b"8",
+        b"N",
+        b"a",
+        b"I",
+        b"\x00",
+        b"\x1f",
+        b"\x7f",
+        b"\xc0",
+        b"\xed\xa0\x80",
+        b"\xef\xbb\xbf",
+        b"\xf4\x90",
+        b"\xe2\x82\xac",
+        b"\\ud800",
+        b"\\udc00",
+        b"\\u0061",
+        b"true",
+        b"null",
+        b"NaN",
+        b"Infinity",
+        b"1e400",
+    ]
+)
+
+
+def _outcome(fn: Any, data: str | bytes) -> tuple[str, str]:
+    try:
+        value = fn(data, document="doc")
+    except Exception as exc:  # the comparison is of whatever happens
+        return ("error", f"{type(exc).__name__}: {exc}")
+    # repr tells 0 from 0.0 from -0.0, and True from 1 in lists and values.
+    return ("value", _canonical(value))
+
+
+def _canonical(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k!r}:{_canonical(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_canonical(v) for v in value) + "]"
+    return f"{type(value).__name__}:{value!r}"
+
+
+def _agree(data: str | bytes) -> None:
+    from stellakeys import strict_json
+
+    fast = _outcome(strict_json.loads, data)
+    reference = _outcome(strict_json.reference_loads, data)
+    assert fast == reference, data
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_values, st.booleans(), st.sampled_from([None, (",", ":"), (", ", ": ")]))
+def test_fast_parse_equals_reference_on_json_texts(
+    value: Any, ascii_only: bool, separators: tuple[str, str] | None
+) -> None:
+    text = json.dumps(value, ensure_ascii=ascii_only, separators=separators)
+    _agree(text)
+    # A lone surrogate in a str: only the str form exists.
+    with contextlib.suppress(UnicodeEncodeError):
+        _agree(text.encode("utf-8"))
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    _values, st.lists(st.tuples(st.integers(0, 10_000), _alphabet, st.integers(0, 2)), max_size=4)
+)
+def test_fast_parse_equals_reference_on_mutated_texts(
+    value: Any, edits: list[tuple[int, bytes, int]]
+) -> None:
+    data = bytearray(json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    for where, chunk, how in edits:
+        at = where % (len(data) + 1)
+        if how == 0:
+            data[at:at] = chunk
+        elif how == 1:
+            data[at : at + 1] = chunk
+        else:
+            del data[at : at + len(chunk)]
+    _agree(bytes(data))
+    _agree(bytes(data).decode("utf-8", "surrogateescape"))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_alphabet, max_size=12).map(b"".join) | st.binary(max_size=24))
+def test_fast_parse_equals_reference_on_arbitrary_bytes(data: bytes) -> None:
+    _agree(data)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"a": NaN}',
+        b'{"a": -Infinity}',
+        b'{"a": 1e400}',
+        b'{"a": -0}',
+        b'{"a": -0.0}',
+        b'{"a": 123456789012345678901234567890}',
+        b'{"a": 1.7976931348623157e309}',
+        b'{"a": 4.9e-325}',
+        b'{"a": 0.1e-400}',
+        b"\xef\xbb\xbf{}",
+        b'{"a": "\\ud800"}',
+        b'{"a": "\xed\xa0\x80"}',
+        b'{"\\u0061": 1, "a": 2}',
+        b"[" * 5000 + b"]" * 5000,
+        b'{"a": "\\u00e9\xc3\xa9"}',
+        b'{"a":1}\n',
+        b" ",
+        b"",
+    ],
+)
+def test_fast_parse_equals_reference_on_edge_cases(text: bytes) -> None:
+    _agree(text)
+    _agree(text.decode("utf-8", "surrogateescape"))
