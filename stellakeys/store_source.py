@@ -128,6 +128,10 @@ class StoreSource:
       its few unknown keys, never a re-read of the anchor's history;
     * per PURL: the applicable anchor (verifying many proofs for one artifact costs nothing);
     * the universal anchor.
+
+    On a store that can send its token read ahead (PostgreSQL, strict), a verification
+    answers from the caches as they are and confirms their token afterwards (:meth:`speculate`,
+    decision 0027); elsewhere every lookup reads the token first.
     """
 
     _MAX = 65536
