@@ -19,7 +19,9 @@ Measured, each over random anchors and random times T in the keys' lifetimes:
   (the implementation before decision 0024), with ``max_staleness`` (no round trip), and an
   empty read transaction;
 * ``KeyManager.verify`` end to end (as bench_verify.py: 2,000 Ed25519 proofs for distinct
-  PURLs, cold then warm) on SQLite holding the same anchors and on PostgreSQL: strict, with
+  PURLs, cold then warm) on SQLite holding the same anchors and on PostgreSQL: strict (the
+  token read sent ahead and collected after the signature check, decision 0027), strict with
+  the synchronous read of decision 0024, strict with the psycopg cursor read before it, with
   ``max_staleness=1``, and strict through PgBouncer (``pool_mode = transaction``);
 * throughput with 1, 2, 4 and 8 processes against the one database, directly and through
   PgBouncer: each process opens its own KeyManager (strict), verifies a fixed set of 200 proofs
@@ -236,6 +238,9 @@ def cursor_token_store(url: str) -> Any:
     from stellakeys.storage.postgres import PostgresStore
 
     class CursorTokenStore(PostgresStore):
+        def send_change_token(self) -> None:
+            return None  # nor sent ahead (decision 0027)
+
         def _read_token(self) -> int:
             with self._token_lock:
                 row = self._token.connection().execute(COUNTER_SQL).fetchone()
@@ -243,6 +248,18 @@ def cursor_token_store(url: str) -> Any:
             return int(row[0])
 
     return CursorTokenStore.connect(url)
+
+
+def sync_token_store(url: str) -> Any:
+    """A PostgresStore whose strict token read is synchronous again (before decision 0027:
+    no read sent ahead, so every verification waits for its round trip before its lookup)."""
+    from stellakeys.storage.postgres import PostgresStore
+
+    class SyncTokenStore(PostgresStore):
+        def send_change_token(self) -> None:
+            return None
+
+    return SyncTokenStore.connect(url)
 
 
 def verify_rates(
@@ -402,6 +419,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "postgres": KeyManager(PostgresStore.connect(url), keystore_context=context),
                 "postgres (token before)": KeyManager(
                     cursor_token_store(url), keystore_context=context
+                ),
+                "postgres (sync token, 0024)": KeyManager(
+                    sync_token_store(url), keystore_context=context
                 ),
                 "postgres max_staleness=1": KeyManager(
                     PostgresStore.connect(url, max_staleness=1.0), keystore_context=context

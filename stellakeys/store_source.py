@@ -8,10 +8,10 @@ and this adapter implements them with the store's PURL index.
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
-from types import MappingProxyType
-from typing import TYPE_CHECKING
+from types import MappingProxyType, TracebackType
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import attrs
 
@@ -23,6 +23,7 @@ from stellakeys.verification import key_wide_compromises
 from stellakeys.verifier import (
     _NO_COMPROMISE,
     AnchorLookup,
+    Speculation,
     _by_fingerprint,
     _pattern,
     select_anchor,
@@ -31,10 +32,79 @@ from stellakeys.verifier import (
 if TYPE_CHECKING:
     from stellakeys.storage.ports import Store, Transaction
 
-__all__ = ["StoreSource"]
+__all__ = ["PendingToken", "SendsChangeToken", "StoreSource"]
 
 
 _UNREAD = object()
+#: The cache token before the first read (equal to no token a store returns).
+_NEVER = object()
+#: _Speculation.pinned while speculating (lookups use the caches as they are) and after a
+#: confirmation that brought no answer (lookups read the token synchronously).
+_SPECULATING = object()
+_READ_NOW = object()
+
+
+class PendingToken(Protocol):
+    """A change-token read sent ahead (decision 0027)."""
+
+    def result(self) -> object | None:
+        """Wait for the token (once); None: no answer to trust, read it synchronously."""
+        ...
+
+    def discard(self) -> None:
+        """Collect and drop the answer if :meth:`result` was not called."""
+        ...
+
+
+@runtime_checkable
+class SendsChangeToken(Protocol):
+    """Optional capability of a store whose ``change_token()`` is a round trip
+    (:meth:`PostgresStore.send_change_token
+    <stellakeys.storage.postgres.PostgresStore.send_change_token>`): send the read now,
+    collect the answer later. Its answer counts every commit that finished before the send."""
+
+    def send_change_token(self) -> PendingToken | None: ...
+
+
+class _Local(threading.local):
+    speculation: _Speculation | None = None
+
+
+class _Speculation:
+    """One verification on cached facts, confirmed by a token read sent when it started.
+
+    While speculating, each lookup notes the token of the caches it answered from (``seen``)
+    and reads none. :meth:`confirm` collects the token sent at the start: its snapshot was
+    taken after the verification started, so it counts every commit before that start. If
+    every cache answered under that very token, nothing was committed between the caches'
+    token read and that snapshot, and what they hold is what a fresh read would give; the
+    result stands. Otherwise the second pass answers under the collected token (which drops
+    the stale caches), or with synchronous reads when there was no answer to trust."""
+
+    __slots__ = ("_local", "_pending", "pinned", "seen")
+
+    def __init__(self, local: _Local, pending: PendingToken) -> None:
+        self._local = local
+        self._pending = pending
+        self.seen: list[object] = []
+        self.pinned: object = _SPECULATING
+
+    def __enter__(self) -> _Speculation:
+        self._local.speculation = self
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._local.speculation = None
+        self._pending.discard()
+
+    def confirm(self) -> bool:
+        token = self._pending.result()
+        if token is not None and all(seen == token for seen in self.seen):
+            return True
+        self.pinned = _READ_NOW if token is None else token
+        return False
 
 
 @attrs.frozen
@@ -58,6 +128,10 @@ class StoreSource:
       its few unknown keys, never a re-read of the anchor's history;
     * per PURL: the applicable anchor (verifying many proofs for one artifact costs nothing);
     * the universal anchor.
+
+    On a store that can send its token read ahead (PostgreSQL, strict), a verification
+    answers from the caches as they are and confirms their token afterwards (:meth:`speculate`,
+    decision 0027); elsewhere every lookup reads the token first.
     """
 
     _MAX = 65536
@@ -69,7 +143,11 @@ class StoreSource:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._token: object = object()
+        self._send: Callable[[], PendingToken | None] | None = (
+            store.send_change_token if isinstance(store, SendsChangeToken) else None
+        )
+        self._local = _Local()
+        self._token: object = _NEVER
         self._by_purl: dict[str, AnchorLookup] = {}
         self._by_key: dict[str, tuple[_Compiled, ...]] = {}
         #: fingerprint -> earliest compromise revocation in any anchor (None: never): a key
@@ -79,6 +157,14 @@ class StoreSource:
         self._index_keys: frozenset[str] | object | None = _UNREAD
         self._lock = threading.Lock()
 
+    def speculate(self) -> Speculation | None:
+        """For a store that can send its token read ahead (PostgreSQL, strict), the verifier's
+        speculation (decision 0027); None otherwise, or before the caches hold anything."""
+        if self._send is None or self._token is _NEVER:
+            return None
+        pending = self._send()
+        return None if pending is None else _Speculation(self._local, pending)
+
     def lookup(self, purl: str | Purl) -> AnchorLookup:
         parsed = purl if isinstance(purl, Purl) else parse_purl(purl)
         return self._cached(parsed.canonical, parsed)
@@ -87,9 +173,17 @@ class StoreSource:
         return self._cached(self._UNIVERSAL, None)
 
     def _cached(self, key: str, parsed: Purl | None) -> AnchorLookup:
-        token = self._store.change_token()
+        speculation = self._local.speculation
+        if speculation is None or speculation.pinned is _READ_NOW:
+            token = self._store.change_token()
+        else:
+            token = speculation.pinned  # _SPECULATING, or the token confirm() collected
         with self._lock:
-            if token != self._token:
+            if token is _SPECULATING:
+                assert speculation is not None
+                token = self._token  # the caches as they are; confirm() checks this token
+                speculation.seen.append(token)
+            elif token != self._token:
                 # New objects, never cleared in place: a thread still reading under the old
                 # token keeps a consistent view of what it captured (a compromise cleared
                 # under its feet would read as "never compromised").

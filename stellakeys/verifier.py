@@ -21,8 +21,8 @@ import threading
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime
-from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Protocol
+from types import MappingProxyType, TracebackType
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, runtime_checkable
 
 import attrs
 
@@ -55,6 +55,8 @@ __all__ = [
     "AnchorLookup",
     "AnchorSource",
     "KeySource",
+    "Speculation",
+    "SpeculativeSource",
     "StaticSource",
     "Verifier",
     "select_anchor",
@@ -102,6 +104,36 @@ class KeySource(Protocol):
         id, its memberships in every anchor, matched by fingerprint (the same public key under
         another id is the same key)."""
         ...
+
+
+class Speculation(Protocol):
+    """A verification answered from a source's cached facts before their freshness is known
+    (decision 0027). Used as a context manager around the verification; on leaving, whatever
+    is still in flight is collected or dropped, never left pending."""
+
+    def __enter__(self) -> Speculation: ...
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    def confirm(self) -> bool:
+        """True: every fact the verification used was current when it started, so its result
+        stands. False: verify again; the source then answers from facts read after the start."""
+        ...
+
+
+@runtime_checkable
+class SpeculativeSource(Protocol):
+    """Optional port of an :class:`AnchorSource` whose freshness check is a round trip: the
+    verifier starts the check when a verification starts and confirms it before returning."""
+
+    def speculate(self) -> Speculation | None:
+        """Start the freshness check (None: the source checks on each lookup instead)."""
+        ...
+
+
+_P = ParamSpec("_P")
 
 
 #: Patterns are immutable and anchors few compared with lookups: parse each pattern text once.
@@ -233,6 +265,7 @@ class Verifier:
         self.keys = keys
         self.timestamp_verifier = timestamp_verifier
         self._on_verify = on_verify
+        self._speculate = anchors.speculate if isinstance(anchors, SpeculativeSource) else None
         self._count_lock = threading.Lock()
         self._count = 0
         self._failures: dict[ReasonCode, int] = {}
@@ -280,8 +313,17 @@ class Verifier:
         if self._on_verify is not None:
             self._on_verify()
         try:
-            result = self._verify(
-                envelope, purl, at, now, policy, tokens, trusted_time, digest, timestamp_verifier
+            result = self._confirmed(
+                self._verify,
+                envelope,
+                purl,
+                at,
+                now,
+                policy,
+                tokens,
+                trusted_time,
+                digest,
+                timestamp_verifier,
             )
         finally:
             with self._count_lock:
@@ -292,6 +334,21 @@ class Verifier:
                 for code in codes:
                     self._failures[code] = self._failures.get(code, 0) + 1
         return result
+
+    def _confirmed(
+        self, verify: Callable[_P, VerificationResult], *args: _P.args, **kwargs: _P.kwargs
+    ) -> VerificationResult:
+        """``verify(...)``, speculatively when the anchor source can (decision 0027): its
+        freshness check runs beside the verification, and a result computed from facts that
+        turn out stale is discarded and computed again from fresh ones."""
+        speculation = self._speculate() if self._speculate is not None else None
+        if speculation is None:
+            return verify(*args, **kwargs)
+        with speculation:
+            result = verify(*args, **kwargs)
+            if speculation.confirm():
+                return result
+            return verify(*args, **kwargs)
 
     def _verify(
         self,

@@ -15,23 +15,29 @@
   heartbeat. ``change_token()`` answers from memory while the last confirmed read is younger
   than the bound, else falls back to the strict read (whose answer then counts as a confirmed
   read), so the bound holds whatever happens to the listener.
+
+Strict reads can also be *sent* without waiting (:meth:`TokenReader.send`, answered by
+:class:`PendingToken`): a verification sends the read when it starts, works on its cached
+anchors meanwhile and collects the answer before it returns (decision 0027), so the round trip
+runs beside the signature check instead of before it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import select
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, Final
 
 import psycopg
-from psycopg.pq import ConnStatus, ExecStatus
+from psycopg.pq import ConnStatus, ExecStatus, TransactionStatus
 
 from stellakeys.errors import StorageError
 
-__all__ = ["CHANNEL", "ChangeListener", "TokenReader"]
+__all__ = ["CHANNEL", "ChangeListener", "PendingToken", "TokenReader"]
 
 #: The NOTIFY channel of migration 0008; the payload is the new change_counter.
 CHANNEL: Final = "stellakeys_change"
@@ -60,13 +66,16 @@ class TokenReader:
             self._ready = False
         return self._conn
 
+    def _prepare(self, pg: psycopg.pq.abc.PGconn) -> None:
+        if self._prepared and not self._ready:
+            result = pg.prepare(_STATEMENT, COUNTER_SQL)
+            if result.status == ExecStatus.COMMAND_OK:
+                self._ready = True
+
     def read(self) -> int:
         for attempt in range(2):
             pg = self.connection().pgconn
-            if self._prepared and not self._ready:
-                result = pg.prepare(_STATEMENT, COUNTER_SQL)
-                if result.status == ExecStatus.COMMAND_OK:
-                    self._ready = True
+            self._prepare(pg)
             if self._ready:
                 result = pg.exec_prepared(_STATEMENT, None)
             elif not self._prepared:
@@ -86,14 +95,99 @@ class TokenReader:
             raise StorageError(f"PostgreSQL change check failed: {first}{lost}")
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def send(self) -> bool:
+        """Send the counter read and return at once; :meth:`collect` waits for the answer.
+        Nothing else may use the connection in between. False: not sent (the connection could
+        not be opened or the send failed; it is closed, and the caller reads synchronously,
+        which reconnects or reports the error)."""
+        try:
+            pg = self.connection().pgconn
+            self._prepare(pg)
+            if self._ready:
+                pg.send_query_prepared(_STATEMENT, None)
+            elif self._prepared:
+                return False  # the PREPARE failed: the synchronous read reports why
+            else:
+                pg.send_query_params(COUNTER_SQL, None)  # the unnamed statement (PgBouncer)
+        except (psycopg.Error, StorageError):
+            self.close()
+            return False
+        return True
+
+    def collect(self) -> int | None:
+        """The answer to :meth:`send`, or None when there is none to trust (an error, the
+        connection lost mid-flight, an unexpected reply). After None the connection is closed
+        and reopened on next use: a later query can never read this one's answer."""
+        conn = self._conn
+        if conn is None:
+            return None
+        pg = conn.pgconn
+        value: int | None = None
+        try:
+            result = _next_result(pg)
+            if (
+                result is not None
+                and result.status == ExecStatus.TUPLES_OK
+                and result.ntuples == 1
+                and (raw := result.get_value(0, 0)) is not None
+            ):
+                value = int(raw)
+            while _next_result(pg) is not None:  # the rest of this query's answer
+                value = None  # one statement, one result: anything more is not ours
+        except (psycopg.Error, OSError, ValueError):
+            value = None
+        if value is None or pg.transaction_status != TransactionStatus.IDLE:
+            self.close()
+            return None
+        return value
+
     def close(self) -> None:
         if self._conn is not None:
-            self._conn.close()
+            with contextlib.suppress(psycopg.Error):  # closing a connection already lost
+                self._conn.close()
             self._conn = None
 
     def parked(self) -> object:
         """What a forked child must keep referenced and never touch (see postgres._INHERITED)."""
         return self._conn
+
+
+def _next_result(pg: psycopg.pq.abc.PGconn) -> psycopg.pq.abc.PGresult | None:
+    """The next result of the query in flight, waiting for the socket (GIL released) rather
+    than in libpq's ``PQgetResult`` (which psycopg calls with the GIL held)."""
+    if pg.is_busy():  # not all of it in libpq's buffer yet (is_busy makes no system call)
+        pg.consume_input()
+        while pg.is_busy():
+            select.select([pg.socket], [], [])
+            pg.consume_input()
+    return pg.get_result()
+
+
+class PendingToken:
+    """A strict counter read in flight on a reader taken from the store for it (decision 0027).
+
+    ``result()`` waits for the answer (once; None: none to trust, read synchronously instead)
+    and gives the reader back; ``discard()`` does the same for a verification that ended with
+    an exception, so the connection is never left with an answer pending."""
+
+    __slots__ = ("_reader", "_release")
+
+    def __init__(self, reader: TokenReader, release: Callable[[TokenReader], None]) -> None:
+        self._reader: TokenReader | None = reader
+        self._release = release
+
+    def result(self) -> int | None:
+        reader, self._reader = self._reader, None
+        if reader is None:
+            return None
+        try:
+            return reader.collect()
+        finally:
+            self._release(reader)
+
+    def discard(self) -> None:
+        if self._reader is not None:
+            self.result()
 
 
 class ChangeListener:

@@ -68,7 +68,7 @@ from stellakeys.storage._postgres_sql import (
     _ANCHORS_BY_INDEX as _ANCHORS_BY_INDEX,
 )
 from stellakeys.storage._postgres_sql import storage_error as _storage_error
-from stellakeys.storage._postgres_token import ChangeListener, TokenReader
+from stellakeys.storage._postgres_token import ChangeListener, PendingToken, TokenReader
 from stellakeys.storage._sql import SqlStore
 from stellakeys.storage._sql import one_line as _one_line
 
@@ -333,6 +333,10 @@ class PostgresStore(SqlStore):
         self._pool_lock = threading.Lock()
         self._token_lock = threading.Lock()
         self._token = TokenReader(self._connect, prepared=self.pooler is None)
+        #: Readers for reads sent ahead (send_change_token), idle ones here; one per
+        #: verification in flight, so concurrent verifications never queue on one connection.
+        self._ahead_lock = threading.Lock()
+        self._ahead: list[TokenReader] = []
         self._listener: ChangeListener | None = None  # started by the first change_token()
 
     def _check_process(self) -> None:
@@ -341,6 +345,7 @@ class PostgresStore(SqlStore):
             # listener's thread did not even survive the fork); new ones start on demand.
             listener = self._listener
             _INHERITED.append((self._pool, self._token.parked(), listener and listener.parked()))
+            _INHERITED.extend(r.parked() for r in self._ahead)
             self._reset_process_state()
 
     def _configure(self, conn: Conn) -> None:
@@ -501,6 +506,37 @@ class PostgresStore(SqlStore):
         with self._token_lock:
             return self._token.read()
 
+    def send_change_token(self) -> PendingToken | None:
+        """Send the strict read of :meth:`change_token` without waiting for it: the counter
+        as of a snapshot the server takes *after* this call, so a commit that finished before
+        the call is counted, as in :meth:`change_token`. ``result()`` on the answer waits for
+        it (None: no answer to trust; read synchronously instead). None here when there is
+        nothing to send ahead: with ``max_staleness``, :meth:`change_token` makes no round
+        trip; or the send failed. Decision 0027."""
+        if self._closed:
+            raise StorageError("the store is closed")
+        self._check_process()
+        if self.max_staleness is not None:
+            return None
+        with self._ahead_lock:
+            reader = self._ahead.pop() if self._ahead else None
+        if reader is None:
+            reader = TokenReader(self._connect, prepared=self.pooler is None)
+        if not reader.send():
+            self._give_back(reader)
+            return None
+        return PendingToken(reader, self._give_back)
+
+    def _give_back(self, reader: TokenReader) -> None:
+        if self._pid != os.getpid():  # taken before a fork: the parent's connection
+            _INHERITED.append(reader.parked())
+            return
+        with self._ahead_lock:
+            if not self._closed:
+                self._ahead.append(reader)
+                return
+        reader.close()
+
     def _start_listener(self) -> ChangeListener:
         assert self.max_staleness is not None
         with self._token_lock:
@@ -517,6 +553,10 @@ class PostgresStore(SqlStore):
         if self._pool is not None:
             self._pool.close()
         self._token.close()
+        with self._ahead_lock:
+            readers, self._ahead = self._ahead, []
+        for reader in readers:
+            reader.close()
 
 
 def _refuse_listen() -> Conn:
