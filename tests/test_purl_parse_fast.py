@@ -56,7 +56,7 @@ def same_outcome(text: str) -> None:
 
 # Characters that packageurl normalises, escapes or splits on, so that canonical and
 # non-canonical spellings both come up often.
-_CHARS = st.sampled_from(list("aAbZ09._-~+ %/@?#:=&!$'()é") + ["%2F", "%40", "%20", "%3A"])
+_CHARS = st.sampled_from([*"aAbZ09._-~+ %/@?#:=&!$'()é", "%2F", "%40", "%20", "%3A"])
 _WORD = st.lists(_CHARS, min_size=0, max_size=6).map("".join)
 _TYPES = st.sampled_from(
     ["npm", "NPM", "pypi", "maven", "docker", "golang", "pub", "generic", "github", "deb", "x"]
