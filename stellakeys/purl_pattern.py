@@ -178,10 +178,21 @@ def _parse_purl_cached(text: str) -> Purl:
     # One more round trip through the canonical string: packageurl's to_string is the canonical
     # form we compare on, and re-parsing it makes the segments follow from that form.
     canonical_text = first.to_string()
+    if canonical_text == stripped:
+        # Already canonical (the usual subject): re-parsing the same text would give ``first``
+        # again and print ``canonical_text`` again (packageurl is a pure function of the
+        # text), so the round trip is skipped, not weakened: half of a new PURL's cost.
+        segments = _segments(first)
+        return Purl(canonical=canonical_text, package_url=first, segments=segments)
     package_url = _parse_package_url(canonical_text, "package URL")
+    return Purl(
+        canonical=package_url.to_string(), package_url=package_url, segments=_segments(package_url)
+    )
+
+
+def _segments(package_url: PackageURL) -> tuple[str, ...]:
     namespace_parts = package_url.namespace.split("/") if package_url.namespace else []
-    segments = (package_url.type, *namespace_parts, package_url.name)
-    return Purl(canonical=package_url.to_string(), package_url=package_url, segments=segments)
+    return (package_url.type, *namespace_parts, package_url.name)
 
 
 def _as_purl(purl: str | Purl) -> Purl:

@@ -114,6 +114,12 @@ class _Compiled:
     anchor: TrustAnchor
     compromises: Mapping[str, datetime]
     keys: AnchorKeys
+    #: What a lookup that selects this anchor returns (built once, not per new PURL).
+    lookup: AnchorLookup = attrs.field(init=False)
+
+    @lookup.default
+    def _lookup(self) -> AnchorLookup:
+        return AnchorLookup(self.anchor, compromises=self.compromises, keys=self.keys)
 
 
 class StoreSource:
@@ -200,6 +206,11 @@ class StoreSource:
             present = self._index_keys
             compromises = self._compromise
         missing = [k for k in index_keys if k not in known]
+        if missing and isinstance(present, frozenset) and not present.intersection(missing):
+            # No active anchor has any of them (a new PURL under a known anchor: its most
+            # specific keys): nothing to read, so no read transaction either (issue 20).
+            known.update((k, ()) for k in missing)
+            missing = []
         if missing:
             with self._store.read() as tx:
                 if present is _UNREAD:
@@ -225,7 +236,11 @@ class StoreSource:
         found = select_anchor((c.anchor for c in views.values()), parsed)
         if found.anchor is not None:
             view = views[id(found.anchor)]
-            found = attrs.evolve(found, compromises=view.compromises, keys=view.keys)
+            found = (
+                view.lookup  # what the evolve would build, built once per anchor
+                if found.why is None
+                else attrs.evolve(found, compromises=view.compromises, keys=view.keys)
+            )
         with self._lock:
             if self._token == token:
                 if len(self._by_purl) >= self._MAX:

@@ -53,6 +53,12 @@ class StoreVerifier:
         self.verifier = Verifier(self.source, self.source, on_verify=on_verify)
         self._tsa = timestamp_verifier
         self._tsa_factory = timestamp_verifier_factory
+        # A store may read one proof without an explicit transaction (SqliteStore.read_proof:
+        # one statement, its own snapshot); any other store reads it in a read transaction.
+        single = getattr(store, "read_proof", None)
+        self._read_proof: Callable[[str], ProofRecord | None] = (
+            single if callable(single) else self._read_proof_in_transaction
+        )
 
     @classmethod
     def open(
@@ -84,18 +90,21 @@ class StoreVerifier:
 
     # --- stored proofs ---------------------------------------------------------------------
 
-    def proof_record(self, digest: str) -> ProofRecord:
-        """The stored proof at ``digest`` (NotFoundError if there is none)."""
+    def _read_proof_in_transaction(self, digest: str) -> ProofRecord | None:
         with self.store.read() as tx:
-            proof = tx.get_proof(digest)
+            return tx.get_proof(digest)
+
+    def proof_record(self, digest: str) -> ProofRecord:
+        """The stored proof at ``digest`` (NotFoundError if there is none). The store checks
+        that the stored bytes hash to ``digest`` (ProofIntegrityError otherwise)."""
+        proof = self._read_proof(digest)
         if proof is None:
             raise NotFoundError(f"no proof {digest}")
         return proof
 
     def proof_timestamps(self, digest: str) -> tuple[bytes, ...]:
         """The DER tokens stored with a proof; empty when the proof is not stored."""
-        with self.store.read() as tx:
-            proof = tx.get_proof(digest)
+        proof = self._read_proof(digest)
         return proof.timestamp_tokens if proof is not None else ()
 
     def proof_with_tokens(

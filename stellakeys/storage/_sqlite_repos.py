@@ -44,7 +44,7 @@ from stellakeys.storage.ports import FeedVersionRecord, ProofRecord
 if TYPE_CHECKING:
     from stellakeys.storage.ports import Transaction
 
-__all__ = ["SQLITE", "SqliteTransaction", "storage_error"]
+__all__ = ["SQLITE", "SqliteTransaction", "select_proof", "storage_error"]
 
 Row = tuple[Any, ...]
 
@@ -54,6 +54,30 @@ def storage_error(exc: sqlite3.Error, doing: str) -> StorageError:
     if "locked" in message or "busy" in message:
         message += " (another writer held the database longer than the busy timeout)"
     return StorageError(f"SQLite {doing} failed: {message}")
+
+
+#: A proof and its tokens in one statement: one statement is one snapshot in SQLite, so the
+#: proof and its tokens agree without an explicit transaction around them.
+_PROOF_WITH_TOKENS: Final = (
+    "SELECT p.digest, p.envelope_json, p.created_at, t.token FROM proofs AS p"
+    " LEFT JOIN proof_timestamps AS t ON t.digest = p.digest WHERE p.digest = ? ORDER BY t.id"
+)
+
+
+def select_proof(conn: sqlite3.Connection, digest: str) -> ProofRecord | None:
+    """The proof at ``digest`` with its tokens, or None: one statement, run to completion
+    (``fetchall``), so in autocommit mode it is its own read transaction and holds no
+    snapshot afterwards. The stored bytes must hash to ``digest`` (ProofIntegrityError
+    otherwise, :func:`codec.proof_from_row`): a row changed behind the store's back is caught
+    here on every read."""
+    try:
+        rows = conn.execute(_PROOF_WITH_TOKENS, (digest,)).fetchall()
+    except sqlite3.Error as exc:
+        raise storage_error(exc, "query") from exc
+    if not rows:
+        return None
+    tokens = tuple(bytes(r[3]) for r in rows if r[3] is not None)
+    return codec.proof_from_row(rows[0], tokens)
 
 
 SQLITE: Final = Dialect(
@@ -341,13 +365,7 @@ class SqliteProofs(SqliteCore, ProofCommon):
 
     def get_proof(self, digest: str) -> ProofRecord | None:
         self._check()
-        row = self._one(f"SELECT {codec.PROOF_COLUMNS} FROM proofs WHERE digest = ?", (digest,))
-        if row is None:
-            return None
-        tokens = self._all(
-            "SELECT token FROM proof_timestamps WHERE digest = ? ORDER BY id", (digest,)
-        )
-        return codec.proof_from_row(row, tuple(bytes(t[0]) for t in tokens))
+        return select_proof(self._conn, digest)
 
     def add_proof_timestamp(self, digest: str, token: bytes) -> None:
         self._check_write()

@@ -49,11 +49,11 @@ from stellakeys.storage._migrations import (
 )
 from stellakeys.storage._sql import SqlStore
 from stellakeys.storage._sql import one_line as _one_line
-from stellakeys.storage._sqlite_repos import SqliteTransaction
+from stellakeys.storage._sqlite_repos import SqliteTransaction, select_proof
 from stellakeys.storage._sqlite_repos import storage_error as _storage_error
 
 if TYPE_CHECKING:
-    from stellakeys.storage.ports import Store, Transaction
+    from stellakeys.storage.ports import ProofRecord, Store, Transaction
 
 __all__ = [
     "DB_FILENAME",
@@ -395,6 +395,16 @@ class SqliteStore(SqlStore):
 
     def read(self) -> _TxContext:
         return _TxContext(self, False)
+
+    def read_proof(self, digest: str) -> ProofRecord | None:
+        """``with store.read() as tx: tx.get_proof(digest)`` in one statement and no explicit
+        transaction (the verification-by-address path, issue 20): a single SELECT in autocommit
+        mode is its own consistent snapshot, so BEGIN and COMMIT would only cost two more
+        statements. The digest of the stored bytes is checked as in ``get_proof``."""
+        conn = self._connection()
+        if conn.in_transaction:
+            raise StorageError("transactions do not nest: finish the open one first")
+        return select_proof(conn, digest)
 
     def change_token(self) -> tuple[int, int]:
         """``(PRAGMA data_version, commits by this store)``.
