@@ -209,6 +209,16 @@ def test_design_aliases_resolve_case_insensitively(alias: str, canonical: str) -
     assert get_algorithm(alias) is get_algorithm(canonical)
 
 
+def test_registry_entries_say_what_their_algorithms_say() -> None:
+    """The registry dispatches on a table so that backends load lazily (issue 20); each row
+    must match the algorithm object it loads, or a name or an SPKI would dispatch wrongly."""
+    from stellakeys.crypto import _registry
+
+    for entry, alg in zip(_registry._ENTRIES, algorithms(), strict=True):
+        assert (entry.id, entry.aliases) == (alg.id, alg.aliases)
+        assert (entry.spki_oid, entry.spki_parameter_oid) == (alg.spki_oid, alg.spki_parameter_oid)
+
+
 def test_no_alias_names_two_algorithms() -> None:
     seen: dict[str, str] = {}
     for alg in algorithms():
