@@ -10,23 +10,45 @@ from __future__ import annotations
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives._serialization import Encoding, PrivateFormat, PublicFormat
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from stellakeys.crypto._base import Algorithm, PrivateKey, PublicKey
 from stellakeys.crypto._edwards import check_public_key as check_ed25519_point
 from stellakeys.errors import InvalidSignatureError, MalformedKeyError, UnsupportedKeyError
 
-_PEM = serialization.Encoding.PEM
-_DER = serialization.Encoding.DER
-_RAW = serialization.Encoding.Raw
-_SPKI = serialization.PublicFormat.SubjectPublicKeyInfo
-_PKCS8 = serialization.PrivateFormat.PKCS8
+_PEM = Encoding.PEM
+_DER = Encoding.DER
+_RAW = Encoding.Raw
+_SPKI = PublicFormat.SubjectPublicKeyInfo
+_PKCS8 = PrivateFormat.PKCS8
+
+
+def _der_public_key_loader() -> Any:
+    """``cryptography``'s ``serialization.load_der_public_key``, the very same function.
+
+    The public package ``cryptography.hazmat.primitives.serialization`` also imports the SSH
+    key and certificate code (ciphers, RSA, DSA), a large share of a plain verification's
+    start-up (issue 20); the function it re-exports lives in the Rust bindings, which Ed25519
+    loads anyway. ``tests/test_algorithms.py`` checks that both names are one object, so an
+    upgrade that moves it falls back here rather than changing behaviour.
+    """
+    try:
+        from cryptography.hazmat.bindings._rust import openssl as rust_openssl
+
+        return rust_openssl.keys.load_der_public_key
+    except (ImportError, AttributeError):  # pragma: no cover - another cryptography layout
+        from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+        return load_der_public_key
+
+
+load_der_public_key = _der_public_key_loader()
 
 
 def load_public(der: bytes, expected: type[Any] | tuple[type[Any], ...]) -> Any:
     try:
-        key = serialization.load_der_public_key(der)
+        key = load_der_public_key(der)
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise MalformedKeyError(f"cannot parse public key: {exc}") from None
     if not isinstance(key, expected):
@@ -40,7 +62,9 @@ class NotPycaKeyError(UnsupportedKeyError):
 
 def decode_private(pem: bytes, passphrase: bytes | None) -> Any:
     try:
-        return serialization.load_pem_private_key(pem, passphrase)
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        return load_pem_private_key(pem, passphrase)
     except UnsupportedAlgorithm as exc:
         raise NotPycaKeyError(str(exc)) from None
     except TypeError as exc:
@@ -65,7 +89,9 @@ def load_private(pem: bytes, passphrase: bytes | None, expected: type[Any]) -> A
 def _encrypted_pem(key: Any, passphrase: bytes) -> bytes:
     if not passphrase:
         raise ValueError("a non-empty passphrase is required to export a private key")
-    pem: bytes = key.private_bytes(_PEM, _PKCS8, serialization.BestAvailableEncryption(passphrase))
+    from cryptography.hazmat.primitives.serialization import BestAvailableEncryption
+
+    pem: bytes = key.private_bytes(_PEM, _PKCS8, BestAvailableEncryption(passphrase))
     return pem
 
 
@@ -144,7 +170,7 @@ class Ed25519(Algorithm):
         key = load_public(spki_der, ed25519.Ed25519PublicKey)
         # OpenSSL takes any 32 bytes; refuse the points that make forgery trivial or give one
         # key two encodings (stellakeys/crypto/_edwards.py). Every import path ends here.
-        check_ed25519_point(key.public_bytes(_RAW, serialization.PublicFormat.Raw))
+        check_ed25519_point(key.public_bytes(_RAW, PublicFormat.Raw))
         return _Ed25519PublicKey(self, key)
 
     def load_private_pem(self, pem: bytes, passphrase: bytes | None) -> PrivateKey:
