@@ -324,8 +324,6 @@ class CeremonyCommon(SqlCore):
     __slots__ = ()
 
     def ceremony_policy_versions(self) -> list[PolicyVersion]:
-        from stellakeys.ceremony.policy import PolicyVersion
-
         self._check()
         d = self.dialect
         rows = self._all(
@@ -333,8 +331,15 @@ class CeremonyCommon(SqlCore):
             f" FROM {d.table('ceremony_policy')} ORDER BY version"
         )
         return [
-            PolicyVersion(r[0], r[1].encode("utf-8"), d.time_out(r[2]), r[3], r[4]) for r in rows
+            _policy_version(r[0], r[1].encode("utf-8"), d.time_out(r[2]), r[3], r[4]) for r in rows
         ]
+
+
+def _policy_version(*fields: Any) -> PolicyVersion:
+    # The ceremony model is imported when a policy is read, never by a verification.
+    from stellakeys.ceremony.policy import PolicyVersion
+
+    return PolicyVersion(*fields)
 
 
 class SqlStore:
