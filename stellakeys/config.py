@@ -13,9 +13,7 @@ file in the home > built-in default.
 from __future__ import annotations
 
 import functools
-import getpass
 import os
-import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -113,11 +111,22 @@ def default_actor() -> str:
     env = os.environ.get(ENV_ACTOR)
     if env:
         return env
+    # Imported here, and the host name from uname where there is one (what gethostname(2)
+    # returns on POSIX): every command builds Settings, and the socket module is start-up
+    # time a verification does not need (issue 20: CLI start-up).
+    import getpass
+
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = "unknown"
-    return f"{user}@{socket.gethostname()}"
+    if hasattr(os, "uname"):
+        host = os.uname().nodename
+    else:  # pragma: no cover - Windows
+        import socket
+
+        host = socket.gethostname()
+    return f"{user}@{host}"
 
 
 @attrs.frozen

@@ -7,7 +7,7 @@ from typing import Any
 
 import attrs
 
-from stellakeys.crypto import get_algorithm
+from stellakeys.crypto import canonical_id
 from stellakeys.errors import ConfigError, StellaKeysError
 
 __all__ = ["DEFAULT_PROFILES", "KeyProfile", "RotationPolicy", "SignerConfig"]
@@ -35,11 +35,13 @@ class KeyProfile:
 
     @algorithm.validator
     def _known(self, _: object, value: str) -> None:
-        get_algorithm(value)
+        # By name only: the backend (GOST and SM2 load libcrypto) is imported when a key is
+        # made or read, not when the defaults below are built (issue 20: CLI start-up).
+        canonical_id(value)
 
     def __attrs_post_init__(self) -> None:
         # Store the canonical id, whatever alias the YAML used.
-        object.__setattr__(self, "algorithm", get_algorithm(self.algorithm).id)
+        object.__setattr__(self, "algorithm", canonical_id(self.algorithm))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -120,7 +122,7 @@ class SignerConfig:
         if not isinstance(deprecated, list):
             raise ConfigError("signer.deprecatedAlgorithms must be a list")
         try:
-            dep_ids = frozenset(get_algorithm(str(a)).id for a in deprecated)
+            dep_ids = frozenset(canonical_id(str(a)) for a in deprecated)
         except StellaKeysError as exc:
             raise ConfigError(f"signer.deprecatedAlgorithms: {exc}") from None
         return cls(profiles or DEFAULT_PROFILES, dep_ids)

@@ -209,6 +209,30 @@ def test_design_aliases_resolve_case_insensitively(alias: str, canonical: str) -
     assert get_algorithm(alias) is get_algorithm(canonical)
 
 
+def test_registry_entries_say_what_their_algorithms_say() -> None:
+    """The registry dispatches on a table so that backends load lazily (issue 20); each row
+    must match the algorithm object it loads, or a name or an SPKI would dispatch wrongly."""
+    from stellakeys.crypto import _registry
+
+    for entry, alg in zip(_registry._ENTRIES, algorithms(), strict=True):
+        assert (entry.id, entry.aliases) == (alg.id, alg.aliases)
+        assert (entry.spki_oid, entry.spki_parameter_oid) == (alg.spki_oid, alg.spki_parameter_oid)
+
+
+def test_pyca_backend_parses_public_keys_with_cryptographys_own_function() -> None:
+    """The Ed25519 backend reaches ``load_der_public_key`` without importing the SSH half of
+    ``cryptography.hazmat.primitives.serialization`` (issue 20); it must be the same function,
+    and the format enums the same objects, so no key parses differently."""
+    from cryptography.hazmat.primitives import serialization
+
+    from stellakeys.crypto import _pyca
+
+    assert _pyca.load_der_public_key is serialization.load_der_public_key
+    assert _pyca.Encoding is serialization.Encoding
+    assert _pyca.PublicFormat is serialization.PublicFormat
+    assert _pyca.PrivateFormat is serialization.PrivateFormat
+
+
 def test_no_alias_names_two_algorithms() -> None:
     seen: dict[str, str] = {}
     for alg in algorithms():

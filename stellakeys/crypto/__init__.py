@@ -14,6 +14,7 @@ from stellakeys.crypto._base import (
 from stellakeys.crypto._registry import (
     algorithm_of_spki,
     algorithms,
+    canonical_id,
     get_algorithm,
     load_private_key_pem,
     load_public_key_der,
@@ -26,6 +27,7 @@ __all__ = [
     "PublicKey",
     "algorithm_of_spki",
     "algorithms",
+    "canonical_id",
     "fingerprint_of_spki",
     "get_algorithm",
     "load_private_key_pem",

@@ -2,56 +2,117 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import importlib
+from typing import NamedTuple
 
+import stellakeys.crypto._pyca as _pyca
 from stellakeys.crypto._base import Algorithm, PrivateKey, PublicKey, der_from_pem
-from stellakeys.crypto._gost import GOST_256, GOST_512
-from stellakeys.crypto._native import load_native_private_pem
-from stellakeys.crypto._pyca import (
-    ED25519,
-    ML_DSA_44,
-    ML_DSA_65,
-    ML_DSA_87,
-    P256,
-    P384,
-    NotPycaKeyError,
-    load_pyca_private_pem,
-)
-from stellakeys.crypto._sm2 import SM2_SM3
 from stellakeys.crypto._spki import read_spki_algorithm
 from stellakeys.errors import MalformedKeyError, UnknownAlgorithmError, UnsupportedKeyError
 
-_ALGORITHMS: tuple[Algorithm, ...] = (
-    ED25519,
-    P256,
-    P384,
-    GOST_256,
-    GOST_512,
-    SM2_SM3,
-    ML_DSA_44,
-    ML_DSA_65,
-    ML_DSA_87,
+
+class _Entry(NamedTuple):
+    """What dispatch needs to know of an algorithm without importing its backend.
+
+    A backend is imported the first time its algorithm is asked for: verifying an Ed25519
+    proof does not load the GOST and SM2 backends (libcrypto through ctypes) nor ML-DSA
+    (issue 20: CLI start-up). ``tests/test_algorithms.py`` checks that each entry says what
+    the algorithm object says (id, aliases, SPKI OIDs), so the two cannot drift apart.
+    """
+
+    id: str
+    aliases: tuple[str, ...]
+    spki_oid: str
+    spki_parameter_oid: str | None
+    module: str
+    attribute: str
+
+
+_EC = "1.2.840.10045.2.1"
+_ENTRIES: tuple[_Entry, ...] = (
+    _Entry(
+        "ed25519", ("SHA256-ED25519", "EdDSA", "Ed25519"), "1.3.101.112", None, "_pyca", "ED25519"
+    ),
+    _Entry(
+        "ecdsa-p256-sha256",
+        ("SHA256-ECDSA-P256", "ecdsa-p256", "ecdsa-sha2-nistp256", "ES256", "P-256"),
+        _EC,
+        "1.2.840.10045.3.1.7",
+        "_pyca_ec",
+        "P256",
+    ),
+    _Entry(
+        "ecdsa-p384-sha384",
+        ("SHA384-ECDSA-P384", "ecdsa-p384", "ecdsa-sha2-nistp384", "ES384", "P-384"),
+        _EC,
+        "1.3.132.0.34",
+        "_pyca_ec",
+        "P384",
+    ),
+    _Entry(
+        "gost-r-34.10-2012-256",
+        ("GOST-R-34.10-2012", "GOST-R-34.10-2012-256", "gost2012_256"),
+        "1.2.643.7.1.1.1.1",
+        None,
+        "_gost",
+        "GOST_256",
+    ),
+    _Entry(
+        "gost-r-34.10-2012-512",
+        ("GOST-R-34.10-2012-512", "gost2012_512"),
+        "1.2.643.7.1.1.1.2",
+        None,
+        "_gost",
+        "GOST_512",
+    ),
+    _Entry("sm2-sm3", ("SM2-P256", "SM2", "sm2"), _EC, "1.2.156.10197.1.301", "_sm2", "SM2_SM3"),
+    *(
+        _Entry(
+            f"ml-dsa-{level}",
+            (f"ML-DSA-{level}", f"MLDSA{level}", f"mldsa{level}"),
+            f"2.16.840.1.101.3.4.3.{arc}",
+            None,
+            "_pyca_mldsa",
+            f"ML_DSA_{level}",
+        )
+        for level, arc in ((44, 17), (65, 18), (87, 19))
+    ),
 )
+_IDS = [e.id for e in _ENTRIES]
 
 
-def _index(algorithms: Iterable[Algorithm]) -> dict[str, Algorithm]:
-    index: dict[str, Algorithm] = {}
-    for alg in algorithms:
-        for name in (alg.id, *alg.aliases):
+def _index(entries: tuple[_Entry, ...]) -> dict[str, _Entry]:
+    index: dict[str, _Entry] = {}
+    for entry in entries:
+        for name in (entry.id, *entry.aliases):
             key = name.casefold()
-            if index.get(key, alg) is not alg:
+            if index.get(key, entry) is not entry:
                 raise AssertionError(f"alias {name!r} names two algorithms")
-            index[key] = alg
+            index[key] = entry
     return index
 
 
-_BY_NAME = _index(_ALGORITHMS)
-_BY_SPKI = {(a.spki_oid, a.spki_parameter_oid): a for a in _ALGORITHMS}
+_BY_NAME = _index(_ENTRIES)
+_BY_SPKI = {(e.spki_oid, e.spki_parameter_oid): e for e in _ENTRIES}
+
+
+_LOADED: dict[str, Algorithm] = {}
+
+
+def _load(entry: _Entry) -> Algorithm:
+    alg = _LOADED.get(entry.id)
+    if alg is None:
+        module = importlib.import_module(f"stellakeys.crypto.{entry.module}")
+        alg = getattr(module, entry.attribute)
+        if not isinstance(alg, Algorithm) or alg.id != entry.id:
+            raise AssertionError(f"registry entry {entry.id} names {alg!r}")
+        _LOADED[entry.id] = alg
+    return alg
 
 
 def algorithms() -> tuple[Algorithm, ...]:
-    """Every registered algorithm, in a stable order."""
-    return _ALGORITHMS
+    """Every registered algorithm, in a stable order (this imports every backend)."""
+    return tuple(_load(e) for e in _ENTRIES)
 
 
 def get_algorithm(
@@ -64,19 +125,29 @@ def get_algorithm(
     AlgorithmOptionError. UnknownAlgorithmError for a name that is not registered.
     """
     try:
-        alg = _BY_NAME[name.casefold()]
+        entry = _BY_NAME[name.casefold()]
     except (KeyError, AttributeError):
-        raise UnknownAlgorithmError(str(name), [a.id for a in _ALGORITHMS]) from None
-    return alg.with_options(distinguishing_id=distinguishing_id, paramset=paramset)
+        raise UnknownAlgorithmError(str(name), list(_IDS)) from None
+    return _load(entry).with_options(distinguishing_id=distinguishing_id, paramset=paramset)
+
+
+def canonical_id(name: str) -> str:
+    """The canonical id of an algorithm id or alias (case-insensitive), without importing its
+    backend: configuration names algorithms it may never use. UnknownAlgorithmError as in
+    :func:`get_algorithm`."""
+    try:
+        return _BY_NAME[name.casefold()].id
+    except (KeyError, AttributeError):
+        raise UnknownAlgorithmError(str(name), list(_IDS)) from None
 
 
 def algorithm_of_spki(spki_der: bytes) -> Algorithm:
     oid, parameter = read_spki_algorithm(spki_der)
-    alg = _BY_SPKI.get((oid, parameter)) or _BY_SPKI.get((oid, None))
-    if alg is None:
+    entry = _BY_SPKI.get((oid, parameter)) or _BY_SPKI.get((oid, None))
+    if entry is None:
         detail = oid if parameter is None else f"{oid} with parameter {parameter}"
         raise UnsupportedKeyError(f"no registered algorithm for public key type {detail}")
-    return alg
+    return _load(entry)
 
 
 def load_public_key_der(
@@ -119,11 +190,33 @@ def load_private_key_pem(
     if b"-----BEGIN" not in pem:
         raise MalformedKeyError("not a PEM private key")
     try:
-        key = load_pyca_private_pem(pem, passphrase)
-    except NotPycaKeyError:
+        key = _load_pyca_private_pem(pem, passphrase)
+    except _pyca.NotPycaKeyError:
+        from stellakeys.crypto._native import load_native_private_pem
+
         key = load_native_private_pem(pem, passphrase)
     if distinguishing_id is None and paramset is None:
         return key
     configured = key.algorithm.with_options(distinguishing_id=distinguishing_id, paramset=paramset)
     # Re-load through the configured algorithm: it signs with the ID / checks the paramset.
     return configured.load_private_pem(pem, passphrase)
+
+
+def _load_pyca_private_pem(pem: bytes, passphrase: bytes | None) -> PrivateKey:
+    """Decrypt once and dispatch on the key type; NotPycaKeyError for SM2 and GOST keys."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+    key = _pyca.decode_private(pem, passphrase)
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return _pyca.ED25519.wrap(key)
+    from stellakeys.crypto._pyca_ec import P256, P384
+    from stellakeys.crypto._pyca_mldsa import ML_DSA_44, ML_DSA_65, ML_DSA_87
+
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        for alg in (P256, P384):
+            if key.curve.name == alg.curve.name:
+                return alg.wrap(key)
+    for mlalg in (ML_DSA_44, ML_DSA_65, ML_DSA_87):
+        if isinstance(key, mlalg.private_cls):
+            return mlalg.wrap(key)
+    raise UnsupportedKeyError(f"no registered algorithm for a {type(key).__name__}")

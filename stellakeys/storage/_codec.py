@@ -9,20 +9,25 @@ that can never mutate stored state through a dict they passed in or got back.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
-from stellakeys.audit import AuditEvent, AuditQuery
 from stellakeys.errors import ConflictError, ProofIntegrityError
-from stellakeys.keys import KeyRecord
 from stellakeys.revocation import RevocationReason, legacy_reason
 from stellakeys.storage.ports import ProofRecord
+
+if TYPE_CHECKING:
+    # Imported where a row is decoded: a verification reads no key or audit row, so their
+    # modules (and attrs classes) stay unloaded (issue 20: CLI start-up).
+    from stellakeys.audit import AuditEvent, AuditQuery
+    from stellakeys.keys import KeyRecord
 
 _T = TypeVar("_T")
 
@@ -152,6 +157,8 @@ def key_to_row(r: KeyRecord) -> Row:
 
 
 def key_from_row(row: Sequence[Any]) -> KeyRecord:
+    from stellakeys.keys import KeyRecord
+
     return KeyRecord(
         key_id=row[0],
         algorithm=row[1],
@@ -377,8 +384,16 @@ def audit_to_row(e: AuditEvent) -> Row:
     )
 
 
+@functools.cache
+def _audit_event() -> type[AuditEvent]:
+    # Once per process, not an import statement per row: audit reads stream many rows.
+    from stellakeys.audit import AuditEvent
+
+    return AuditEvent
+
+
 def audit_from_row(row: Sequence[Any]) -> AuditEvent:
-    return AuditEvent(
+    return _audit_event()(
         seq=row[0],
         event_id=uuid.UUID(row[1]),
         event_type=row[2],

@@ -9,16 +9,17 @@ IMMEDIATE``; PostgreSQL: the whole file as one simple query under an advisory lo
 from __future__ import annotations
 
 import functools
-import importlib.resources
 import re
 import sqlite3
-from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import attrs
 
 from stellakeys.errors import StorageError
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 __all__ = ["Migration", "check_not_newer", "load_migrations", "packaged_migrations"]
 
@@ -77,7 +78,14 @@ def load_migrations(directory: Traversable | Path | None = None) -> tuple[Migrat
 @functools.cache
 def packaged_migrations(dialect: str) -> tuple[Migration, ...]:
     """The migrations shipped for ``dialect`` (``"sqlite"`` or ``"postgres"``), in order."""
-    root = importlib.resources.files("stellakeys.storage").joinpath("migrations", dialect)
+    root: Traversable | Path = Path(__file__).parent / "migrations" / dialect
+    if not root.is_dir():
+        # Installed as a zip (or another loader without files): ask the loader. A package on
+        # disk reads its directory directly, so opening a store does not import the
+        # importlib.resources machinery (issue 20: CLI start-up).
+        import importlib.resources
+
+        root = importlib.resources.files("stellakeys.storage").joinpath("migrations", dialect)
     return load_migrations(root)
 
 

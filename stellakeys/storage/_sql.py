@@ -29,18 +29,21 @@ import os
 import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import datetime
-from typing import Any, ClassVar, Final, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol, Self, TypeVar
 
 import attrs
 
 import stellakeys.storage._codec as codec
-import stellakeys.storage._intent_codec as ic
-from stellakeys.audit import AuditEvent, AuditQuery, AuditRow, text_audit_row
-from stellakeys.ceremony.policy import PolicyVersion
 from stellakeys.errors import NotFoundError, StorageError
-from stellakeys.intents import KeyIntent
-from stellakeys.storage.ports import ProofRecord
 from stellakeys.times import format_time
+
+if TYPE_CHECKING:
+    # The audit, ceremony and intent repositories import their models where they use them: a
+    # verification opens this core but never touches those tables (issue 20: CLI start-up).
+    from stellakeys.audit import AuditEvent, AuditQuery, AuditRow
+    from stellakeys.ceremony.policy import PolicyVersion
+    from stellakeys.intents import KeyIntent
+    from stellakeys.storage.ports import ProofRecord
 
 __all__ = [
     "AnchorCommon",
@@ -231,12 +234,16 @@ class IntentRepository(SqlCore):
     __slots__ = ()
 
     def put_intent(self, intent: KeyIntent) -> None:
+        import stellakeys.storage._intent_codec as ic
+
         self._check_write()
         d = self.dialect
         sql = d.upsert("key_intents", ic.INTENT_COLUMNS, "key_id", ("params",))
         self._write(sql, ic.intent_to_row(intent, native=d.native))
 
     def get_intent(self, key_id: str) -> KeyIntent | None:
+        import stellakeys.storage._intent_codec as ic
+
         self._check()
         d = self.dialect
         row = self._one(
@@ -246,6 +253,8 @@ class IntentRepository(SqlCore):
         return None if row is None else ic.intent_from_row(row, native=d.native)
 
     def list_intents(self) -> list[KeyIntent]:
+        import stellakeys.storage._intent_codec as ic
+
         self._check()
         d = self.dialect
         rows = self._all(
@@ -322,8 +331,15 @@ class CeremonyCommon(SqlCore):
             f" FROM {d.table('ceremony_policy')} ORDER BY version"
         )
         return [
-            PolicyVersion(r[0], r[1].encode("utf-8"), d.time_out(r[2]), r[3], r[4]) for r in rows
+            _policy_version(r[0], r[1].encode("utf-8"), d.time_out(r[2]), r[3], r[4]) for r in rows
         ]
+
+
+def _policy_version(*fields: Any) -> PolicyVersion:
+    # The ceremony model is imported when a policy is read, never by a verification.
+    from stellakeys.ceremony.policy import PolicyVersion
+
+    return PolicyVersion(*fields)
 
 
 class SqlStore:
@@ -416,6 +432,8 @@ class AuditReads(SqlCore):
         return map(d.audit_row, rows)
 
     def iter_audit_rows(self) -> Iterator[AuditRow]:
+        from stellakeys.audit import text_audit_row
+
         self._check()
         d = self.dialect
         rows = self._stream(

@@ -18,12 +18,8 @@ import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-import stellakeys.storage._ceremony_codec as cc
 import stellakeys.storage._codec as codec
 from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
-from stellakeys.audit import AuditEvent, AuditRecord, chain_event
-from stellakeys.ceremony.model import Approval, Ceremony, CeremonyState
-from stellakeys.ceremony.policy import PolicyVersion
 from stellakeys.errors import ConflictError, NotFoundError, StorageError
 from stellakeys.keys import KeyRecord
 from stellakeys.proof_index import proof_index_keys
@@ -42,6 +38,11 @@ from stellakeys.storage._sql import (
 from stellakeys.storage.ports import FeedVersionRecord, ProofRecord
 
 if TYPE_CHECKING:
+    # The ceremony and audit-append repositories import their models and codecs where they
+    # use them: a verification never builds a ceremony (issue 20: CLI start-up).
+    from stellakeys.audit import AuditEvent, AuditRecord
+    from stellakeys.ceremony.model import Approval, Ceremony, CeremonyState
+    from stellakeys.ceremony.policy import PolicyVersion
     from stellakeys.storage.ports import Transaction
 
 __all__ = ["SQLITE", "SqliteTransaction", "select_proof", "storage_error"]
@@ -141,8 +142,6 @@ _SELECT_KEY = f"SELECT {codec.KEY_COLUMNS} FROM keys"
 _SELECT_ANCHOR = f"SELECT {codec.ANCHOR_COLUMNS} FROM trust_anchors"
 _SELECT_HISTORY = f"SELECT {codec.HISTORY_COLUMNS} FROM key_history"
 _SELECT_AUDIT = f"SELECT {codec.AUDIT_COLUMNS} FROM key_audit_log"
-_SELECT_CEREMONY = f"SELECT {cc.CEREMONY_COLUMNS} FROM ceremonies"
-_SELECT_APPROVAL = f"SELECT {cc.APPROVAL_COLUMNS} FROM ceremony_approvals"
 _HISTORY_ORDER = " ORDER BY anchor_id, added_at, key_id"
 
 
@@ -399,6 +398,12 @@ class SqliteProofs(SqliteCore, ProofCommon):
         )
 
 
+def _select_ceremony() -> str:
+    import stellakeys.storage._ceremony_codec as cc
+
+    return f"SELECT {cc.CEREMONY_COLUMNS} FROM ceremonies"
+
+
 class SqliteCeremonies(SqliteCore, CeremonyCommon):
     """Ceremonies, their approvals and the dual-control policy versions."""
 
@@ -408,23 +413,25 @@ class SqliteCeremonies(SqliteCore, CeremonyCommon):
         """Attach approvals with one query per chunk of ceremonies (not one per ceremony)."""
         if not rows:
             return []
+        import stellakeys.storage._ceremony_codec as cc
+
+        select = f"SELECT {cc.APPROVAL_COLUMNS} FROM ceremony_approvals"
         approvals: dict[str, list[Approval]] = {r[0]: [] for r in rows}
         ids = list(approvals)
         for chunk in chunks(ids):
-            sql = (
-                f"{_SELECT_APPROVAL} WHERE ceremony_id IN ({_in_list(len(chunk))})"
-                " ORDER BY approved_at, id"
-            )
+            sql = f"{select} WHERE ceremony_id IN ({_in_list(len(chunk))}) ORDER BY approved_at, id"
             for a in self._all(sql, chunk):
                 approvals[a[1]].append(cc.approval_from_row(a))
         return [cc.ceremony_from_row(r, approvals[r[0]]) for r in rows]
 
     def get_ceremony(self, ceremony_id: str) -> Ceremony | None:
         self._check()
-        row = self._one(_SELECT_CEREMONY + " WHERE id = ?", (ceremony_id,))
+        row = self._one(_select_ceremony() + " WHERE id = ?", (ceremony_id,))
         return None if row is None else self._with_approvals([row])[0]
 
     def insert_ceremony(self, ceremony: Ceremony) -> None:
+        import stellakeys.storage._ceremony_codec as cc
+
         self._check_write()
         if ceremony.approvals:
             raise ValueError("insert a ceremony without approvals; add them with insert_approval")
@@ -436,6 +443,8 @@ class SqliteCeremonies(SqliteCore, CeremonyCommon):
         )
 
     def update_ceremony(self, ceremony: Ceremony) -> None:
+        import stellakeys.storage._ceremony_codec as cc
+
         self._check_write()
         current = self._one("SELECT state FROM ceremonies WHERE id = ?", (ceremony.ceremony_id,))
         cc.check_mutable(ceremony.ceremony_id, current)
@@ -446,6 +455,8 @@ class SqliteCeremonies(SqliteCore, CeremonyCommon):
         )
 
     def insert_approval(self, approval: Approval) -> None:
+        import stellakeys.storage._ceremony_codec as cc
+
         self._check_write()
 
         def conflict(text: str) -> str:
@@ -464,13 +475,13 @@ class SqliteCeremonies(SqliteCore, CeremonyCommon):
     def list_ceremonies(self, states: Collection[CeremonyState] | None = None) -> list[Ceremony]:
         self._check()
         if states is None:
-            rows = self._all(_SELECT_CEREMONY + " ORDER BY created_at, id")
+            rows = self._all(_select_ceremony() + " ORDER BY created_at, id")
         else:
             values = sorted({s.value for s in states})
             if not values:
                 return []
             rows = self._all(
-                f"{_SELECT_CEREMONY} WHERE state IN ({_in_list(len(values))})"
+                f"{_select_ceremony()} WHERE state IN ({_in_list(len(values))})"
                 " ORDER BY created_at, id",
                 values,
             )
@@ -501,6 +512,8 @@ class SqliteAudit(SqliteCore, AuditReads):
     __slots__ = ()
 
     def append_audit(self, record: AuditRecord) -> AuditEvent:
+        from stellakeys.audit import chain_event
+
         self._check_write()
         # The write lock is held since BEGIN IMMEDIATE, so nobody can append between reading
         # the head and inserting its successor.

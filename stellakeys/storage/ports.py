@@ -18,16 +18,19 @@ import uuid
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 
-from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
-from stellakeys.audit import AuditEvent, AuditQuery, AuditRecord, AuditRow
-from stellakeys.ceremony.model import Approval, Ceremony, CeremonyState
-from stellakeys.ceremony.policy import PolicyVersion
-from stellakeys.intents import KeyIntent
-from stellakeys.keys import KeyRecord
+if TYPE_CHECKING:
+    # Annotations only: a verification opens a store but never builds a ceremony, an intent
+    # or an audit event, so their modules stay unloaded (issue 20, tests/test_cli_import_budget).
+    from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
+    from stellakeys.audit import AuditEvent, AuditQuery, AuditRecord, AuditRow
+    from stellakeys.ceremony.model import Approval, Ceremony, CeremonyState
+    from stellakeys.ceremony.policy import PolicyVersion
+    from stellakeys.intents import KeyIntent
+    from stellakeys.keys import KeyRecord
 
 __all__ = ["FeedVersionRecord", "ProofRecord", "Store", "Transaction"]
 

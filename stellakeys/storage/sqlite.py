@@ -28,7 +28,6 @@ Design (docs/decisions/0004-storage.md has the reasoning):
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import sqlite3
 import stat
@@ -89,6 +88,8 @@ _UMASK_LOCK = threading.Lock()
 
 def _leak(obj: object) -> None:
     """Take a reference to ``obj`` that is never released, not even at interpreter exit."""
+    import ctypes  # only in a forked child: a plain verification never loads ctypes
+
     ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
 
 
