@@ -108,24 +108,36 @@ def run_batch(
     )
     tally = StreamTally()
     out = sys.stdout
+    from concurrent.futures.process import BrokenProcessPool
+
     with ExitStack() as stack:
         executor, in_flight = _executor(stack, workers, dask_scheduler, factory)
         bar = _progress_bar(stack, source)
-        for chunk, reports in verify_stream(
-            chunked(read_raw(source)),
-            options,
-            executor,
-            manager=local,
-            manager_factory=factory,
-            max_in_flight=in_flight,
-        ):
-            for report in reports:
-                tally.add(report)
-            if as_json:  # one write per chunk, as soon as it is done
-                out.write("".join(f"{r.line}\n" for r in reports))
-                out.flush()  # a reader of the pipe sees each chunk when it is done
-            if bar is not None:
-                bar(chunk.offset, tally)
+        try:
+            for chunk, reports in verify_stream(
+                chunked(read_raw(source)),
+                options,
+                executor,
+                manager=local,
+                manager_factory=factory,
+                max_in_flight=in_flight,
+            ):
+                for report in reports:
+                    tally.add(report)
+                if as_json:  # one write per chunk, as soon as it is done
+                    out.write("".join(f"{r.line}\n" for r in reports))
+                    out.flush()  # a reader of the pipe sees each chunk when it is done
+                if bar is not None:
+                    bar(chunk.offset, tally)
+        except BrokenProcessPool:
+            # A worker was killed (the OOM killer, a signal): the batch is incomplete, so no
+            # summary is written (a --json reader sees the stream end without one) and the
+            # answer is an error, never a partial "verified".
+            raise click.ClickException(
+                f"{path}: a verification worker process died (killed, or out of memory) after"
+                f" {tally.total:,} results; the batch is incomplete. Rerun it, with fewer"
+                " --workers or more memory, or --workers 1 to verify in this process"
+            ) from None
     if as_json:
         out.write(json.dumps({"summary": _summary(tally).to_dict()}) + "\n")
         out.flush()

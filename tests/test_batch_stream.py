@@ -289,3 +289,51 @@ def test_progress_bar_only_on_a_terminal(home: Home, tmp_path: Path) -> None:
     assert "rich.progress" not in log
     assert "items" not in log and "/s" not in log  # no bar drawn either
     assert "| rich.table" in log  # the import log is there: the check bites
+
+
+def test_a_worker_killed_mid_batch_is_a_one_line_error_without_a_summary(
+    home: Home, tmp_path: Path
+) -> None:
+    """SIGKILL one worker (what the OOM killer does) while the batch runs: the command must
+    not print a traceback, nor a summary of a batch it did not finish, nor exit 0."""
+    import signal
+
+    path = _write(tmp_path / "items.jsonl", (home.good[i % 40] for i in range(60_000)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STELLAKEYS_")}
+    env.update(
+        STELLAKEYS_HOME=str(home.home),
+        STELLAKEYS_PASSPHRASE=PASSPHRASE,
+        STELLAKEYS_TEST_NOW=NOW,
+        PYTHONPATH=str(ROOT),
+        NO_COLOR="1",
+    )
+    options = ("--json", "--workers", "2")
+    with (tmp_path / "stderr").open("w+b") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stellakeys_cli", "verify", "--batch", str(path), *options],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env=env,
+        )
+        try:
+            assert proc.stdout is not None
+            first = proc.stdout.readline()  # the workers are verifying once a result is out
+            assert first, (tmp_path / "stderr").read_text()[-2000:]
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            assert children, "the batch runs without worker processes"
+            os.kill(int(children[0]), signal.SIGKILL)
+            out = first + proc.stdout.read()  # to the end: the command exits
+            proc.wait(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        stderr.seek(0)
+        err = stderr.read().decode()
+    assert proc.returncode == 1, (proc.returncode, err)
+    assert "Traceback" not in err, err
+    assert "worker process died" in err and str(path) in err, err
+    lines = [json.loads(line) for line in out.splitlines()]  # whole lines only
+    assert lines and all("summary" not in line for line in lines), lines[-1]
+    assert all(line["ok"] for line in lines)
+    assert len(lines) < 60_000
