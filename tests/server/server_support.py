@@ -208,7 +208,7 @@ def prepare_home(tmp: Path, issuer: Issuer) -> tuple[Path, dict[str, Any]]:
     return home, facts
 
 
-def start_server(home: Path, now: datetime = T0) -> Server:
+def start_server(home: Path, now: datetime = T0, *, workers: int = 1) -> Server:
     port = free_port()
     env = {
         **os.environ,
@@ -219,7 +219,7 @@ def start_server(home: Path, now: datetime = T0) -> Server:
     env.pop("STELLAKEYS_CONFIG", None)
     cmd = [sys.executable, "-m", "stellakeys_cli", "--home", str(home), "--actor", "signer-svc"]
     proc = subprocess.Popen(
-        [*cmd, "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [*cmd, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
