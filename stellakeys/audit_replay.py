@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -35,8 +34,7 @@ from stellakeys.ceremony.model import Ceremony
 from stellakeys.ceremony.policy import EVENT_POLICY_RECORDED
 from stellakeys.keys import KeyRecord
 from stellakeys.revocation import legacy_reason
-from stellakeys.storage.ports import Store
-from stellakeys.times import format_time
+from stellakeys.storage.ports import AuditStateRows, Store
 
 if TYPE_CHECKING:
     from stellakeys.ceremony.audit_check import Finding
@@ -75,10 +73,6 @@ class StateDifference:
 
 def _show(value: str | None) -> str:
     return "absent/NULL" if value is None else repr(value)
-
-
-def _time(value: datetime | None) -> str | None:
-    return None if value is None else format_time(value)
 
 
 _CEREMONY_STATES = {
@@ -167,28 +161,38 @@ class AuditReplay:
         ceremonies: Iterable[Ceremony] = (),
     ) -> list[StateDifference]:
         """Every difference between the replayed state and the tables, in a stable order."""
+        return self.compare_rows(AuditStateRows.of(keys, anchors), ceremonies)
+
+    def compare_rows(
+        self, state: AuditStateRows, ceremonies: Iterable[Ceremony] = ()
+    ) -> list[StateDifference]:
+        """:meth:`compare` with the keys, anchors and history as a store's
+        ``audit_state_rows`` reads them (the text compared, no objects built)."""
         out: list[StateDifference] = []
         stored_keys: dict[str, dict[str, str | None]] = {
-            k.key_id: {"algorithm": k.algorithm, "fingerprint": k.fingerprint} for k in keys
+            k: {"algorithm": algorithm, "fingerprint": fingerprint}
+            for k, algorithm, fingerprint in state.keys
         }
         _diff(out, "key", self.keys, stored_keys)
-        stored_anchors: dict[str, dict[str, str | None]] = {}
-        stored_history: dict[tuple[str, str], dict[str, str | None]] = {}
-        for a in anchors:
-            stored_anchors[str(a.anchor_id)] = {
-                "purlPattern": a.purl_pattern,
-                "policyVersion": a.policy_version,
-                "predicateTypes": ",".join(a.allowed_predicate_types),
-                "active": "true" if a.active else "false",
+        stored_anchors: dict[str, dict[str, str | None]] = {
+            aid: {
+                "purlPattern": pattern,
+                "policyVersion": policy,
+                "predicateTypes": types,
+                "active": active,
             }
-            for e in a.key_history:
-                stored_history[(str(a.anchor_id), e.key_id)] = {
-                    "addedAt": format_time(e.added_at),
-                    "revokedAt": _time(e.revoked_at),
-                    "revokeReason": e.revoke_reason,
-                    "expiresAt": _time(e.expires_at),
-                    "fingerprint": e.fingerprint,
-                }
+            for aid, pattern, policy, types, active in state.anchors
+        }
+        stored_history: dict[tuple[str, str], dict[str, str | None]] = {
+            (aid, key_id): {
+                "addedAt": added,
+                "revokedAt": revoked,
+                "revokeReason": reason,
+                "expiresAt": expires,
+                "fingerprint": fingerprint,
+            }
+            for aid, key_id, added, revoked, reason, expires, fingerprint in state.history
+        }
         _diff(out, "anchor", self.anchors, stored_anchors)
         _diff(out, "key_history", self.history, stored_history)
         stored_states: dict[str, dict[str, str | None]] = {
@@ -335,7 +339,7 @@ def audit_store(
         result = chain.result()
         if not check_state or result.broken_at is not None:
             return result, findings
-        differences = replay.compare(tx.list_keys(), tx.list_anchors(), tx.list_ceremonies())
+        differences = replay.compare_rows(tx.audit_state_rows(), tx.list_ceremonies())
     lines = tuple(d.describe() for d in differences)
     result = attrs.evolve(
         result, ok=result.ok and not lines, state_differences=lines, state_checked=True

@@ -39,7 +39,7 @@ from stellakeys.audit import AuditEvent, AuditQuery, AuditRow, text_audit_row
 from stellakeys.ceremony.policy import PolicyVersion
 from stellakeys.errors import NotFoundError, StorageError
 from stellakeys.intents import KeyIntent
-from stellakeys.storage.ports import ProofRecord
+from stellakeys.storage.ports import AuditStateRows, ProofRecord
 from stellakeys.times import format_time
 
 __all__ = [
@@ -422,6 +422,27 @@ class AuditReads(SqlCore):
             f"SELECT {codec.AUDIT_COLUMNS} FROM {d.table('key_audit_log')} ORDER BY seq"
         )
         return map(native_audit_row if d.native else text_audit_row, rows)
+
+    def audit_state_rows(self) -> AuditStateRows:
+        self._check()
+        d = self.dialect
+        # The orders of list_keys / list_anchors (a later row for one id wins in the
+        # comparison, as it did when it compared those lists).
+        return codec.audit_state_rows(
+            self._all(
+                f"SELECT key_id, algorithm, fingerprint FROM {d.table('keys')}"
+                " ORDER BY created_at, key_id"
+            ),
+            self._all(
+                "SELECT id, purl_pattern, policy_version, allowed_predicate_types, active"
+                f" FROM {d.table('trust_anchors')} ORDER BY created_at, id"
+            ),
+            self._all(
+                "SELECT anchor_id, key_id, added_at, revoked_at, revoke_reason, expires_at,"
+                f" fingerprint FROM {d.table('key_history')} ORDER BY anchor_id, added_at, key_id"
+            ),
+            native=d.native,
+        )
 
 
 def native_audit_row(row: Sequence[Any]) -> AuditRow:
