@@ -35,7 +35,7 @@ import attrs
 
 import stellakeys.storage._codec as codec
 import stellakeys.storage._intent_codec as ic
-from stellakeys.audit import AuditEvent, AuditQuery, AuditRow, text_audit_row
+from stellakeys.audit import AuditEvent, AuditQuery, AuditRow, text_audit_rows
 from stellakeys.ceremony.policy import PolicyVersion
 from stellakeys.errors import NotFoundError, StorageError
 from stellakeys.intents import KeyIntent
@@ -421,7 +421,7 @@ class AuditReads(SqlCore):
         rows = self._stream(
             f"SELECT {codec.AUDIT_COLUMNS} FROM {d.table('key_audit_log')} ORDER BY seq"
         )
-        return map(native_audit_row if d.native else text_audit_row, rows)
+        return map(native_audit_row, rows) if d.native else text_audit_rows(rows)
 
     def audit_state_rows(self) -> AuditStateRows:
         self._check()

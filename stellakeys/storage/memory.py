@@ -31,7 +31,7 @@ from stellakeys.audit import (
     AuditRecord,
     AuditRow,
     chain_event,
-    text_audit_row,
+    text_audit_rows,
 )
 from stellakeys.ceremony.model import Approval, Ceremony, CeremonyState
 from stellakeys.ceremony.policy import PolicyVersion
@@ -474,7 +474,7 @@ class MemoryTransaction:
     def iter_audit_rows(self) -> Iterator[AuditRow]:
         self._check()
         shared, end = self._store._audit, self._audit_end()
-        return (text_audit_row(shared[i]) for i in range(end))
+        return text_audit_rows(shared[i] for i in range(end))
 
     def audit_state_rows(self) -> AuditStateRows:
         self._check()
