@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -35,7 +36,7 @@ from stellakeys.audit import (
     text_audit_rows,
     verify_chain,
 )
-from stellakeys.audit_replay import _NOT_GUARDED, _REPLAYED, AuditReplay, audit_store
+from stellakeys.audit_replay import _NOT_GUARDED, _REPLAYED, AuditReplay, _loads, audit_store
 from stellakeys.ceremony.audit_check import operation_of
 from stellakeys.storage import _codec as codec
 from stellakeys.storage.memory import MemoryStore
@@ -397,3 +398,47 @@ def test_verifying_five_times_the_events_does_not_take_more_memory(tmp_path: Pat
     # 40,000 more events of ~500 bytes each held in memory would add >= 20 MB (50% or more of
     # a ~40 MB process); streamed, the peak is the same within allocator noise.
     assert peaks[1] < peaks[0] * 1.15, peaks
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+def _json_texts() -> st.SearchStrategy[object]:
+    dumped = JSON_VALUES.map(json.dumps) | JSON_VALUES.map(
+        lambda v: json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    )
+    padded = st.tuples(
+        st.sampled_from(["", " ", "\n", "x", "}"]),
+        dumped,
+        st.sampled_from(["", " ", "\t\n", "x", "{}", "]"]),
+    ).map(lambda t: t[0] + t[1] + t[2])
+    return (
+        dumped
+        | padded
+        | st.text(max_size=20)
+        | st.sampled_from(
+            ['{"a":1,"a":2}', "NaN", "[1,]", '"\\ud800"', '{"a":1', b'{"a":1}', None, 7]
+        )
+    )
+
+
+@given(_json_texts())
+@settings(max_examples=500, deadline=None)
+def test_replay_json_parse_is_json_loads(text: object) -> None:
+    """_stream parses details with the scanner alone when it consumed the whole text: same
+    value as json.loads, or the same error."""
+    try:
+        expected = json.loads(text)  # type: ignore[arg-type]
+    except Exception as exc:  # compared below
+        with pytest.raises(type(exc)) as raised:
+            _loads(text)
+        assert str(raised.value) == str(exc)
+        return
+    got = _loads(text)
+    assert json.dumps(got) == json.dumps(expected) and type(got) is type(expected)
