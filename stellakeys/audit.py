@@ -40,6 +40,7 @@ __all__ = [
     "event_from_row",
     "format_micros",
     "text_audit_row",
+    "text_audit_rows",
     "verify_chain",
 ]
 
@@ -270,13 +271,27 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @functools.lru_cache(maxsize=4096)
+def _day_text(days: int) -> str:
+    return (_EPOCH + timedelta(days=days)).isoformat()[:10]
+
+
+#: "HH:MM" for each minute of a day and "SS" for each second of a minute: the time of day by
+#: two list lookups instead of a datetime (or an f-string with three format specs) per event.
+_HHMM = tuple(f"{h:02d}:{m:02d}" for h in range(24) for m in range(60))
+_SS = tuple(f"{s:02d}" for s in range(60))
+
+
 def _second_text(seconds: int) -> str:
-    return (_EPOCH + timedelta(seconds=seconds)).isoformat()[:19]
+    """``YYYY-MM-DDTHH:MM:SS`` of whole seconds since the epoch (the date part cached: a log's
+    events share days; a date outside datetime's range raises OverflowError, as the datetime
+    arithmetic it replaces did)."""
+    days, rest = divmod(seconds, 86_400)
+    return f"{_day_text(days)}T{_HHMM[rest // 60]}:{_SS[rest % 60]}"
 
 
 def format_micros(micros: int) -> str:
     """``format_time`` of an instant stored as microseconds since the epoch, without building
-    a datetime per event (the seconds part is cached: a log's events share seconds)."""
+    a datetime per event."""
     seconds, us = divmod(micros, 1_000_000)
     if us:
         return f"{_second_text(seconds)}.{us:06d}Z"
@@ -302,6 +317,39 @@ def text_audit_row(row: Any) -> AuditRow:
         row[9],
         row[10],
     )
+
+
+def text_audit_rows(rows: Iterable[Any]) -> Iterator[AuditRow]:
+    """``map(text_audit_row, rows)`` for a stream in seq order, which is also time order:
+    the text of the last second is kept (consecutive events share it), and the formatter is
+    inlined, since this runs once per event of ``audit verify``
+    (tests/test_audit_perf_chain.py compares the two on tricky rows)."""
+    last_seconds: int | None = None
+    last_text = ""
+    day, hhmm, ss = _day_text, _HHMM, _SS
+    for seq, event_id, kind, key_id, anchor_id, actor, ts, ceremony_id, details, prev, h in rows:
+        if type(ts) is int:
+            seconds, us = divmod(ts, 1_000_000)
+            if seconds != last_seconds:
+                days, rest = divmod(seconds, 86_400)
+                last_text = f"{day(days)}T{hhmm[rest // 60]}:{ss[rest % 60]}"
+                last_seconds = seconds
+            text = f"{last_text}.{us:06d}Z" if us else last_text + "Z"
+        else:
+            text = format_time(_EPOCH + timedelta(microseconds=ts))
+        yield (
+            seq,
+            event_id,
+            kind,
+            key_id,
+            anchor_id,
+            actor,
+            text,
+            ceremony_id,
+            "{}" if details is None else details,
+            prev,
+            h,
+        )
 
 
 def _normalised(row: AuditRow) -> AuditRow:

@@ -34,7 +34,13 @@ from stellakeys.audit import AuditEvent, AuditQuery, AuditRecord, verify_chain
 from stellakeys.errors import ConflictError, NotFoundError, ProofIntegrityError, StorageError
 from stellakeys.keys import KeyOrigin, KeyRecord
 from stellakeys.revocation import RevocationReason
-from stellakeys.storage.ports import FeedVersionRecord, ProofRecord, Store, Transaction
+from stellakeys.storage.ports import (
+    AuditStateRows,
+    FeedVersionRecord,
+    ProofRecord,
+    Store,
+    Transaction,
+)
 
 __all__ = ["StoreConformance", "anchor", "audit_record", "entry", "key"]
 
@@ -1122,6 +1128,174 @@ class StoreConformance:
             assert tx.get_intent("k-rb") is None
             with pytest.raises(StorageError):
                 tx.put_intent(intent)
+
+    # --- the tables as audit verify reads them (issue 20) --------------------------------
+
+    def tamper_history(
+        self,
+        store: Store,
+        anchor_id: uuid.UUID,
+        key_id: str,
+        column: str,
+        value: datetime | str | None,
+    ) -> None:
+        """Set one column of a key history row behind the adapter's back, as an insider
+        with write access to the tables would (guards dropped). Each adapter's subclass
+        supplies it."""
+        raise NotImplementedError
+
+    def test_audit_state_rows_are_the_listed_objects_as_text(self, store: Store) -> None:
+        """The rows audit verify compares are exactly what it compared before, when it
+        turned list_keys / list_anchors back into text: every field, times with and without
+        microseconds and in other zones, NULLs, inactive anchors, no predicates, order."""
+        east = timezone(timedelta(hours=5, minutes=30))
+        a1 = anchor("pkg:npm/@scope/*", keys=("k1", "k2", "k3"), created=at(1))
+        a2 = anchor(
+            "pkg:pypi/x",
+            created=at(0, micros=7),
+            allowed_predicate_types=(),
+            policy_version="v2",
+        )
+        a3 = anchor(
+            "pkg:maven/a/b",
+            keys=("k2",),
+            created=at(1),
+            allowed_predicate_types=("p/one", "p/two"),
+            active=False,
+        )
+        with store.transaction() as tx:
+            tx.insert_key(key("k2", created=at(2, micros=1), algorithm="ecdsa-p256"))
+            tx.insert_key(key("k1", created=at(2), fingerprint="SHA256:" + "01" * 32))
+            tx.insert_key(key("k3", created=datetime(2024, 1, 1, 12, tzinfo=east)))
+            for a in (a1, a2, a3):
+                tx.insert_anchor(a, a.purl_pattern)
+            tx.update_history(
+                attrs.evolve(
+                    a1.key_history[1],
+                    revoked_at=at(30, micros=5),
+                    revoke_reason=COMPROMISE,
+                    expires_at=datetime(2025, 6, 1, 3, tzinfo=east),
+                )
+            )
+            tx.update_history(attrs.evolve(a1.key_history[2], expires_at=at(90)))
+            tx.insert_history(entry(a2.anchor_id, "k3", at(-3, micros=999_999)))
+        with store.read() as tx:
+            rows = tx.audit_state_rows()
+            reference = AuditStateRows.of(tx.list_keys(), tx.list_anchors())
+        assert list(rows.keys) == list(reference.keys)
+        assert list(rows.anchors) == list(reference.anchors)
+        assert list(rows.history) == list(reference.history)
+        assert len(rows.history) == 5 and len(rows.anchors) == 3 and len(rows.keys) == 3
+        # Spot checks of the text itself (the reference could be wrong the same way).
+        assert (
+            str(a1.anchor_id),
+            "k2",
+            "2024-01-16T00:00:00Z",
+            "2024-02-14T00:00:00.000005Z",
+            COMPROMISE,
+            "2025-05-31T21:30:00Z",
+            "SHA256:" + "cd" * 32,
+        ) in rows.history
+        assert (str(a3.anchor_id), "pkg:maven/a/b", "v1", "p/one,p/two", "false") in rows.anchors
+        assert (str(a2.anchor_id), "pkg:pypi/x", "v2", "", "true") in rows.anchors
+
+    def _audited_revocation(self, store: Store) -> TrustAnchor:
+        """Key k1 in an anchor and revoked, every change logged as stellakeys logs it."""
+        from stellakeys.audit import EventType
+
+        fp = "SHA256:" + "cd" * 32
+        a = anchor("pkg:npm/*", keys=("k1",), created=at(0))
+        revoked = attrs.evolve(a.key_history[0], revoked_at=at(20), revoke_reason=COMPROMISE)
+        with store.transaction() as tx:
+            tx.insert_key(key("k1", fingerprint=fp))
+            tx.append_audit(
+                audit_record(
+                    EventType.KEY_IMPORTED,
+                    key_id="k1",
+                    details={"algorithm": "ed25519", "fingerprint": fp},
+                )
+            )
+            tx.insert_anchor(a, "npm")
+            tx.append_audit(
+                audit_record(
+                    EventType.ANCHOR_CREATED,
+                    anchor_id=a.anchor_id,
+                    details={
+                        "purlPattern": a.purl_pattern,
+                        "predicateTypes": list(a.allowed_predicate_types),
+                        "policyVersion": a.policy_version,
+                    },
+                )
+            )
+            tx.append_audit(
+                audit_record(
+                    EventType.KEY_ADDED,
+                    key_id="k1",
+                    anchor_id=a.anchor_id,
+                    details={"addedAt": "2024-01-15T00:00:00Z"},
+                )
+            )
+            tx.update_history(revoked)
+            tx.append_audit(
+                audit_record(
+                    EventType.KEY_REVOKED,
+                    key_id="k1",
+                    anchor_id=a.anchor_id,
+                    details={"reason": COMPROMISE, "effectiveAt": "2024-02-04T00:00:00Z"},
+                )
+            )
+        return a
+
+    @pytest.mark.parametrize(
+        ("column", "value", "field", "implied", "stored"),
+        [
+            (
+                "revoked_at",
+                at(20, micros=1),
+                "revokedAt",
+                "2024-02-04T00:00:00Z",
+                "2024-02-04T00:00:00.000001Z",
+            ),
+            ("revoked_at", None, "revokedAt", "2024-02-04T00:00:00Z", None),
+            ("revoke_reason", "superseded", "revokeReason", COMPROMISE, "superseded"),
+            (
+                "fingerprint",
+                "SHA256:" + "ee" * 32,
+                "fingerprint",
+                "SHA256:" + "cd" * 32,
+                "SHA256:" + "ee" * 32,
+            ),
+            ("added_at", at(-1), "addedAt", "2024-01-15T00:00:00Z", "2024-01-14T00:00:00Z"),
+            ("expires_at", at(25), "expiresAt", None, "2024-02-09T00:00:00Z"),
+        ],
+    )
+    def test_audit_verify_reports_a_history_row_changed_behind_its_back(
+        self,
+        store: Store,
+        column: str,
+        value: datetime | str | None,
+        field: str,
+        implied: str | None,
+        stored: str | None,
+    ) -> None:
+        from stellakeys.audit_replay import StateDifference, audit_store
+
+        a = self._audited_revocation(store)
+        result, _ = audit_store(store)
+        assert result.ok and result.state_checked and result.state_differences == ()
+        self.tamper_history(store, a.anchor_id, "k1", column, value)
+        result, _ = audit_store(store)
+        expected = StateDifference("key_history", f"{a.anchor_id}/k1", field, implied, stored)
+        assert not result.ok and result.broken_at is None and result.state_checked
+        assert result.state_differences == (expected.describe(),)
+        # The reference path (the objects turned into text) finds the same.
+        from stellakeys.audit_replay import AuditReplay
+
+        replay = AuditReplay()
+        with store.read() as tx:
+            for _ in replay.feed(tx.iter_audit()):
+                pass
+            assert replay.compare(tx.list_keys(), tx.list_anchors()) == [expected]
 
 
 # --- ceremonies (dual control, issue 5) ---------------------------------------------------------

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -21,6 +22,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stellakeys.audit import (
     AuditEvent,
@@ -30,9 +33,10 @@ from stellakeys.audit import (
     chain_event,
     format_micros,
     text_audit_row,
+    text_audit_rows,
     verify_chain,
 )
-from stellakeys.audit_replay import _NOT_GUARDED, _REPLAYED, AuditReplay, audit_store
+from stellakeys.audit_replay import _NOT_GUARDED, _REPLAYED, AuditReplay, _loads, audit_store
 from stellakeys.ceremony.audit_check import operation_of
 from stellakeys.storage import _codec as codec
 from stellakeys.storage.memory import MemoryStore
@@ -90,6 +94,59 @@ def test_the_fast_path_hashes_the_reference_bytes() -> None:
 )
 def test_format_micros_is_format_time(micros: int) -> None:
     assert format_micros(micros) == format_time(codec.from_micros(micros))
+
+
+#: Every instant datetime can hold, in microseconds since the epoch.
+MIN_MICROS = codec.to_micros(datetime.min.replace(tzinfo=UTC))
+MAX_MICROS = codec.to_micros(datetime.max.replace(tzinfo=UTC))
+#: Instants near the edges of seconds, minutes, days, years and datetime's range.
+EDGE_MICROS = st.sampled_from(
+    [MIN_MICROS, MAX_MICROS, -1, 0, 1, 59_999_999, 60_000_000, 86_399_999_999, 86_400_000_000]
+) | st.builds(
+    lambda day, second, us: day * 86_400_000_000 + second * 1_000_000 + us,
+    st.integers(-719_162, 2_932_896),
+    st.sampled_from([0, 59, 60, 3_599, 3_600, 86_399]),
+    st.sampled_from([0, 1, 999_999]),
+)
+
+
+@given(st.integers(MIN_MICROS, MAX_MICROS) | EDGE_MICROS)
+@settings(max_examples=300, deadline=None)
+def test_format_micros_is_format_time_everywhere(micros: int) -> None:
+    assert format_micros(micros) == format_time(codec.from_micros(micros))
+
+
+@given(
+    st.lists(
+        st.integers(MIN_MICROS, MAX_MICROS)
+        | EDGE_MICROS
+        # Runs of one second, and a hand-edited instant (float, bool) among them.
+        | st.integers(1_709_294_400_000_000, 1_709_294_402_000_000)
+        | st.sampled_from([1.5, True, 1_709_294_400_000_000.0]),
+        max_size=30,
+    ),
+    st.lists(st.sampled_from([None, "{}", '{"a":1}']), min_size=30, max_size=30),
+)
+@settings(max_examples=200, deadline=None)
+def test_text_audit_rows_is_text_audit_row_over_a_stream(
+    instants: list[float], details: list[str | None]
+) -> None:
+    """The streamed conversion (the last second's text kept, the formatter inlined) gives
+    each row exactly what text_audit_row gives it, whatever the order of the instants."""
+    rows = [
+        (i, f"id{i}", "K", None, None, "a", ts, None, details[i], "p", "h")
+        for i, ts in enumerate(instants)
+    ]
+    assert list(text_audit_rows(rows)) == [text_audit_row(r) for r in rows]
+
+
+def test_text_audit_rows_refuses_what_text_audit_row_refuses() -> None:
+    for bad in ("2024-03-01T12:00:00Z", None, MAX_MICROS + 1):
+        row = (1, "id", "K", None, None, "a", bad, None, "{}", "p", "h")
+        with pytest.raises((TypeError, OverflowError)) as reference:
+            text_audit_row(row)
+        with pytest.raises(reference.type):
+            list(text_audit_rows([row]))
 
 
 @pytest.mark.parametrize(
@@ -239,6 +296,8 @@ def test_types_the_replay_skips_change_no_state() -> None:
 
 
 def test_types_the_dual_control_check_skips_are_no_operation() -> None:
+    # _stream skips these (without a ceremony id) before asking whether the replay reads them.
+    assert not _NOT_GUARDED & _REPLAYED
     for kind in _NOT_GUARDED:
         for details in ({}, {"replaces": "k0", "replacedBy": "k2", "keyStore": "hsm:x"}):
             event = chained([AuditRecord(kind, "a", T0, key_id="k", details=details)])[0]
@@ -339,3 +398,47 @@ def test_verifying_five_times_the_events_does_not_take_more_memory(tmp_path: Pat
     # 40,000 more events of ~500 bytes each held in memory would add >= 20 MB (50% or more of
     # a ~40 MB process); streamed, the peak is the same within allocator noise.
     assert peaks[1] < peaks[0] * 1.15, peaks
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+def _json_texts() -> st.SearchStrategy[object]:
+    dumped = JSON_VALUES.map(json.dumps) | JSON_VALUES.map(
+        lambda v: json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    )
+    padded = st.tuples(
+        st.sampled_from(["", " ", "\n", "x", "}"]),
+        dumped,
+        st.sampled_from(["", " ", "\t\n", "x", "{}", "]"]),
+    ).map(lambda t: t[0] + t[1] + t[2])
+    return (
+        dumped
+        | padded
+        | st.text(max_size=20)
+        | st.sampled_from(
+            ['{"a":1,"a":2}', "NaN", "[1,]", '"\\ud800"', '{"a":1', b'{"a":1}', None, 7]
+        )
+    )
+
+
+@given(_json_texts())
+@settings(max_examples=500, deadline=None)
+def test_replay_json_parse_is_json_loads(text: object) -> None:
+    """_stream parses details with the scanner alone when it consumed the whole text: same
+    value as json.loads, or the same error."""
+    try:
+        expected = json.loads(text)  # type: ignore[arg-type]
+    except Exception as exc:  # compared below
+        with pytest.raises(type(exc)) as raised:
+            _loads(text)
+        assert str(raised.value) == str(exc)
+        return
+    got = _loads(text)
+    assert json.dumps(got) == json.dumps(expected) and type(got) is type(expected)

@@ -12,7 +12,9 @@ import sys
 import textwrap
 import threading
 import time
+import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from storage_conformance import StoreConformance, anchor, audit_record, key
 
 from stellakeys.audit import verify_chain
 from stellakeys.errors import StorageError
+from stellakeys.storage._codec import to_micros
 from stellakeys.storage.sqlite import (
     DB_FILENAME,
     Migration,
@@ -39,6 +42,28 @@ class TestSqliteStore(StoreConformance):
         store = SqliteStore(tmp_path / "conformance.db")
         yield store
         store.close()
+
+    def tamper_history(
+        self,
+        store: SqliteStore,  # type: ignore[override]
+        anchor_id: uuid.UUID,
+        key_id: str,
+        column: str,
+        value: datetime | str | None,
+    ) -> None:
+        # Another connection to the file, the schema's guards dropped first.
+        stored = to_micros(value) if isinstance(value, datetime) else value
+        with raw(store.path) as conn:
+            triggers = conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'key_history'"
+            ).fetchall()
+            for (name,) in triggers:
+                conn.execute(f"DROP TRIGGER {name}")
+            changed = conn.execute(
+                f"UPDATE key_history SET {column} = ? WHERE anchor_id = ? AND key_id = ?",
+                (stored, str(anchor_id), key_id),
+            ).rowcount
+        assert changed == 1
 
 
 # --- helpers --------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from stellakeys.anchors import KeyHistoryEntry, TrustAnchor
 from stellakeys.errors import ConflictError, ProofIntegrityError
 from stellakeys.revocation import RevocationReason, legacy_reason
-from stellakeys.storage.ports import ProofRecord
+from stellakeys.storage.ports import AuditStateRows, ProofRecord
+from stellakeys.times import format_time
 
 if TYPE_CHECKING:
     # Imported where a row is decoded: a verification reads no key or audit row, so their
@@ -40,6 +41,7 @@ __all__ = [
     "anchor_from_row",
     "anchor_to_row",
     "audit_from_row",
+    "audit_state_rows",
     "audit_to_row",
     "check_history_belongs",
     "check_history_update",
@@ -414,3 +416,69 @@ def check_query(query: AuditQuery) -> None:
     opt_to_micros(query.until)
     if query.limit is not None and query.limit < 0:
         raise ValueError(f"audit query limit must be >= 0, not {query.limit}")
+
+
+# --- the tables as audit verify compares them -------------------------------------------------
+
+
+def instant_text(value: Any) -> str:
+    """``format_time`` of a stored instant: microseconds (SQLite, memory; through the cached
+    formatter, which gives the same text) or a driver's aware datetime (PostgreSQL). Anything
+    else is read as :func:`from_micros` reads it (and refused where it refuses)."""
+    if type(value) is int:
+        # Imported here: a verification never formats an audit instant (issue 20: start-up).
+        from stellakeys.audit import format_micros
+
+        return format_micros(value)
+    if isinstance(value, datetime):
+        return format_time(value)
+    return format_time(from_micros(value))
+
+
+def audit_state_rows(
+    keys: Iterable[Sequence[Any]],
+    anchors: Iterable[Sequence[Any]],
+    history: Iterable[Sequence[Any]],
+    *,
+    native: bool = False,
+) -> AuditStateRows:
+    """:class:`AuditStateRows` from the stored columns, in any adapter's native values.
+
+    ``keys``: (key_id, algorithm, fingerprint), ordered as list_keys; ``anchors``: (id,
+    purl_pattern, policy_version, allowed_predicate_types, active), ordered as list_anchors;
+    ``history``: (anchor_id, key_id, added_at, revoked_at, revoke_reason, expires_at,
+    fingerprint), ordered by added_at, key_id within an anchor. Each value is converted exactly as
+    list_keys / list_anchors convert it (``native``: PostgreSQL's UUIDs, lists and datetimes;
+    otherwise text ids, which are parsed, so an id the parser refuses is refused here too, and
+    JSON text), and history rows of an id that is not an anchor's are left out, as
+    list_anchors leaves them.
+    """
+    # History grouped per anchor and concatenated in the anchors' order, as list_anchors
+    # returns it (so whichever row won a clash of ids before wins now).
+    buckets: dict[Any, tuple[str, list[tuple[Any, ...]]]] = {}
+    anchor_rows = []
+    for a in anchors:
+        raw_id, types = a[0], a[3]
+        aid = str(raw_id) if native else str(uuid.UUID(raw_id))
+        buckets[raw_id] = (aid, [])
+        names = tuple(types) if native else tuple(load_json(types) or ())
+        anchor_rows.append((aid, a[1], a[2], ",".join(names), "true" if a[4] else "false"))
+    text = instant_text
+    for h in history:
+        bucket = buckets.get(h[0])
+        if bucket is None:
+            continue
+        revoked, expires = h[3], h[5]
+        bucket[1].append(
+            (
+                bucket[0],
+                h[1],
+                text(h[2]),
+                None if revoked is None else text(revoked),
+                h[4],
+                None if expires is None else text(expires),
+                h[6],
+            )
+        )
+    history_rows = [row for _, rows in buckets.values() for row in rows]
+    return AuditStateRows([(k[0], k[1], k[2]) for k in keys], anchor_rows, history_rows)

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from stellakeys.audit import AuditEvent, AuditQuery, AuditRow
     from stellakeys.ceremony.policy import PolicyVersion
     from stellakeys.intents import KeyIntent
-    from stellakeys.storage.ports import ProofRecord
+    from stellakeys.storage.ports import AuditStateRows, ProofRecord
 
 __all__ = [
     "AnchorCommon",
@@ -432,14 +432,35 @@ class AuditReads(SqlCore):
         return map(d.audit_row, rows)
 
     def iter_audit_rows(self) -> Iterator[AuditRow]:
-        from stellakeys.audit import text_audit_row
+        from stellakeys.audit import text_audit_rows
 
         self._check()
         d = self.dialect
         rows = self._stream(
             f"SELECT {codec.AUDIT_COLUMNS} FROM {d.table('key_audit_log')} ORDER BY seq"
         )
-        return map(native_audit_row if d.native else text_audit_row, rows)
+        return map(native_audit_row, rows) if d.native else text_audit_rows(rows)
+
+    def audit_state_rows(self) -> AuditStateRows:
+        self._check()
+        d = self.dialect
+        # The orders of list_keys / list_anchors (a later row for one id wins in the
+        # comparison, as it did when it compared those lists).
+        return codec.audit_state_rows(
+            self._all(
+                f"SELECT key_id, algorithm, fingerprint FROM {d.table('keys')}"
+                " ORDER BY created_at, key_id"
+            ),
+            self._all(
+                "SELECT id, purl_pattern, policy_version, allowed_predicate_types, active"
+                f" FROM {d.table('trust_anchors')} ORDER BY created_at, id"
+            ),
+            self._all(
+                "SELECT anchor_id, key_id, added_at, revoked_at, revoke_reason, expires_at,"
+                f" fingerprint FROM {d.table('key_history')} ORDER BY anchor_id, added_at, key_id"
+            ),
+            native=d.native,
+        )
 
 
 def native_audit_row(row: Sequence[Any]) -> AuditRow:

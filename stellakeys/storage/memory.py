@@ -31,14 +31,14 @@ from stellakeys.audit import (
     AuditRecord,
     AuditRow,
     chain_event,
-    text_audit_row,
+    text_audit_rows,
 )
 from stellakeys.ceremony.model import Approval, Ceremony, CeremonyState
 from stellakeys.ceremony.policy import PolicyVersion
 from stellakeys.errors import ConflictError, NotFoundError, StorageError
 from stellakeys.intents import KeyIntent
 from stellakeys.keys import KeyRecord
-from stellakeys.storage.ports import FeedVersionRecord, ProofRecord
+from stellakeys.storage.ports import AuditStateRows, FeedVersionRecord, ProofRecord
 
 if TYPE_CHECKING:
     from stellakeys.storage.ports import Store, Transaction
@@ -474,7 +474,23 @@ class MemoryTransaction:
     def iter_audit_rows(self) -> Iterator[AuditRow]:
         self._check()
         shared, end = self._store._audit, self._audit_end()
-        return (text_audit_row(shared[i]) for i in range(end))
+        return text_audit_rows(shared[i] for i in range(end))
+
+    def audit_state_rows(self) -> AuditStateRows:
+        self._check()
+        s = self._s
+        keys = sorted(s.keys.values(), key=lambda r: (r[4], r[0]))
+        anchors = sorted(s.anchors.values(), key=self._anchor_order)
+        # Column positions of _codec's rows (KEY_COLUMNS, ANCHOR_COLUMNS, HISTORY_COLUMNS).
+        return codec.audit_state_rows(
+            [(r[0], r[1], r[3]) for r in keys],
+            [(r[0], r[1], r[3], r[2], r[5]) for r, _ in anchors],
+            [
+                (h[1], h[2], h[6], h[7], h[8], h[9], h[5])
+                for aid in sorted(s.history)
+                for h in s.history[aid]
+            ],
+        )
 
 
 class MemoryStore:

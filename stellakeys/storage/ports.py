@@ -15,12 +15,14 @@ and come back as aware UTC; metadata and details must be JSON-compatible.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
 import attrs
+
+from stellakeys.times import format_time
 
 if TYPE_CHECKING:
     # Annotations only: a verification opens a store but never builds a ceremony, an intent
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
     from stellakeys.intents import KeyIntent
     from stellakeys.keys import KeyRecord
 
-__all__ = ["FeedVersionRecord", "ProofRecord", "Store", "Transaction"]
+__all__ = ["AuditStateRows", "FeedVersionRecord", "ProofRecord", "Store", "Transaction"]
 
 
 @attrs.frozen
@@ -59,6 +61,58 @@ class FeedVersionRecord:
     #: the proof address (``sha256:<hex>``) of the feed envelope
     digest: str
     published_at: datetime
+
+
+@attrs.frozen
+class AuditStateRows:
+    """What ``audit verify`` compares with the state the log implies (stellakeys.audit_replay),
+    read by :meth:`Transaction.audit_state_rows` as plain text rows: the fields compared and
+    nothing else, no KeyRecord / TrustAnchor / KeyHistoryEntry built only to be turned back
+    into text. :meth:`of` gives the same rows from the objects (the reference the conformance
+    suite compares every adapter with).
+
+    Times are ``format_time`` text, anchor ids canonical UUID text. Rows come in the order of
+    ``list_keys`` / ``list_anchors`` (keys by created_at then id; anchors by created_at then id;
+    history by anchor, added_at, key id) and the history of an anchor that does not exist is
+    left out, as ``list_anchors`` leaves it out.
+    """
+
+    #: (key id, algorithm, fingerprint)
+    keys: Sequence[tuple[str, str | None, str | None]]
+    #: (anchor id, purl pattern, policy version, predicate types joined by ",", "true"/"false")
+    anchors: Sequence[tuple[str, str | None, str | None, str, str]]
+    #: (anchor id, key id, added at, revoked at, revoke reason, expires at, fingerprint)
+    history: Sequence[tuple[str, str, str, str | None, str | None, str | None, str | None]]
+
+    @classmethod
+    def of(cls, keys: Iterable[KeyRecord], anchors: Iterable[TrustAnchor]) -> AuditStateRows:
+        key_rows = [(k.key_id, k.algorithm, k.fingerprint) for k in keys]
+        anchor_rows = []
+        history = []
+        for a in anchors:
+            aid = str(a.anchor_id)
+            anchor_rows.append(
+                (
+                    aid,
+                    a.purl_pattern,
+                    a.policy_version,
+                    ",".join(a.allowed_predicate_types),
+                    "true" if a.active else "false",
+                )
+            )
+            history += [
+                (
+                    aid,
+                    e.key_id,
+                    format_time(e.added_at),
+                    None if e.revoked_at is None else format_time(e.revoked_at),
+                    e.revoke_reason,
+                    None if e.expires_at is None else format_time(e.expires_at),
+                    e.fingerprint,
+                )
+                for e in a.key_history
+            ]
+        return cls(key_rows, anchor_rows, history)
 
 
 class Transaction(Protocol):
@@ -239,6 +293,12 @@ class Transaction(Protocol):
     def iter_audit_rows(self) -> Iterator[AuditRow]:
         """Every event in seq order as a stellakeys.audit.AuditRow (the hashed fields as the
         canonical text they were hashed as), streamed: what ``audit verify`` reads."""
+        ...
+
+    def audit_state_rows(self) -> AuditStateRows:
+        """Keys, anchors and key history as ``audit verify`` compares them with the log:
+        equal to ``AuditStateRows.of(self.list_keys(), self.list_anchors())``, read without
+        building those objects."""
         ...
 
 

@@ -3,8 +3,11 @@ through PgBouncer in transaction pooling mode."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
+from datetime import datetime
 
+import psycopg
 import pytest
 from pg_server import PgBouncer
 from storage_conformance import CeremonyStorageConformance, StoreConformance
@@ -28,3 +31,21 @@ class TestPostgresStore(StoreConformance, CeremonyStorageConformance):
         store = PostgresStore.connect(url, pooler=pooler)
         yield store
         store.close()
+
+    def tamper_history(
+        self,
+        store: PostgresStore,  # type: ignore[override]
+        anchor_id: uuid.UUID,
+        key_id: str,
+        column: str,
+        value: datetime | str | None,
+    ) -> None:
+        # An insider's psql session on the store's database: guards off, one UPDATE.
+        with psycopg.connect(store._url) as conn:
+            conn.execute("ALTER TABLE signer.key_history DISABLE TRIGGER USER")
+            changed = conn.execute(
+                f"UPDATE signer.key_history SET {column} = %s WHERE anchor_id = %s AND key_id = %s",
+                (value, anchor_id, key_id),
+            ).rowcount
+            conn.execute("ALTER TABLE signer.key_history ENABLE TRIGGER USER")
+        assert changed == 1
