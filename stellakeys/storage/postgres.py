@@ -21,6 +21,8 @@ version:
   bump once per transaction that writes any table, whoever the writer is: one round trip on a
   dedicated connection (strict, the default), or, with ``max_staleness``, a value kept current
   by LISTEN/NOTIFY and confirmed at least that often (:mod:`._postgres_token`, decision 0024).
+* ``read_proof_and_token()``: a stored proof, its tokens and (strict) the change counter in
+  one autocommit statement, for a verification by address to run on (decision 0030).
 * ``pooler="transaction"``: the URL is a PgBouncer in transaction pooling mode. No server-side
   prepared statements and no session settings beyond TimeZone (which PgBouncer carries over);
   the writers' lock_timeout is set per transaction. LISTEN needs a direct ``listen_url``.
