@@ -23,6 +23,11 @@ Measured, each over random anchors and random times T in the keys' lifetimes:
   token read sent ahead and collected after the signature check, decision 0027), strict with
   the synchronous read of decision 0024, strict with the psycopg cursor read before it, with
   ``max_staleness=1``, and strict through PgBouncer (``pool_mode = transaction``);
+* cold verification by address (``StoreVerifier.verify("sha256:...")``, each proof a new PURL
+  under a warm anchor, verified once): SQLite, PostgreSQL strict and ``max_staleness=1``, and
+  strict through PgBouncer, each also as before decision 0030 (the proof in a read transaction,
+  then the change token on its own); per-call wall and thread-CPU medians, paths alternating
+  proof by proof (``--cold-only`` runs just this, on ``--anchors`` anchors);
 * throughput with 1, 2, 4 and 8 processes against the one database, directly and through
   PgBouncer: each process opens its own KeyManager (strict), verifies a fixed set of 200 proofs
   once to warm up, then verifies them round and round for ``--seconds`` (default 5) from a
@@ -285,6 +290,124 @@ def verify_rates(
     return {name: (cold[name], max(warm[name])) for name in managers}
 
 
+COLD_PROOFS = 1500
+COLD_WARMUP = 50
+
+
+def cold_proofs(signer: PrivateKey, count: int) -> list[Any]:
+    """``count`` envelopes, each for a new package under the one anchor ``pkg:npm/scope0/*``."""
+    from stellakeys import Statement, Subject
+    from stellakeys.dsse import sign_envelope
+
+    return [
+        sign_envelope(
+            "application/vnd.in-toto+json",
+            Statement(
+                (Subject(f"pkg:npm/scope0/cold{n}@1.0.0", {"sha256": f"{n:064x}"}),),
+                bv.PREDICATE,
+                {"n": n},
+            ).to_json(),
+            [signer],
+            ["key-0"],
+        )
+        for n in range(count)
+    ]
+
+
+def store_proofs(store: Any, envelopes: list[Any]) -> None:
+    from stellakeys.storage.ports import ProofRecord
+
+    with store.transaction() as tx:
+        for env in envelopes:
+            tx.put_proof(ProofRecord(env.digest(), env.to_json(), bv.START, ()))
+
+
+def before_0030(verifier: Any) -> Any:
+    """The path before decision 0030 on the same store: the proof in a read transaction
+    (BEGIN, SELECT, COMMIT), then the change token read as its own round trip."""
+    verifier._read_pinned = None
+    verifier._read_proof = verifier._read_proof_in_transaction
+    return verifier
+
+
+def cold_by_address(
+    verifiers: dict[str, Any], digests: list[str]
+) -> list[tuple[str, float, float, float, float]]:
+    """Each proof verified once by address by each verifier (``StoreVerifier.verify``), the
+    verifiers taking turns proof by proof in a rotating order (bursts of load hit them all).
+    Each verifier's anchor is warm (the first COLD_WARMUP proofs); each PURL after is new to it.
+    Returns (name, median wall us, median thread-CPU us, wall of SQLite, CPU of SQLite)."""
+    from datetime import timedelta
+
+    now = bv.AT + timedelta(days=1)
+    names = list(verifiers)
+    for name in names:
+        for digest in digests[:COLD_WARMUP]:
+            assert verifiers[name].verify(digest, now=now, at=bv.AT).ok
+    wall: dict[str, list[int]] = {n: [] for n in names}
+    cpu: dict[str, list[int]] = {n: [] for n in names}
+    for i, digest in enumerate(digests[COLD_WARMUP:]):
+        k = i % len(names)
+        for name in names[k:] + names[:k]:
+            verify = verifiers[name].verify
+            w0, c0 = time.perf_counter_ns(), time.thread_time_ns()
+            result = verify(digest, now=now, at=bv.AT)
+            c1, w1 = time.thread_time_ns(), time.perf_counter_ns()
+            if not result.ok:
+                raise AssertionError(result.reasons)
+            wall[name].append(w1 - w0)
+            cpu[name].append(c1 - c0)
+    med = {n: (statistics.median(wall[n]) / 1e3, statistics.median(cpu[n]) / 1e3) for n in names}
+    lite_wall, lite_cpu = med["sqlite"]
+    return [(n, w, c, lite_wall / w, lite_cpu / c) for n, (w, c) in med.items()]
+
+
+def cold_table(url: str, bouncer_url: str | None, home: Path, signer: PrivateKey) -> None:
+    from stellakeys.storage.postgres import PostgresStore
+    from stellakeys.storage.sqlite import SqliteStore
+    from stellakeys.store_verifier import StoreVerifier
+
+    envelopes = cold_proofs(signer, COLD_PROOFS + COLD_WARMUP)
+    for store in (SqliteStore.open_home(home), PostgresStore.connect(url)):
+        store_proofs(store, envelopes)
+        store.close()
+    digests = [env.digest() for env in envelopes]
+    verifiers: dict[str, Any] = {
+        "sqlite": StoreVerifier(SqliteStore.open_home(home)),
+        "postgres strict": StoreVerifier(PostgresStore.connect(url)),
+        "postgres strict, before": before_0030(StoreVerifier(PostgresStore.connect(url))),
+        "postgres max_staleness=1": StoreVerifier(PostgresStore.connect(url, max_staleness=1.0)),
+        "postgres max_staleness=1, before": before_0030(
+            StoreVerifier(PostgresStore.connect(url, max_staleness=1.0))
+        ),
+    }
+    if bouncer_url is not None:
+        verifiers["pgbouncer strict"] = StoreVerifier(
+            PostgresStore.connect(bouncer_url, pooler="transaction")
+        )
+        verifiers["pgbouncer strict, before"] = before_0030(
+            StoreVerifier(PostgresStore.connect(bouncer_url, pooler="transaction"))
+        )
+    raw_us = 1e6 / bv.raw_rate(signer, [e.to_json() for e in envelopes[:500]])
+    try:
+        rows = cold_by_address(verifiers, digests)
+    finally:
+        for v in verifiers.values():
+            v.close()
+    print(
+        f"cold verify by address ({COLD_PROOFS} proofs, each a new PURL under one warm anchor,"
+        " verified once by each path, paths alternating proof by proof; medians)"
+    )
+    print(
+        f"{'path':<34} {'wall us':>8} {'CPU us':>8} {'SQLite/wall':>12} {'SQLite/CPU':>11}"
+        f" {'raw/wall':>9}"
+    )
+    for name, w, c, rw, rc in rows:
+        print(f"{name:<34} {w:>8.0f} {c:>8.0f} {rw:>12.2f} {rc:>11.2f} {raw_us / w:>9.2f}")
+    print(f"{'raw Ed25519 verify':<34} {raw_us:>8.0f}")
+    print(f"   load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+
+
 THROUGHPUT_PROOFS = 200
 
 
@@ -365,6 +488,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--anchors", type=int, help="number of anchors (overrides --quick)")
     parser.add_argument("--no-throughput", action="store_true", help="skip the process runs")
     parser.add_argument("--warm-rounds", type=int, default=5, help="warm passes per store")
+    parser.add_argument(
+        "--cold-only", action="store_true", help="only the cold-verify-by-address table"
+    )
     args, _ = parser.parse_known_args(argv)
     anchors = args.anchors or (10_000 if args.quick else 100_000)
     print(
@@ -398,6 +524,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"   loaded {anchors:,} anchors / {anchors * bv.KEYS_PER_ANCHOR:,} key_history"
             f" rows in {load:.1f} s (COPY + VACUUM ANALYZE)"
         )
+        if args.cold_only:
+            with tempfile.TemporaryDirectory() as tmp:
+                home = Path(tmp) / "sqlite"
+                home.mkdir(mode=0o700)
+                bv.build_store(home, anchors, keys)
+                cold_table(url, bouncer_url, home, signer)
+            return
         rows = lookups(url, anchors)
         print(f"{'operation':<52} {'p50 us':>8} {'p99 us':>8} {'best-round p99':>15}")
         for name, p50, p99, best in rows:
@@ -439,6 +572,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             finally:
                 for km in managers.values():
                     km.close()
+            cold_table(url, bouncer_url, home, signer)
         cold_lite, warm_lite = results["sqlite"]
         print(
             f"{'verify (KeyManager.verify)':<28} {'cold/s':>8} {'warm/s':>8} {'warm/raw':>9}"

@@ -67,7 +67,35 @@ class SendsChangeToken(Protocol):
 
 
 class _Local(threading.local):
-    speculation: _Speculation | None = None
+    #: The verification in progress on this thread that does not read its own change token:
+    #: speculating (decision 0027), or pinned to a token read with the proof (decision 0030).
+    speculation: _Speculation | _Pin | None = None
+
+
+class _Pin:
+    """A verification whose change token was read before it, in the same statement as the
+    proof it verifies (:meth:`StoreSource.pinned`, decision 0030): every lookup uses that
+    token and reads none, and nothing is sent ahead. Ends with the verification: the next one
+    on the thread reads (or is given) its own."""
+
+    __slots__ = ("_local", "pinned")
+
+    def __init__(self, local: _Local, token: object) -> None:
+        self._local = local
+        self.pinned = token
+
+    def __enter__(self) -> _Pin:
+        if self._local.speculation is not None:
+            # One verification at a time per thread: a pin inside a speculation would answer
+            # lookups the speculation never sees (and could not confirm).
+            raise RuntimeError("a verification is already in progress on this thread")
+        self._local.speculation = self
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._local.speculation = None
 
 
 class _Speculation:
@@ -166,10 +194,19 @@ class StoreSource:
     def speculate(self) -> Speculation | None:
         """For a store that can send its token read ahead (PostgreSQL, strict), the verifier's
         speculation (decision 0027); None otherwise, or before the caches hold anything."""
-        if self._send is None or self._token is _NEVER:
-            return None
+        if self._send is None or self._token is _NEVER or self._local.speculation is not None:
+            return None  # (the last: pinned, the token is known already)
         pending = self._send()
         return None if pending is None else _Speculation(self._local, pending)
+
+    def pinned(self, token: object) -> _Pin:
+        """``with source.pinned(token): verifier.verify(...)``: the verification on this
+        thread uses ``token`` as the store's change token instead of reading one, and does not
+        speculate (decision 0030). ``token`` must be one the store's ``change_token()`` could
+        have returned when the verification started, read after it started (e.g.
+        ``PostgresStore.read_proof_and_token``, in the proof's snapshot): then a commit that
+        finished before the start is counted in it, as strict mode requires."""
+        return _Pin(self._local, token)
 
     def lookup(self, purl: str | Purl) -> AnchorLookup:
         parsed = purl if isinstance(purl, Purl) else parse_purl(purl)
@@ -183,10 +220,11 @@ class StoreSource:
         if speculation is None or speculation.pinned is _READ_NOW:
             token = self._store.change_token()
         else:
-            token = speculation.pinned  # _SPECULATING, or the token confirm() collected
+            # _SPECULATING, the token confirm() collected, or the token read with the proof
+            token = speculation.pinned
         with self._lock:
             if token is _SPECULATING:
-                assert speculation is not None
+                assert isinstance(speculation, _Speculation)
                 token = self._token  # the caches as they are; confirm() checks this token
                 speculation.seen.append(token)
             elif token != self._token:

@@ -11,8 +11,9 @@ only verifies imports and opens only this (issue 20: ``stellaops verify`` starts
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from stellakeys.dsse import Envelope
 from stellakeys.errors import NotFoundError
@@ -25,9 +26,20 @@ if TYPE_CHECKING:
     from stellakeys.storage.ports import ProofRecord, Store
     from stellakeys.timestamp import TimestampVerifier
 
-__all__ = ["StoreVerifier"]
+__all__ = ["ReadsProofAndToken", "StoreVerifier"]
 
 _DEFAULT_POLICY = VerificationPolicy()
+_NO_PIN: AbstractContextManager[object] = nullcontext()
+
+
+@runtime_checkable
+class ReadsProofAndToken(Protocol):
+    """Optional capability of a store whose change token is a round trip
+    (:meth:`PostgresStore.read_proof_and_token
+    <stellakeys.storage.postgres.PostgresStore.read_proof_and_token>`): a stored proof and the
+    change token in one read, the token read after the call started (None: read it as usual)."""
+
+    def read_proof_and_token(self, digest: str) -> tuple[ProofRecord | None, object | None]: ...
 
 
 class StoreVerifier:
@@ -58,6 +70,11 @@ class StoreVerifier:
         single = getattr(store, "read_proof", None)
         self._read_proof: Callable[[str], ProofRecord | None] = (
             single if callable(single) else self._read_proof_in_transaction
+        )
+        # PostgreSQL, strict: a proof verified by address brings the verification's change
+        # token with it, in the same statement (decision 0030).
+        self._read_pinned: Callable[[str], tuple[ProofRecord | None, object | None]] | None = (
+            store.read_proof_and_token if isinstance(store, ReadsProofAndToken) else None
         )
 
     @classmethod
@@ -157,19 +174,31 @@ class StoreVerifier:
     ) -> VerificationResult:
         """:meth:`KeyManager.verify <stellakeys.manager.KeyManager.verify>` without a clock:
         the same arguments, ``now`` given."""
-        envelope, digest, tokens = self.proof_with_tokens(proof, timestamps)
+        token: object | None = None
+        digest: str | None
+        if self._read_pinned is not None and isinstance(proof, str) and proof.startswith("sha256:"):
+            # Read after this verification started, in one snapshot with the proof: a change
+            # token as strict as change_token() (decision 0030), so the lookups read none.
+            record, token = self._read_pinned(proof)
+            if record is None:
+                raise NotFoundError(f"no proof {proof}")
+            envelope, digest = Envelope.from_json(record.envelope_json), proof
+            tokens: tuple[bytes, ...] = (*record.timestamp_tokens, *timestamps)
+        else:
+            envelope, digest, tokens = self.proof_with_tokens(proof, timestamps)
         if tokens and timestamp_verifier is None:
             timestamp_verifier = self.timestamp_verifier()
-        return self.verifier.verify(
-            envelope,
-            purl=purl,
-            at=at,
-            now=now,
-            policy=policy or _DEFAULT_POLICY,
-            tokens=tokens,
-            trusted_time=trusted_time,
-            digest=digest,
-            timestamp_verifier=(timestamp_verifier or self.timestamp_verifier())
-            if tokens
-            else None,
-        )
+        with _NO_PIN if token is None else self.source.pinned(token):
+            return self.verifier.verify(
+                envelope,
+                purl=purl,
+                at=at,
+                now=now,
+                policy=policy or _DEFAULT_POLICY,
+                tokens=tokens,
+                trusted_time=trusted_time,
+                digest=digest,
+                timestamp_verifier=(timestamp_verifier or self.timestamp_verifier())
+                if tokens
+                else None,
+            )

@@ -10,12 +10,14 @@ from typing import Any, Final
 import attrs
 import psycopg
 
+from stellakeys.errors import StorageError
 from stellakeys.storage._migrations import Migration, check_not_newer, packaged_migrations
 from stellakeys.storage._postgres_sql import storage_error as _storage_error
 
 __all__ = [
     "MIGRATION_LOCK_KEY",
     "MigrationResult",
+    "check_schema",
     "load_postgres_migrations",
     "migrate",
     "schema_version",
@@ -103,3 +105,25 @@ def migrate(conn: Conn, migrations: Sequence[Migration] | None = None) -> Migrat
     except psycopg.Error as exc:
         raise _storage_error(exc, doing) from exc
     return MigrationResult(previous, latest, tuple(done))
+
+
+def check_schema(conn: Conn, display_url: str) -> int:
+    """The schema version of an opened store's database; StorageError asking for
+    ``stellaops db migrate`` when it is missing or older than this code."""
+    latest = load_postgres_migrations()[-1].version
+    try:
+        current = schema_version(conn)
+    except psycopg.Error as exc:
+        raise _storage_error(exc, "schema check") from exc
+    if current is None:
+        raise StorageError(
+            f"{display_url} has no stellakeys schema yet: run"
+            " `stellaops db migrate --database-url <url>` first"
+        )
+    check_not_newer(current, latest, "PostgreSQL")
+    if current < latest:
+        raise StorageError(
+            f"the PostgreSQL schema at {display_url} is version {current}; this stellakeys"
+            f" needs {latest}: run `stellaops db migrate --database-url <url>`"
+        )
+    return current

@@ -11,12 +11,15 @@ objects with one positional call; column lists are in the domain classes' field 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC
 from typing import Any, Final
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.abc import Buffer
+from psycopg.adapt import AdaptersMap, Loader
 
 import stellakeys.storage._ceremony_codec as cc
 import stellakeys.storage._codec as codec
@@ -41,6 +44,24 @@ def storage_error(exc: BaseException, doing: str) -> StorageError:
     elif isinstance(exc, psycopg.OperationalError):
         message += " (connection to PostgreSQL lost)"
     return StorageError(f"PostgreSQL {doing} failed: {message}")
+
+
+# jsonb loading for every connection of the PostgreSQL store (moved from postgres.py).
+
+
+class _JsonbLoader(Loader):
+    """jsonb -> Python. Most metadata is ``{}``; skipping the parser for it is measurable on
+    the verification path (as in the SQLite codec). Each call returns a fresh dict, so a
+    caller can never change another caller's (or the store's) value."""
+
+    def load(self, data: Buffer) -> Any:
+        if data == b"{}":
+            return {}
+        return json.loads(bytes(data))
+
+
+ADAPTERS = AdaptersMap(psycopg.adapters)
+ADAPTERS.register_loader("jsonb", _JsonbLoader)
 
 
 check_aware = codec.check_aware

@@ -21,6 +21,8 @@ version:
   bump once per transaction that writes any table, whoever the writer is: one round trip on a
   dedicated connection (strict, the default), or, with ``max_staleness``, a value kept current
   by LISTEN/NOTIFY and confirmed at least that often (:mod:`._postgres_token`, decision 0024).
+* ``read_proof_and_token()``: a stored proof, its tokens and (strict) the change counter in
+  one autocommit statement, for a verification by address to run on (decision 0030).
 * ``pooler="transaction"``: the URL is a PgBouncer in transaction pooling mode. No server-side
   prepared statements and no session settings beyond TimeZone (which PgBouncer carries over);
   the writers' lock_timeout is set per transaction. LISTEN needs a direct ``listen_url``.
@@ -36,30 +38,29 @@ version:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import psycopg
-from psycopg.abc import Buffer
-from psycopg.adapt import AdaptersMap, Loader
 from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from stellakeys.errors import StorageError
-from stellakeys.storage._migrations import check_not_newer
 from stellakeys.storage._postgres_migrate import (
     MIGRATION_LOCK_KEY as MIGRATION_LOCK_KEY,
 )
 from stellakeys.storage._postgres_migrate import (
     MigrationResult,
+    check_schema,
     load_postgres_migrations,
     migrate,
     schema_version,
 )
+from stellakeys.storage._postgres_proof import PROOF_AND_TOKEN_SQL, PROOF_SQL, proof_and_token
 from stellakeys.storage._postgres_repos import PostgresTransaction
 from stellakeys.storage._postgres_sql import (  # re-exported: tests read their query plans
     _ANCHORS_BELOW_INDEX as _ANCHORS_BELOW_INDEX,
@@ -67,13 +68,14 @@ from stellakeys.storage._postgres_sql import (  # re-exported: tests read their 
 from stellakeys.storage._postgres_sql import (
     _ANCHORS_BY_INDEX as _ANCHORS_BY_INDEX,
 )
+from stellakeys.storage._postgres_sql import ADAPTERS
 from stellakeys.storage._postgres_sql import storage_error as _storage_error
 from stellakeys.storage._postgres_token import ChangeListener, PendingToken, TokenReader
 from stellakeys.storage._sql import SqlStore
 from stellakeys.storage._sql import one_line as _one_line
 
 if TYPE_CHECKING:
-    from stellakeys.storage.ports import Store, Transaction
+    from stellakeys.storage.ports import ProofRecord, Store, Transaction
 
 __all__ = [
     "MIGRATION_LOCK_KEY",
@@ -94,29 +96,12 @@ _FETCH = 256
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 Row = tuple[Any, ...]
+_T = TypeVar("_T")
 
 # Connections and pools inherited through fork() belong to the parent. Closing them in the
 # child would send libpq's Terminate message down the shared socket and end the parent's
 # session, so they are parked here, referenced forever, never touched.
 _INHERITED: list[object] = []
-
-
-# --- adaptation -----------------------------------------------------------------------------
-
-
-class _JsonbLoader(Loader):
-    """jsonb -> Python. Most metadata is ``{}``; skipping the parser for it is measurable on
-    the verification path (as in the SQLite codec). Each call returns a fresh dict, so a
-    caller can never change another caller's (or the store's) value."""
-
-    def load(self, data: Buffer) -> Any:
-        if data == b"{}":
-            return {}
-        return json.loads(bytes(data))
-
-
-_ADAPTERS = AdaptersMap(psycopg.adapters)
-_ADAPTERS.register_loader("jsonb", _JsonbLoader)
 
 
 # --- URLs ---------------------------------------------------------------------------------
@@ -140,7 +125,7 @@ _migrate = migrate  # PostgresStore's ``migrate`` flag shadows the name inside i
 
 
 def _direct_connection(url: str, kwargs: dict[str, Any] | None = None) -> Conn:
-    options = kwargs or {"autocommit": True, "context": _ADAPTERS}
+    options = kwargs or {"autocommit": True, "context": ADAPTERS}
     try:
         return psycopg.Connection.connect(
             url, **{"fallback_application_name": "stellakeys", **options}
@@ -168,6 +153,12 @@ def url_schema_version(url: str) -> tuple[int | None, int]:
 
 
 _BEGIN_READ = b"BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+
+
+def _begin_read(conn: Conn) -> None:
+    conn.execute(_BEGIN_READ)
+
+
 # One round trip: BEGIN and the write lock, sent as one simple query.
 _BEGIN_WRITE = b"BEGIN ISOLATION LEVEL READ COMMITTED;"
 _LOCK_WRITE = b" SELECT change_counter FROM signer.store_state WHERE id = 1 FOR UPDATE"
@@ -251,7 +242,7 @@ class PostgresStore(SqlStore):
         self._write_results = 3 if pooler else 2
         self._conn_kwargs: dict[str, Any] = {
             "autocommit": True,
-            "context": _ADAPTERS,
+            "context": ADAPTERS,
             "fallback_application_name": "stellakeys",
         }
         if pooler:
@@ -278,7 +269,7 @@ class PostgresStore(SqlStore):
             if migrate:
                 self._schema = _migrate(conn).current
             else:
-                self._schema = _check_schema(conn, self.display_url)
+                self._schema = check_schema(conn, self.display_url)
         except BaseException:
             self.close()
             raise
@@ -389,10 +380,24 @@ class PostgresStore(SqlStore):
         self._local.busy = True
 
     def _begin(self, write: bool) -> Conn:
-        """A pooled connection inside BEGIN (and, for writers, holding the store lock).
+        """A pooled connection inside BEGIN (and, for writers, holding the store lock)."""
+        return self._pooled(self._lock_write if write else _begin_read, "begin")[0]
 
-        A connection that died while idle in the pool fails right here, before any work of
-        the caller: it is discarded and another one tried, up to the pool size plus one."""
+    def _lock_write(self, conn: Conn) -> None:
+        cursor = conn.execute(self._begin_write)
+        for _ in range(self._write_results - 1):
+            cursor.nextset()
+        if cursor.fetchone() is None:
+            raise StorageError(
+                "signer.store_state has no row, so writers cannot be serialised:"
+                " run stellaops db migrate"
+            )
+
+    def _pooled(self, first: Callable[[Conn], _T], doing: str) -> tuple[Conn, _T]:
+        """A pooled connection and what ``first`` (its first statement) returned; the caller
+        releases the connection. One that died while idle in the pool fails right here, before
+        any work of the caller: it is discarded and another one tried, up to the pool size
+        plus one."""
         pool = self._get_pool()
         for attempt in range(self.max_size + 1):
             try:
@@ -405,24 +410,13 @@ class PostgresStore(SqlStore):
             except PoolClosed as exc:
                 raise StorageError("the store is closed") from exc
             try:
-                if write:
-                    cursor = conn.execute(self._begin_write)
-                    for _ in range(self._write_results - 1):
-                        cursor.nextset()
-                    if cursor.fetchone() is None:
-                        raise StorageError(
-                            "signer.store_state has no row, so writers cannot be serialised:"
-                            " run stellaops db migrate"
-                        )
-                else:
-                    conn.execute(_BEGIN_READ)
-                return conn
+                return conn, first(conn)
             except psycopg.Error as exc:
                 broken = conn.broken
                 self._release(conn)
                 if broken and attempt < self.max_size:
                     continue
-                raise _storage_error(exc, "begin") from exc
+                raise _storage_error(exc, doing) from exc
             except BaseException:
                 self._release(conn)
                 raise
@@ -478,6 +472,34 @@ class PostgresStore(SqlStore):
 
     def read(self) -> _TxContext:
         return _TxContext(self, False)
+
+    def read_proof(self, digest: str) -> ProofRecord | None:
+        """``with store.read() as tx: tx.get_proof(digest)`` as one statement in autocommit
+        mode on an idle pooled connection (decision 0030): one snapshot, no BEGIN/COMMIT. The
+        stored bytes are checked against ``digest`` as in ``get_proof``."""
+        return self._read_proof(digest, with_token=False)[0]
+
+    def read_proof_and_token(self, digest: str) -> tuple[ProofRecord | None, int | None]:
+        """:meth:`read_proof` and, in strict mode, :meth:`change_token` in the same statement
+        and snapshot, taken after this call: every commit that finished before the call is
+        counted, as in ``change_token()``, so a verification of this proof that starts before
+        the call can use it as its change token and read none. The token is None with
+        ``max_staleness`` (``change_token()`` makes no round trip there) or without a proof."""
+        return self._read_proof(digest, with_token=self.max_staleness is None)
+
+    def _read_proof(
+        self, digest: str, *, with_token: bool
+    ) -> tuple[ProofRecord | None, int | None]:
+        if self._closed:
+            raise StorageError("the store is closed")
+        self._check_process()
+        if getattr(self._local, "busy", False):
+            # Inside a transaction a proof comes from tx.get_proof, in that snapshot.
+            raise StorageError("transactions do not nest: finish the open one first")
+        sql = PROOF_AND_TOKEN_SQL if with_token else PROOF_SQL
+        conn, rows = self._pooled(lambda c: c.execute(sql, (digest,)).fetchall(), "proof read")
+        self._release(conn)  # idle again (autocommit): back to the pool as it came
+        return proof_and_token(rows, with_token)
 
     def change_token(self) -> int:
         """``signer.store_state.change_counter``: bumped by statement triggers once in every
@@ -561,26 +583,6 @@ class PostgresStore(SqlStore):
 
 def _refuse_listen() -> Conn:
     raise StorageError("no listen_url: LISTEN does not work through a transaction pooler")
-
-
-def _check_schema(conn: Conn, display_url: str) -> int:
-    latest = load_postgres_migrations()[-1].version
-    try:
-        current = schema_version(conn)
-    except psycopg.Error as exc:
-        raise _storage_error(exc, "schema check") from exc
-    if current is None:
-        raise StorageError(
-            f"{display_url} has no stellakeys schema yet: run"
-            " `stellaops db migrate --database-url <url>` first"
-        )
-    check_not_newer(current, latest, "PostgreSQL")
-    if current < latest:
-        raise StorageError(
-            f"the PostgreSQL schema at {display_url} is version {current}; this stellakeys"
-            f" needs {latest}: run `stellaops db migrate --database-url <url>`"
-        )
-    return current
 
 
 if TYPE_CHECKING:
