@@ -26,10 +26,20 @@ if TYPE_CHECKING:
     from stellakeys.storage.ports import ProofRecord, Store
     from stellakeys.timestamp import TimestampVerifier
 
-__all__ = ["ReadsProofAndToken", "StoreVerifier"]
+__all__ = ["ReadsOneProof", "ReadsProofAndToken", "StoreVerifier"]
 
 _DEFAULT_POLICY = VerificationPolicy()
 _NO_PIN: AbstractContextManager[object] = nullcontext()
+
+
+@runtime_checkable
+class ReadsOneProof(Protocol):
+    """Optional capability of a store that reads one stored proof (with its tokens) in one
+    statement of its own, no explicit transaction (:meth:`SqliteStore.read_proof
+    <stellakeys.storage.sqlite.SqliteStore.read_proof>`, decision 0028). The store still
+    checks that the stored bytes hash to ``digest``."""
+
+    def read_proof(self, digest: str) -> ProofRecord | None: ...
 
 
 @runtime_checkable
@@ -65,11 +75,12 @@ class StoreVerifier:
         self.verifier = Verifier(self.source, self.source, on_verify=on_verify)
         self._tsa = timestamp_verifier
         self._tsa_factory = timestamp_verifier_factory
-        # A store may read one proof without an explicit transaction (SqliteStore.read_proof:
-        # one statement, its own snapshot); any other store reads it in a read transaction.
-        single = getattr(store, "read_proof", None)
+        # A store may read one proof without an explicit transaction (one statement, its own
+        # snapshot); any other store reads it in a read transaction.
         self._read_proof: Callable[[str], ProofRecord | None] = (
-            single if callable(single) else self._read_proof_in_transaction
+            store.read_proof
+            if isinstance(store, ReadsOneProof)
+            else self._read_proof_in_transaction
         )
         # PostgreSQL, strict: a proof verified by address brings the verification's change
         # token with it, in the same statement (decision 0030).
