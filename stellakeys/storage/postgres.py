@@ -325,9 +325,11 @@ class PostgresStore(SqlStore):
         self._token_lock = threading.Lock()
         self._token = TokenReader(self._connect, prepared=self.pooler is None)
         #: Readers for reads sent ahead (send_change_token), idle ones here; one per
-        #: verification in flight, so concurrent verifications never queue on one connection.
+        #: verification in flight, so concurrent verifications never queue on one connection,
+        #: but at most ``max_size`` connections (then the synchronous read, strict as well).
         self._ahead_lock = threading.Lock()
         self._ahead: list[TokenReader] = []
+        self._ahead_opened = 0
         self._listener: ChangeListener | None = None  # started by the first change_token()
 
     def _check_process(self) -> None:
@@ -542,6 +544,10 @@ class PostgresStore(SqlStore):
             return None
         with self._ahead_lock:
             reader = self._ahead.pop() if self._ahead else None
+            if reader is None:
+                if self._ahead_opened >= self.max_size:
+                    return None  # as many verifications in flight as connections allowed
+                self._ahead_opened += 1
         if reader is None:
             reader = TokenReader(self._connect, prepared=self.pooler is None)
         if not reader.send():

@@ -252,3 +252,29 @@ def test_concurrent_verifications_each_send_their_own_read(harness: Harness) -> 
         t.join()
     assert failures == []
     assert 1 <= len(harness.store._ahead) <= len(threads)  # one reader per verification in flight
+
+
+def test_reads_sent_ahead_hold_at_most_max_size_connections(clean_url: str) -> None:
+    """A server with many verifying threads must not open a connection per thread: beyond
+    ``max_size`` reads in flight, a verification reads its token synchronously (as strict),
+    and a reader given back is reused, not reopened."""
+    store = PostgresStore.connect(clean_url, max_size=2)
+    try:
+        first, second = store.send_change_token(), store.send_change_token()
+        assert first is not None and second is not None
+        assert store.send_change_token() is None  # both connections busy: none opened
+        counter = store.change_token()  # the synchronous read still answers
+        assert first.result() == counter
+        first.discard()
+        again = store.send_change_token()  # the reader given back, not a third connection
+        assert again is not None and again.result() == counter
+        again.discard()
+        second.discard()
+        with psycopg.connect(clean_url, autocommit=True) as admin:
+            (opened,) = admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid() AND query LIKE '%change_counter%'"
+            ).fetchone()  # type: ignore[misc]
+        assert opened <= 3, opened  # two readers sent ahead and the synchronous one
+    finally:
+        store.close()
