@@ -24,11 +24,16 @@ __all__ = ["proofs_of_anchor"]
 
 
 def proofs_of_anchor(
-    proofs: Iterable[ProofRecord], pattern: PurlPattern
+    proofs: Iterable[ProofRecord],
+    pattern: PurlPattern,
+    matched: dict[str, bool] | None = None,
 ) -> Iterator[tuple[ProofRecord, Envelope, str]]:
     """``(proof, envelope, purl)`` for every proof of ``proofs`` whose statement names a PURL
-    the pattern matches (``purl``: the first such subject), in the order given."""
-    matched: dict[str, bool] = {}
+    the pattern matches (``purl``: the first such subject), in the order given. ``matched``
+    (PURL -> whether the pattern matches it) carries the decisions from one chunk of a long
+    list to the next."""
+    if matched is None:
+        matched = {}
 
     def matches(purl: str) -> bool:
         hit = matched.get(purl)

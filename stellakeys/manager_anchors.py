@@ -4,6 +4,7 @@ keys, and the runbook's ``anchor status``. Plain functions taking the facade (ty
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -295,24 +296,44 @@ def anchor_status(m: ManagerCore, anchor_id: uuid.UUID | str) -> AnchorStatus:
     pattern = PurlPattern.parse(anchor.purl_pattern)
     total = verified = rescans = 0
     with m.store.read() as tx:
-        # The proofs filed under the pattern's index key (a superset), streamed; only this
-        # anchor's are kept (stellakeys.anchor_proofs).
-        proofs = list(proofs_of_anchor(tx.iter_proof_candidates(pattern.index_key), pattern))
         # Key-wide: a key compromised in another anchor is compromised here too.
         found = key_wide_compromises(
             tx.history_by_fingerprints({e.fingerprint for e in anchor.key_history})
         )
     compromised = {e.key_id for e in anchor.key_history if e.fingerprint in found}
-    for proof, envelope, purl in proofs:
-        total += 1
-        result = m.verify(
-            envelope, purl=purl, at=proof.created_at, timestamps=proof.timestamp_tokens
-        )
-        verified += result.ok
-        signers = {s.keyid for s in envelope.signatures}
-        if signers & compromised and not proof.timestamp_tokens:
-            rescans += 1
+    # The proofs filed under the pattern's index key (a superset; only this anchor's are kept,
+    # stellakeys.anchor_proofs), read in chunks of _STATUS_CHUNK, each in its own short read
+    # transaction and verified outside it: memory stays flat at a million proofs, and no read
+    # snapshot is held while verifying.
+    matched: dict[str, bool] = {}
+    after: tuple[datetime, str] | None = None
+    while True:
+        with m.store.read() as tx:
+            chunk = list(
+                itertools.islice(tx.iter_proof_candidates(pattern.index_key, after), _STATUS_CHUNK)
+            )
+        if not chunk:
+            break
+        after = (chunk[-1].created_at, chunk[-1].digest)
+        if len(matched) > _MATCHED_KEPT:  # a cache: bounded, so memory stays flat
+            matched = {}
+        for proof, envelope, purl in proofs_of_anchor(chunk, pattern, matched):
+            total += 1
+            result = m.verify(
+                envelope, purl=purl, at=proof.created_at, timestamps=proof.timestamp_tokens
+            )
+            verified += result.ok
+            signers = {s.keyid for s in envelope.signatures}
+            if signers & compromised and not proof.timestamp_tokens:
+                rescans += 1
+        if len(chunk) < _STATUS_CHUNK:
+            break
     return AnchorStatus(anchor, now, total, verified, rescans)
+
+
+#: Proofs per read transaction of ``anchor_status``, and how many PURL decisions it keeps.
+_STATUS_CHUNK = 1000
+_MATCHED_KEPT = 100_000
 
 
 def target_anchors(

@@ -16,6 +16,7 @@ migrations, crash recovery) belong in the adapter's own module.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import threading
 import uuid
 from collections.abc import Callable
@@ -684,6 +685,37 @@ class StoreConformance:
         same_time = sorted([addr("a"), addr("c")])
         assert [p.digest for p in got] == [*same_time, addr("b")]
         assert [p.timestamp_tokens for p in got] == [(), (), (b"t1", b"t2")]
+
+    def test_proof_candidates_page_by_created_at_then_digest(self, store: Store) -> None:
+        # Keyset pagination (anchor status reads long lists in chunks): pages after the last
+        # (created_at, digest) seen, ties on created_at broken by digest, microseconds exact,
+        # tokens kept with their proof, add up to the unpaged list with nothing twice.
+        with store.transaction() as tx:
+            for label, when in (("c", at(0)), ("b", at(1)), ("a", at(0)), ("e", at(0, micros=1))):
+                tx.put_proof(proof(label, when))
+            tx.put_proof(proof("d", at(1)))
+            tx.add_proof_timestamp(addr("b"), b"t1")
+        with store.read() as tx:
+            whole = list(tx.iter_proof_candidates(""))
+            pages: list[ProofRecord] = []
+            after = None
+            for _ in range(len(whole)):  # bounded: a cursor that is ignored must not hang
+                page = list(itertools.islice(tx.iter_proof_candidates("", after), 2))
+                pages += page
+                if len(page) < 2:
+                    break
+                after = (page[-1].created_at, page[-1].digest)
+            end = (pages[-1].created_at, pages[-1].digest)
+            assert list(tx.iter_proof_candidates("", end)) == []
+            # With an index key too: never a proof at or before the cursor.
+            cursor = (whole[1].created_at, whole[1].digest)
+            keyed = [p.digest for p in tx.iter_proof_candidates("npm", cursor)]
+        ties = sorted([addr("a"), addr("c")])
+        later = sorted([addr("b"), addr("d")])
+        assert [p.digest for p in whole] == [*ties, addr("e"), *later]
+        assert pages == whole
+        assert {p.digest: p.timestamp_tokens for p in pages}[addr("b")] == (b"t1",)
+        assert set(keyed) <= {addr("e"), *later}
 
     # --- feed versions ----------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -127,6 +128,34 @@ def test_status_through_the_index_equals_reading_every_proof(store: Store) -> No
         assert (status.proofs_total, status.proofs_verified) == reference(km, aid)
         seen.append(status.proofs_total)
     assert seen[0] > 0 and seen[1] > 0 and seen[4] > seen[0]  # the home is not trivial
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5])
+def test_status_read_in_chunks_counts_every_proof_once(
+    store: Store, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """anchor_status reads an anchor's proofs in chunks (one short read transaction each,
+    flat memory at a million proofs): whatever the chunk size, and whatever the share of
+    candidates a chunk drops, the counts are the ones of reading every proof at once."""
+    import stellakeys.manager_anchors as manager_anchors
+
+    km, ids = build(store)
+    monkeypatch.setattr(manager_anchors, "_STATUS_CHUNK", chunk)
+    chunks: list[int] = []
+    real_read = store.read
+
+    def counting_read() -> Any:
+        chunks.append(0)
+        return real_read()
+
+    for aid in ids:
+        chunks.clear()
+        monkeypatch.setattr(store, "read", counting_read)
+        status = km.anchor_status(aid)
+        monkeypatch.setattr(store, "read", real_read)
+        assert (status.proofs_total, status.proofs_verified) == reference(km, aid)
+        # The anchor, its compromises, then at least one read per chunk of its proofs.
+        assert len(chunks) >= 2 + -(-status.proofs_total // chunk), (len(chunks), status)
 
 
 def test_the_store_reads_only_the_anchors_proofs(tmp_path: Path) -> None:

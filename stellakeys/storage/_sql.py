@@ -300,20 +300,34 @@ class ProofCommon(SqlCore):
         )
         return codec.group_proofs(rows, d.proof_row)
 
-    def iter_proof_candidates(self, index_key: str) -> Iterator[ProofRecord]:
+    def iter_proof_candidates(
+        self, index_key: str, after: tuple[datetime, str] | None = None
+    ) -> Iterator[ProofRecord]:
         self._check()
-        if not index_key:
+        if not index_key and after is None:
             return self.iter_proofs()
         d = self.dialect
+        where: list[str] = []
+        params: list[Any] = []
+        if index_key:
+            where.append(
+                f"p.digest IN (SELECT digest FROM {d.table('proof_subject_keys')}"
+                f" WHERE index_key = {d.param}"
+                f" UNION SELECT digest FROM {d.table('proofs_unindexed')})"
+            )
+            params.append(index_key)
+        if after is not None:
+            where.append(
+                f"(p.created_at > {d.param} OR (p.created_at = {d.param} AND p.digest > {d.param}))"
+            )
+            params += [d.time(after[0]), d.time(after[0]), after[1]]
         rows = self._stream(
             "SELECT p.digest, p.envelope_json, p.created_at, t.token"
             f" FROM {d.table('proofs')} AS p"
             f" LEFT JOIN {d.table('proof_timestamps')} AS t ON t.digest = p.digest"
-            f" WHERE p.digest IN (SELECT digest FROM {d.table('proof_subject_keys')}"
-            f" WHERE index_key = {d.param}"
-            f" UNION SELECT digest FROM {d.table('proofs_unindexed')})"
+            f" WHERE {' AND '.join(where)}"
             " ORDER BY p.created_at, p.digest, t.id",
-            (index_key,),
+            tuple(params),
         )
         return codec.group_proofs(rows, d.proof_row)
 

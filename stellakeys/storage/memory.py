@@ -17,6 +17,7 @@ import threading
 import uuid
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -330,9 +331,14 @@ class MemoryTransaction:
         if token not in hit[1]:
             self._own("proofs")[digest] = (hit[0], (*hit[1], token))
 
-    def iter_proof_candidates(self, index_key: str) -> Iterator[ProofRecord]:
+    def iter_proof_candidates(
+        self, index_key: str, after: tuple[datetime, str] | None = None
+    ) -> Iterator[ProofRecord]:
         # Every proof: a superset is allowed, and the memory store serves tests.
-        return self.iter_proofs()
+        if after is None:
+            return self.iter_proofs()
+        cursor = (codec.to_micros(after[0]), after[1])
+        return (p for p in self.iter_proofs() if (codec.to_micros(p.created_at), p.digest) > cursor)
 
     def iter_proofs(self) -> Iterator[ProofRecord]:
         self._check()

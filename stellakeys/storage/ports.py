@@ -203,10 +203,14 @@ class Transaction(Protocol):
         """Every stored proof, oldest first (anchor status, forensics, feeds)."""
         ...
 
-    def iter_proof_candidates(self, index_key: str) -> Iterator[ProofRecord]:
+    def iter_proof_candidates(
+        self, index_key: str, after: tuple[datetime, str] | None = None
+    ) -> Iterator[ProofRecord]:
         """Streamed, in iter_proofs' order: at least every proof with a PURL subject that a
         pattern whose ``index_key`` this is can match (stellakeys.proof_index), possibly more
-        (callers decide each proof); every proof for ``""``."""
+        (callers decide each proof); every proof for ``""``. ``after``: only the proofs that
+        come after ``(created_at, digest)`` in that order (keyset pagination: a long list is
+        read in chunks, each in a short read transaction)."""
         ...
 
     # --- feed versions ----------------------------------------------------------------------
