@@ -91,15 +91,22 @@ def _write(path: Path, lines: Iterator[bytes]) -> Path:
     return path
 
 
-def _run(home: Home, *args: str) -> tuple[int, bytes, str]:
+def _env(home: Home, **extra: str) -> dict[str, str]:
+    """The environment of a ``stellaops verify --batch`` child: this home, the test clock,
+    no STELLAKEYS_* variable leaking in from the caller."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STELLAKEYS_")}
     env.update(
         STELLAKEYS_HOME=str(home.home),
         STELLAKEYS_PASSPHRASE=PASSPHRASE,
         STELLAKEYS_TEST_NOW=NOW,
         PYTHONPATH=str(ROOT),
-        NO_COLOR="1",
+        **extra,
     )
+    return env
+
+
+def _run(home: Home, *args: str) -> tuple[int, bytes, str]:
+    env = _env(home, NO_COLOR="1")
     proc = subprocess.run(
         [sys.executable, "-m", "stellakeys_cli", "verify", "--batch", *args],
         capture_output=True,
@@ -113,13 +120,7 @@ def _run_rss(home: Home, *args: str) -> tuple[int, int]:
     """(exit code, peak RSS in KiB) of a batch run, stdout discarded. ``os.wait4`` gives
     this child's own rusage (its peak, and its workers' once it reaped them), which
     RUSAGE_CHILDREN of this long-lived test process would mix with every earlier child's."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STELLAKEYS_")}
-    env.update(
-        STELLAKEYS_HOME=str(home.home),
-        STELLAKEYS_PASSPHRASE=PASSPHRASE,
-        STELLAKEYS_TEST_NOW=NOW,
-        PYTHONPATH=str(ROOT),
-    )
+    env = _env(home)
     with open(os.devnull, "wb") as null:
         proc = subprocess.Popen(
             [sys.executable, "-m", "stellakeys_cli", "verify", "--batch", *args],
@@ -256,13 +257,7 @@ def test_progress_bar_only_on_a_terminal(home: Home, tmp_path: Path) -> None:
     import pty
 
     path = _write(tmp_path / "proofs.jsonl", home.lines(60))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STELLAKEYS_")}
-    env.update(
-        STELLAKEYS_HOME=str(home.home),
-        STELLAKEYS_PASSPHRASE=PASSPHRASE,
-        STELLAKEYS_TEST_NOW=NOW,
-        PYTHONPATH=str(ROOT),
-    )
+    env = _env(home)
     command = [sys.executable, "-m", "stellakeys_cli", "verify", "--batch", str(path), "--json"]
     master, slave = pty.openpty()
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=slave, env=env)
@@ -299,14 +294,7 @@ def test_a_worker_killed_mid_batch_is_a_one_line_error_without_a_summary(
     import signal
 
     path = _write(tmp_path / "items.jsonl", (home.good[i % 40] for i in range(60_000)))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STELLAKEYS_")}
-    env.update(
-        STELLAKEYS_HOME=str(home.home),
-        STELLAKEYS_PASSPHRASE=PASSPHRASE,
-        STELLAKEYS_TEST_NOW=NOW,
-        PYTHONPATH=str(ROOT),
-        NO_COLOR="1",
-    )
+    env = _env(home, NO_COLOR="1")
     options = ("--json", "--workers", "2")
     with (tmp_path / "stderr").open("w+b") as stderr:
         proc = subprocess.Popen(

@@ -121,6 +121,22 @@ def world(clean_url: str) -> Iterator[World]:
         w.close()
 
 
+@pytest.fixture(params=["direct", "pgbouncer"])
+def world_through(
+    request: pytest.FixtureRequest, clean_url: str, pgbouncer: PgBouncer
+) -> Iterator[World]:
+    """A World whose verifier reaches the database directly, or through PgBouncer in
+    transaction mode (no named prepared statements held across transactions)."""
+    if request.param == "pgbouncer":
+        w = World(clean_url, pgbouncer.url_for(clean_url), pooler="transaction")
+    else:
+        w = World(clean_url)
+    try:
+        yield w
+    finally:
+        w.close()
+
+
 # --- one statement per proof ----------------------------------------------------------------
 
 
@@ -270,31 +286,25 @@ def test_max_staleness_is_unchanged(clean_url: str) -> None:
 # --- integrity ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("through", ["direct", "pgbouncer"])
 def test_a_proof_row_changed_in_the_database_is_caught(
-    clean_url: str, pgbouncer: PgBouncer, through: str
+    world_through: World, clean_url: str
 ) -> None:
-    options: dict[str, Any] = {"pooler": "transaction"} if through == "pgbouncer" else {}
-    verifier_url = pgbouncer.url_for(clean_url) if options else clean_url
-    w = World(clean_url, verifier_url, **options)
-    try:
-        scope = w.new_anchor()
-        digest, blob = w.put(scope, "app")
-        assert w.ok(digest)
-        # A hostile database writer: another payload under the old address (the append-only
-        # triggers do not fire in a replication session; superuser only).
-        forged = blob.replace(b'"payload":"', b'"payload":"e30', 1)
-        with psycopg.connect(clean_url, autocommit=True) as conn, conn.transaction():
-            conn.execute("SET LOCAL session_replication_role = replica")
-            conn.execute(
-                "UPDATE signer.proofs SET envelope_json = %s WHERE digest = %s", (forged, digest)
-            )
-        with pytest.raises(ProofIntegrityError):
-            w.verifier.verify(digest, now=NOW, at=AT)
-        with pytest.raises(ProofIntegrityError):
-            w.store.read_proof(digest)
-    finally:
-        w.close()
+    w = world_through
+    scope = w.new_anchor()
+    digest, blob = w.put(scope, "app")
+    assert w.ok(digest)
+    # A hostile database writer: another payload under the old address (the append-only
+    # triggers do not fire in a replication session; superuser only).
+    forged = blob.replace(b'"payload":"', b'"payload":"e30', 1)
+    with psycopg.connect(clean_url, autocommit=True) as conn, conn.transaction():
+        conn.execute("SET LOCAL session_replication_role = replica")
+        conn.execute(
+            "UPDATE signer.proofs SET envelope_json = %s WHERE digest = %s", (forged, digest)
+        )
+    with pytest.raises(ProofIntegrityError):
+        w.verifier.verify(digest, now=NOW, at=AT)
+    with pytest.raises(ProofIntegrityError):
+        w.store.read_proof(digest)
 
 
 # --- the pin ends with its verification -----------------------------------------------------
@@ -376,17 +386,9 @@ def one_round(w: World, threads_n: int) -> None:
         assert results[(i, "after")] == expected
 
 
-@pytest.mark.parametrize("through", ["direct", "pgbouncer"])
-def test_threads_verifying_by_address_see_every_committed_revocation(
-    clean_url: str, pgbouncer: PgBouncer, through: str
-) -> None:
-    options: dict[str, Any] = {"pooler": "transaction"} if through == "pgbouncer" else {}
-    verifier_url = pgbouncer.url_for(clean_url) if options else clean_url
-    w = World(clean_url, verifier_url, **options)
-    try:
-        for _ in range(4):
-            one_round(w, 4)
-        # By address, every verification was pinned: no token read, nothing sent ahead.
-        assert (w.token_reads, w.sends) == (0, 0)
-    finally:
-        w.close()
+def test_threads_verifying_by_address_see_every_committed_revocation(world_through: World) -> None:
+    w = world_through
+    for _ in range(4):
+        one_round(w, 4)
+    # By address, every verification was pinned: no token read, nothing sent ahead.
+    assert (w.token_reads, w.sends) == (0, 0)
