@@ -59,7 +59,9 @@ def test_two_workers_serve_the_same_home(
 def test_a_bad_configuration_fails_in_the_parent_as_one_line(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir(mode=0o700)
-    write_yaml(home / "signer.yaml", {"server": {"issuer": 42}})
+    # Valid for the schema, so only building the application finds what is missing (the
+    # check the parent runs before any worker starts).
+    write_yaml(home / "signer.yaml", {"signer": {"profiles": {}}})
     env = {**os.environ, "PYTHONPATH": str(ROOT), "STELLAKEYS_PASSPHRASE": PASSPHRASE}
     env.pop("STELLAKEYS_CONFIG", None)
     options = ("--workers", "2", "--port", "0")
@@ -74,3 +76,4 @@ def test_a_bad_configuration_fails_in_the_parent_as_one_line(tmp_path: Path) -> 
     assert "Traceback" not in proc.stderr, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, proc.stderr
+    assert "server" in errors[0], errors
