@@ -290,6 +290,11 @@ def record_revocation(
     )
 
 
+#: Proofs per read transaction of ``anchor_status``, and how many PURL decisions it keeps.
+_STATUS_CHUNK = 1000
+_MATCHED_KEPT = 100_000
+
+
 def anchor_status(m: ManagerCore, anchor_id: uuid.UUID | str) -> AnchorStatus:
     anchor = m.get_anchor(anchor_id)
     now = m._now()
@@ -329,11 +334,6 @@ def anchor_status(m: ManagerCore, anchor_id: uuid.UUID | str) -> AnchorStatus:
         if len(chunk) < _STATUS_CHUNK:
             break
     return AnchorStatus(anchor, now, total, verified, rescans)
-
-
-#: Proofs per read transaction of ``anchor_status``, and how many PURL decisions it keeps.
-_STATUS_CHUNK = 1000
-_MATCHED_KEPT = 100_000
 
 
 def target_anchors(
