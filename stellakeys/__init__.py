@@ -59,6 +59,7 @@ if TYPE_CHECKING:
         UnknownAlgorithmError,
         UnknownRevocationReasonError,
         UnsupportedKeyError,
+        UnverifiablePayloadError,
         WeakKeyError,
     )
     from stellakeys.intents import KeyIntent
@@ -137,6 +138,7 @@ __all__ = [
     "UnknownAlgorithmError",
     "UnknownRevocationReasonError",
     "UnsupportedKeyError",
+    "UnverifiablePayloadError",
     "VerificationPolicy",
     "VerificationResult",
     "WeakKeyError",
@@ -237,6 +239,7 @@ _EXPORTS: dict[str, str] = {
     "RevocationReason": "stellakeys.revocation",
     "StateDifference": "stellakeys.audit_replay",
     "UnknownRevocationReasonError": "stellakeys.errors",
+    "UnverifiablePayloadError": "stellakeys.errors",
     "parse_reason": "stellakeys.revocation",
     # issue 18: ecosystem formats
     "AlgorithmOptionError": "stellakeys.errors",

@@ -64,6 +64,12 @@ class DuplicateEnvelopeMemberError(DuplicateMemberError, MalformedEnvelopeError)
     """A duplicate member in a DSSE envelope or a statement it carries (in-toto, approval)."""
 
 
+class UnverifiablePayloadError(StellaKeysError, ValueError):
+    """A payload refused at signing because no verifier could accept the proof: an in-toto
+    payloadType over a payload that is not a valid in-toto Statement, or a Statement under
+    another payloadType (verification refuses both, so the proof would only ever fail)."""
+
+
 class MalformedPurlError(StellaKeysError, ValueError):
     """A package URL or PURL pattern that cannot be parsed."""
 

@@ -452,6 +452,10 @@ class KeyManager:
     ) -> str:
         """Sign with one or several keys (any mix of algorithms); returns ``sha256:<hex>``.
 
+        Raises UnverifiablePayloadError, before any key signs, for a proof verification would
+        always refuse: an in-toto ``payload_type`` (the default) over a payload that is not a
+        valid in-toto Statement, or a Statement under another ``payload_type``.
+
         ``timestamp_url``: get an RFC 3161 token for every signature from that TSA before
         anything is stored, so the proof is stored with its trusted time or not at all.
         ``within(tx, digest)`` runs in the transaction that stores the proof, after storing

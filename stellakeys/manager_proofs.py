@@ -11,9 +11,12 @@ from stellakeys.audit import EventType
 from stellakeys.dsse import Envelope, sign_envelope
 from stellakeys.errors import (
     KeyIdentityError,
+    MalformedEnvelopeError,
     PolicyError,
+    UnverifiablePayloadError,
 )
 from stellakeys.intoto import PAYLOAD_TYPE as INTOTO_PAYLOAD_TYPE
+from stellakeys.intoto import is_intoto_payload_type, looks_like_statement, statement_facts
 from stellakeys.key_lifecycle import (
     check_handle,
     verify_own_signatures,
@@ -41,6 +44,7 @@ def sign(
     ids = [key_ids] if isinstance(key_ids, str) else list(dict.fromkeys(key_ids))
     if not ids:
         raise PolicyError("at least one key id is required to sign")
+    check_verifiable(payload, payload_type)
     now = m._now()
     with m.store.read() as tx:
         records = [m._require_key(tx, k) for k in ids]
@@ -74,6 +78,38 @@ def sign(
             )
         store_timestamps(m, tx, digest, stamps)
     return digest
+
+
+def check_verifiable(payload: bytes, payload_type: str) -> None:
+    """Refuse (UnverifiablePayloadError) to sign what verification would always refuse.
+
+    Verification parses an in-toto payloadType's payload strictly as a Statement and refuses
+    a Statement under any other payloadType (docs/verification.md). Signing either would
+    spend a key on a proof that can never verify here, and a peer with a laxer parser (one
+    that keeps the last of two duplicate members, say) might accept it and read something
+    else than we would: the signer is where the mistake is cheapest to catch.
+    """
+    if is_intoto_payload_type(payload_type):
+        try:
+            statement_facts(payload)
+        except MalformedEnvelopeError as exc:
+            # A payload that claims a Statement _type can only be fixed, not retyped: any
+            # other payloadType is refused below.
+            fix = (
+                "fix the statement"
+                if looks_like_statement(payload)
+                else "fix the statement, or sign the payload under the payloadType it really"
+                " has (e.g. application/octet-stream)"
+            )
+            raise UnverifiablePayloadError(
+                f"refusing to sign: payloadType {payload_type} needs an in-toto Statement,"
+                f" and the payload is not one ({exc}); {fix}"
+            ) from None
+    elif looks_like_statement(payload):
+        raise UnverifiablePayloadError(
+            f"refusing to sign: the payload is an in-toto Statement, which verification"
+            f" refuses under payloadType {payload_type!r}; sign it as {INTOTO_PAYLOAD_TYPE}"
+        )
 
 
 def timestamp_proof(

@@ -218,7 +218,7 @@ AUDITED_OPENS = """
     with KeyManager.open(home) as long_lived:          # creates the database
         long_lived.generate_key("k")
         with KeyManager.open(home) as second:          # an existing one, while the first is open
-            second.sign(b"x", "k")
+            second.sign(b"x", "k", "application/octet-stream")
         SqliteStore(home / "stellakeys.db", migrate=False).close()
         run("db", "migrate")
         run("db", "status")

@@ -24,9 +24,10 @@ from hypothesis import strategies as st
 
 from stellakeys import errors
 from stellakeys.config import load_settings, load_yaml
-from stellakeys.dsse import Envelope
-from stellakeys.errors import ConfigError, MalformedEnvelopeError
-from stellakeys.intoto import Statement, Subject, statement_facts
+from stellakeys.crypto import get_algorithm
+from stellakeys.dsse import Envelope, sign_envelope
+from stellakeys.errors import ConfigError, MalformedEnvelopeError, UnverifiablePayloadError
+from stellakeys.intoto import PAYLOAD_TYPE, Statement, Subject, statement_facts
 
 EVIDENCE = "evidence.stella/v1"
 
@@ -166,10 +167,17 @@ def test_statement_with_a_duplicate_member_is_refused(km: Any) -> None:
     inner = two.replace('"digest":{', '"digest":{"sha256":"' + "cd" * 32 + '",')
     with pytest.raises(MalformedEnvelopeError, match="'sha256'"):
         Statement.from_json(inner.encode())
-    # Signed by a trusted key, it never verifies as the last-wins reading.
-    digest = km.sign(doubled, "k1")
-    result = km.verify(digest, purl="pkg:npm/good@1.0.0")
+    # Our own signer refuses it (a peer with a last-wins parser would read "good")...
+    with pytest.raises(UnverifiablePayloadError, match="'subject'"):
+        km.sign(doubled, "k1")
+    # ... and signed by hand with a trusted key, it never verifies as the last-wins reading.
+    thief = get_algorithm("ed25519").generate()
+    km.import_key("thief", thief.public_key().to_pem())
+    km.add_key(km.list_anchors()[0].anchor_id, "thief")
+    forged = sign_envelope(PAYLOAD_TYPE, doubled, [thief], ["thief"])
+    result = km.verify(forged.to_json(), purl="pkg:npm/good@1.0.0")
     assert not result.ok, result
+    assert any("duplicate member 'subject'" in r for r in result.reasons), result.reasons
 
 
 # --- feed, approval statements, batch ---------------------------------------------------------

@@ -9,8 +9,11 @@ subprocess on the same SQLite home.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,8 +25,11 @@ import attrs
 import pytest
 
 from stellakeys import FrozenClock, KeyManager, Statement, Subject, VerificationPolicy
-from stellakeys.errors import PolicyError
+from stellakeys.crypto import get_algorithm
+from stellakeys.dsse import sign_envelope
+from stellakeys.errors import PolicyError, UnverifiablePayloadError
 from stellakeys.intoto import PAYLOAD_TYPE
+from stellakeys.storage.sqlite import DB_FILENAME
 
 PASSPHRASE = "binding-test-passphrase"
 EVIDENCE = "evidence.stella/v1"
@@ -83,6 +89,12 @@ def cli(home: Path, *args: str) -> tuple[int, dict[str, Any] | str]:
         return proc.returncode, json.loads(out)
     except ValueError:
         return proc.returncode, out + proc.stderr.decode()
+
+
+def envelope_cli(home: Path, path: Path, when: str = AT) -> tuple[int, dict[str, Any]]:
+    code, out = cli(home, "verify", "--envelope", str(path), "--at-time", when, "--json")
+    assert isinstance(out, dict), out
+    return code, out
 
 
 def verify_cli(home: Path, digest: str, *args: str, when: str = AT) -> tuple[int, dict[str, Any]]:
@@ -310,22 +322,65 @@ def test_statement_v01_is_judged_not_key_only(km: KeyManager, home: Path) -> Non
 def test_unparsed_in_toto_never_falls_back_to_key_only(
     km: KeyManager, home: Path, payload_type: str, payload: bytes, reason: str | None
 ) -> None:
-    setup_keys(km, "k")
+    # The hostile signer holds an anchor key and signs by hand: our own sign refuses these
+    # payloads (test_sign_refuses_what_verification_always_refuses).
+    thief = get_algorithm("ed25519").generate()
+    km.import_key("k", thief.public_key().to_pem())
     at(km, T0)
     km.create_anchor("pkg:pypi/*", ["k"], [EVIDENCE])
     at(km, SIGNED)
-    proof = km.sign(payload, "k", payload_type)
+    proof = sign_envelope(payload_type, payload, [thief], ["k"]).to_json()
+    envelope = _file(home, proof)
     result = km.verify(proof, policy=VerificationPolicy(require_anchor=False))
     if reason is None:
         # "_type": "x" is no statement: an opaque JSON payload, key-only, and it says so.
         assert result.ok and result.key_only
         assert any(n.startswith("key-only check: the payload") for n in result.notes)
-        assert verify_cli(home, proof)[1]["keyOnly"] is True
+        assert envelope_cli(home, envelope)[1]["keyOnly"] is True
         return
     assert not result.ok and not result.key_only
     assert any(reason in r for r in result.reasons), result.reasons
-    code, out = verify_cli(home, proof)
+    code, out = envelope_cli(home, envelope)
     assert code == 1 and any(reason in r for r in out["reasons"])
+
+
+@pytest.mark.parametrize(
+    ("payload_type", "payload", "refusal"),
+    [
+        (PAYLOAD_TYPE, b"not json at all", "needs an in-toto Statement"),
+        (PAYLOAD_TYPE, b"test\n", "needs an in-toto Statement"),
+        ("Application/VND.in-toto+JSON; charset=utf-8", b"{}", "needs an in-toto Statement"),
+        (
+            PAYLOAD_TYPE,
+            statement("pkg:npm/a@1", statement_type="https://in-toto.io/Statement/v9"),
+            "statement _type is",
+        ),
+        ("application/octet-stream", statement("pkg:npm/a@1"), "sign it as " + PAYLOAD_TYPE),
+        (
+            "text/plain",
+            statement("pkg:npm/a@1").replace(b"https://", rb"\u0068ttps:\/\/"),
+            "sign it as " + PAYLOAD_TYPE,
+        ),
+    ],
+)
+def test_sign_refuses_what_verification_always_refuses(
+    km: KeyManager, home: Path, payload_type: str, payload: bytes, refusal: str
+) -> None:
+    """A proof that can never verify here is refused where the mistake is cheapest: before a
+    key signs, with nothing stored and nothing audited (a laxer peer could accept it)."""
+    setup_keys(km, "k")
+    at(km, SIGNED)
+    before = km.audit_events()
+    with pytest.raises(UnverifiablePayloadError, match=re.escape(refusal)):
+        km.sign(payload, "k", payload_type)
+    assert km.audit_events() == before
+    code, out = cli(
+        home, "sign", "--key-id", "k", "--payload-type", payload_type,
+        "--input", str(_file(home, payload)),
+    )  # fmt: skip
+    assert code != 0 and "refusing to sign" in str(out) and refusal in str(out), out
+    with contextlib.closing(sqlite3.connect(home / DB_FILENAME)) as db:
+        assert db.execute("SELECT count(*) FROM proofs").fetchone() == (0,)
 
 
 def test_plain_bytes_get_a_key_only_check_that_says_so(km: KeyManager, home: Path) -> None:
