@@ -193,7 +193,12 @@ def bundle_json(bundle: dict[str, Any]) -> bytes:
 
 def export_bundle(manager: KeyManager, digest: str) -> dict[str, Any]:
     """The v0.3 bundle of a stored proof with every RFC 3161 token stored for it."""
-    return to_bundle(manager.get_proof(digest), manager.proof_timestamps(digest))
+    if not digest.startswith("sha256:"):
+        return to_bundle(manager.get_proof(digest), ())  # raises NotFoundError: no such proof
+    # One read: the envelope and its tokens come from the same stored record, so a token
+    # added meanwhile cannot pair with a view taken before it.
+    envelope, _, tokens = manager.proof_with_tokens(digest)
+    return to_bundle(envelope, tokens)
 
 
 def verify_bundle(manager: KeyManager, data: str | bytes, **options: Any) -> VerificationResult:
