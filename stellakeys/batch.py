@@ -51,6 +51,7 @@ from stellakeys.verifier import Verifier
 
 if TYPE_CHECKING:
     from stellakeys.config import Settings
+    from stellakeys.dsse import Envelope
     from stellakeys.manager import KeyManager
 
 __all__ = [
@@ -72,9 +73,10 @@ DEFAULT_CHUNK_SIZE = 64
 
 @attrs.frozen
 class BatchItem:
-    """One proof to verify: envelope JSON (bytes or str) or a stored ``sha256:`` address."""
+    """One proof to verify: an envelope (parsed, or its JSON as bytes or str) or a stored
+    ``sha256:`` address."""
 
-    proof: bytes | str
+    proof: Envelope | bytes | str
     purl: str | None = None
     #: Asserted signing time (``--at-time``); None means the batch's "now".
     at: datetime | None = None
@@ -197,7 +199,7 @@ def _verify_one(
                     " give the envelope itself"
                 )
             result = target.verify(
-                Envelope.from_json(item.proof),
+                item.proof if isinstance(item.proof, Envelope) else Envelope.from_json(item.proof),
                 purl=item.purl,
                 at=item.at,
                 now=now,
@@ -482,52 +484,64 @@ def read_items(path: Path, malformed: list[tuple[int, str, str]] | None = None) 
                 continue
             label = f"{path}:{number}"
             try:
-                items.append(_parse_line(line, label))
-            except StellaKeysError as exc:
-                if malformed is None:
-                    raise
+                proof, purl, at = parse_line(line, label)
+            except (BatchLineError, StellaKeysError) as exc:
                 reason = str(exc).removeprefix(f"{label}: ")
+                if malformed is None:
+                    from stellakeys.errors import MalformedEnvelopeError
+
+                    raise MalformedEnvelopeError(f"{label}: {reason}") from None
                 malformed.append((len(items) + len(malformed), label, reason))
+                continue
+            items.append(BatchItem(proof, purl=purl, at=at, label=label))
     return items
 
 
-def _parse_line(line: bytes, label: str) -> BatchItem:
+class BatchLineError(ValueError):
+    """A JSON Lines item that cannot be read; the message is the reason, without the item's
+    ``file:line`` label (reports put the label in front, issue 17)."""
+
+
+def parse_line(line: bytes, label: str) -> tuple[Envelope | str, str | None, datetime | None]:
+    """(the envelope or stored address, purl, asserted time) of one JSON Lines item (the
+    formats of docs/batch.md), parsed once: the envelope object is built from the parsed
+    document, never re-encoded. BatchLineError for a line that is not such an item; a
+    top-level envelope that is not valid DSSE raises MalformedEnvelopeError."""
     import stellakeys.strict_json as strict_json
     from stellakeys.dsse import Envelope
-    from stellakeys.errors import (
-        DuplicateEnvelopeMemberError,
-        DuplicateMemberError,
-        MalformedEnvelopeError,
-    )
+    from stellakeys.errors import DuplicateEnvelopeMemberError, DuplicateMemberError
     from stellakeys.times import parse_time
 
     try:
-        # Strict (docs/decisions/0014): a duplicated "envelope" or "purl" would be
-        # read one way here and another way by a peer.
+        # Strict (docs/decisions/0014): a duplicated "envelope" or "purl" would be read one
+        # way here and another way by a peer.
         obj = strict_json.loads(line, document=label, error=DuplicateEnvelopeMemberError)
-    except DuplicateMemberError:
-        raise
-    except ValueError:
-        raise MalformedEnvelopeError(
-            f'{label}: not JSON (each line is one DSSE envelope or a {{"proof": ...}} object)'
+    except DuplicateMemberError as exc:
+        raise BatchLineError(str(exc).removeprefix(f"{label}: ")) from None
+    except (ValueError, RecursionError):
+        raise BatchLineError(
+            'not JSON (each line is one DSSE envelope or a {"proof": ...} object)'
         ) from None
     if not isinstance(obj, dict):
-        raise MalformedEnvelopeError(f"{label}: expected a JSON object")
+        raise BatchLineError("expected a JSON object")
     if "payloadType" in obj:
-        return BatchItem(line, label=label)
-    proof: bytes | str
+        return Envelope.from_dict(obj), None, None
+    proof: Envelope | str
     if isinstance(obj.get("proof"), str):
         proof = obj["proof"]
     elif isinstance(obj.get("envelope"), dict):
-        proof = Envelope.from_dict(obj["envelope"]).to_json()
+        try:
+            proof = Envelope.from_dict(obj["envelope"])
+        except StellaKeysError as exc:
+            raise BatchLineError(str(exc)) from None
     else:
-        raise MalformedEnvelopeError(
-            f"{label}: expected an envelope, or an object with 'envelope' or 'proof'"
-        )
+        raise BatchLineError("expected an envelope, or an object with 'envelope' or 'proof'")
     at = obj.get("atTime")
-    return BatchItem(
-        proof,
-        purl=obj.get("purl"),
-        at=parse_time(at) if isinstance(at, str) else None,
-        label=label,
-    )
+    try:
+        when = parse_time(at) if isinstance(at, str) else None
+    except (StellaKeysError, ValueError) as exc:
+        raise BatchLineError(str(exc).removeprefix(f"{label}: ")) from None
+    purl = obj.get("purl")
+    if purl is not None and not isinstance(purl, str):
+        raise BatchLineError("'purl' must be a string")
+    return proof, purl, when

@@ -33,7 +33,14 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import attrs
 
-from stellakeys.batch import ManagerSpec, _worker_manager, category_of, in_order
+from stellakeys.batch import (
+    BatchLineError,
+    ManagerSpec,
+    _worker_manager,
+    category_of,
+    in_order,
+    parse_line,
+)
 from stellakeys.errors import StellaKeysError
 from stellakeys.reasons import reason_code
 from stellakeys.verification import VerificationPolicy
@@ -152,53 +159,6 @@ def chunked(
 # --- the worker side ---------------------------------------------------------------------------
 
 
-class _InputError(Exception):
-    """An item that cannot be read (reported without its exception type, as issue 17 asks)."""
-
-
-def _parse_line(line: bytes, label: str) -> tuple[Envelope | str, str | None, datetime | None]:
-    """(the envelope or stored address, purl, asserted time) of a JSON Lines item, parsed
-    once: the envelope object is built from the parsed document, never re-encoded."""
-    import stellakeys.strict_json as strict_json
-    from stellakeys.dsse import Envelope
-    from stellakeys.errors import DuplicateEnvelopeMemberError, DuplicateMemberError
-    from stellakeys.times import parse_time
-
-    try:
-        # Strict (docs/decisions/0014): a duplicated "envelope" or "purl" would be read one
-        # way here and another way by a peer.
-        obj = strict_json.loads(line, document=label, error=DuplicateEnvelopeMemberError)
-    except DuplicateMemberError as exc:
-        raise _InputError(str(exc).removeprefix(f"{label}: ")) from None
-    except (ValueError, RecursionError):
-        raise _InputError(
-            'not JSON (each line is one DSSE envelope or a {"proof": ...} object)'
-        ) from None
-    if not isinstance(obj, dict):
-        raise _InputError("expected a JSON object")
-    if "payloadType" in obj:
-        return Envelope.from_dict(obj), None, None
-    proof: Envelope | str
-    if isinstance(obj.get("proof"), str):
-        proof = obj["proof"]
-    elif isinstance(obj.get("envelope"), dict):
-        try:
-            proof = Envelope.from_dict(obj["envelope"])
-        except StellaKeysError as exc:
-            raise _InputError(str(exc)) from None
-    else:
-        raise _InputError("expected an envelope, or an object with 'envelope' or 'proof'")
-    at = obj.get("atTime")
-    try:
-        when = parse_time(at) if isinstance(at, str) else None
-    except (StellaKeysError, ValueError) as exc:
-        raise _InputError(str(exc).removeprefix(f"{label}: ")) from None
-    purl = obj.get("purl")
-    if purl is not None and not isinstance(purl, str):
-        raise _InputError("'purl' must be a string")
-    return proof, purl, when
-
-
 #: A parsed item: (position, label, envelope or stored address, purl, asserted time, digest).
 _Parsed = tuple[int, str, "Envelope | str", str | None, datetime | None, str | None]
 
@@ -215,11 +175,11 @@ def _parse_raw(item: RawItem, options: StreamOptions) -> _Parsed | ItemReport:
                 content = handle.read()
             proof, purl, at = Envelope.from_json(content), None, None
         else:
-            proof, purl, at = _parse_line(data, label)
+            proof, purl, at = parse_line(data, label)
         # The digest re-encodes the envelope: computed once, for the stored-token lookup
         # and for the result both.
         digest = proof.digest() if isinstance(proof, Envelope) else None
-    except _InputError as exc:
+    except BatchLineError as exc:
         return _failed(index, label, str(exc), options)
     except (StellaKeysError, ValueError, OSError) as exc:
         return _failed(index, label, f"{type(exc).__name__}: {exc}", options)

@@ -252,3 +252,47 @@ def test_cli_batch(corpus: Corpus, tmp_path: Path) -> None:
 
     proc = run_cli(corpus.home, "--batch", str(jsonl), "--proof-bundle", corpus.good[0])
     assert proc.returncode == 2 and "--batch takes its proofs" in proc.stderr
+
+
+# --- reading JSON Lines: one parser for verify_many and the stream ------------------------------
+
+_ADDRESS = "sha256:" + "a" * 64
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (b"not json", 'not JSON (each line is one DSSE envelope or a {"proof": ...} object)'),
+        (b"[1]", "expected a JSON object"),
+        (b'{"foo": 1}', "expected an envelope, or an object with 'envelope' or 'proof'"),
+        (b'{"proof": "%s", "purl": 5}' % _ADDRESS.encode(), "'purl' must be a string"),
+        (b'{"proof": "%s", "purl": ["pkg:npm/a@1"]}' % _ADDRESS.encode(), "'purl' must be"),
+        (b'{"proof": "%s", "proof": "x"}' % _ADDRESS.encode(), "duplicate member 'proof'"),
+        (b'{"proof": "%s", "atTime": "yesterday"}' % _ADDRESS.encode(), "yesterday"),
+        (b'{"envelope": {"payloadType": "x"}}', "payload"),
+        (b'{"payloadType": "x", "payload": "!!", "signatures": []}', "base64"),
+    ],
+)
+def test_read_items_reports_what_the_stream_reports(
+    tmp_path: Path, line: bytes, reason: str
+) -> None:
+    """``read_items`` and ``stellaops verify --batch`` (batch_stream) share one line parser:
+    a line is malformed in both or in neither, for the same reason (a non-string purl used to
+    pass read_items and fail only at verification)."""
+    from stellakeys.batch import read_items
+    from stellakeys.batch_stream import ItemReport, StreamOptions, _parse_raw
+    from stellakeys.errors import MalformedEnvelopeError
+
+    good = Envelope.from_json(b'{"payload":"eA==","payloadType":"text/plain","signatures":[]}')
+    jsonl = tmp_path / "items.jsonl"
+    jsonl.write_bytes(good.to_json() + b"\n" + line + b"\n")
+    malformed: list[tuple[int, str, str]] = []
+    items = read_items(jsonl, malformed)
+    assert [i.proof for i in items] == [good]
+    ((position, label, said),) = malformed
+    assert (position, label) == (1, f"{jsonl}:2") and reason in said, said
+    with pytest.raises(MalformedEnvelopeError, match=f"^{jsonl}:2: "):
+        read_items(jsonl)
+    report = _parse_raw((1, label, line), StreamOptions(now=T0))
+    assert isinstance(report, ItemReport) and not report.ok, report
+    assert reason in (report.why or ""), report
