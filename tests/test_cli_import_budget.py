@@ -76,6 +76,9 @@ FORBIDDEN = (
     "stellakeys.crypto._pyca_ec",
     "stellakeys.crypto._pyca_mldsa",
     "ctypes",
+    # libsodium (PyNaCl) speeds up Ed25519 only from a process's 101st verification on: its
+    # import costs more than one verification saves (stellakeys/crypto/_pyca.py).
+    "nacl",
     # The public serialization package imports the SSH key code; Ed25519 needs none of it.
     "cryptography.hazmat.primitives.serialization",
     "socket",  # the default actor's host name comes from uname

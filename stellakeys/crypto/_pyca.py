@@ -7,6 +7,7 @@ loads only what Ed25519 needs (issue 20: CLI start-up).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -130,14 +131,63 @@ class PycaPrivateKey(PrivateKey):
 # --- Ed25519 --------------------------------------------------------------------------------
 
 
+def _sodium_verifier() -> Callable[[bytes, bytes, bytes], bool]:
+    """libsodium's Ed25519 check (PyNaCl), about twice as fast as OpenSSL's on x86-64 (issue
+    20; benchmarks/README.md), as ``check(signature, data, raw_public_key) -> accepted``.
+
+    libsodium accepts a subset of what OpenSSL accepts: both require S < L and compare the
+    encoding of [S]B - [k]A with R byte for byte; libsodium also refuses a small-order R, and a
+    small-order or non-canonical A (which key loading refuses anyway). So an acceptance by
+    libsodium is an acceptance by OpenSSL, and only a refusal is asked again of OpenSSL: the
+    verdicts stay exactly OpenSSL's (tests/test_ed25519_sodium.py checks both directions on
+    edge cases and mutated signatures). Without PyNaCl every check goes to OpenSSL.
+    """
+    try:
+        from nacl.bindings import crypto_sign_open
+        from nacl.exceptions import BadSignatureError
+    except ImportError:  # pragma: no cover - PyNaCl is a dependency; kept for vendored installs
+        return lambda signature, data, raw: False
+
+    def check(signature: bytes, data: bytes, raw: bytes) -> bool:
+        try:
+            crypto_sign_open(signature + data, raw)
+        except BadSignatureError:
+            return False
+        return True
+
+    return check
+
+
+#: Ed25519 verifications a process does with OpenSSL alone before it loads libsodium.
+#: Importing PyNaCl's bindings takes 5-8 ms, what about 100 OpenSSL verifications cost; a
+#: one-proof ``stellaops verify`` would pay that for nothing, while a batch, a service or
+#: ``anchor status`` gets the faster check from the 101st verification on.
+SODIUM_AFTER = 100
+_openssl_only = 0
+_sodium_check: Callable[[bytes, bytes, bytes], bool] | None = None
+
+
 class _Ed25519PublicKey(PycaPublicKey):
-    __slots__ = ()
+    __slots__ = ("_raw",)
+
+    def __init__(self, alg: Algorithm, key: Any) -> None:
+        super().__init__(alg, key)
+        self._raw: bytes = key.public_bytes(_RAW, PublicFormat.Raw)
 
     def verify(self, signature: bytes, data: bytes) -> None:
+        global _openssl_only, _sodium_check
         if len(signature) != 64:
             raise InvalidSignatureError("Ed25519 signature must be 64 bytes")
+        check = _sodium_check
+        if check is None:
+            # Racing threads may both count or both load: harmless, the result is the same.
+            _openssl_only += 1
+            if _openssl_only > SODIUM_AFTER:
+                check = _sodium_check = _sodium_verifier()
+        if check is not None and check(signature, data, self._raw):
+            return
         try:
-            self._key.verify(signature, data)
+            self._key.verify(signature, data)  # the authority on every refusal (see above)
         except InvalidSignature:
             raise InvalidSignatureError("Ed25519 signature does not verify") from None
 
