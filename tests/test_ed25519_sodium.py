@@ -166,3 +166,22 @@ except InvalidSignatureError:
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False
     )
     assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_large_messages_go_to_openssl_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From SODIUM_MAX_MESSAGE bytes on OpenSSL is as fast and libsodium's buffers cost more
+    (decision 0031); below it libsodium is asked first."""
+    asked: list[int] = []
+
+    def spy(signature: bytes, data: bytes, raw: bytes) -> bool:
+        asked.append(len(data))
+        return sodium_accepts(signature, data, raw)
+
+    monkeypatch.setattr(_pyca, "_sodium_check", spy)
+    key = _pyca.ED25519.from_seed(bytes(32))
+    for size in (0, _pyca.SODIUM_MAX_MESSAGE - 1, _pyca.SODIUM_MAX_MESSAGE, 100_000):
+        message = bytes(size)
+        key.public_key().verify(key.sign(message), message)
+        with pytest.raises(InvalidSignatureError):
+            key.public_key().verify(key.sign(message), message + b"x")
+    assert asked == [0, 1, _pyca.SODIUM_MAX_MESSAGE - 1]  # not MAX - 1 + 1 bytes, nor more

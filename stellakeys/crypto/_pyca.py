@@ -163,6 +163,12 @@ def _sodium_verifier() -> Callable[[bytes, bytes, bytes], bool]:
 #: one-proof ``stellaops verify`` would pay that for nothing, while a batch, a service or
 #: ``anchor status`` gets the faster check from the 101st verification on.
 SODIUM_AFTER = 100
+#: Messages (PAE bytes) of this size and more go to OpenSSL alone. From there on OpenSSL's
+#: faster SHA-512 makes up for its slower curve arithmetic (16 KiB: 84 vs 122 µs, 32 KiB:
+#: 114 vs 142, 64 KiB: equal), and PyNaCl's ``crypto_sign_open`` copies signature and message
+#: into one new buffer and allocates an output buffer as large: at 90 KB that took fresh pages
+#: from the allocator in some processes, +250 µs a verification (benchmarks/README.md).
+SODIUM_MAX_MESSAGE = 32 * 1024
 _openssl_only = 0
 _sodium_check: Callable[[bytes, bytes, bytes], bool] | None = None
 
@@ -184,7 +190,11 @@ class _Ed25519PublicKey(PycaPublicKey):
             _openssl_only += 1
             if _openssl_only > SODIUM_AFTER:
                 check = _sodium_check = _sodium_verifier()
-        if check is not None and check(signature, data, self._raw):
+        if (
+            check is not None
+            and len(data) < SODIUM_MAX_MESSAGE
+            and check(signature, data, self._raw)
+        ):
             return
         try:
             self._key.verify(signature, data)  # the authority on every refusal (see above)
