@@ -4,7 +4,6 @@ keys, and the runbook's ``anchor status``. Plain functions taking the facade (ty
 
 from __future__ import annotations
 
-import itertools
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -311,15 +310,13 @@ def anchor_status(m: ManagerCore, anchor_id: uuid.UUID | str) -> AnchorStatus:
     # transaction and verified outside it: memory stays flat at a million proofs, and no read
     # snapshot is held while verifying.
     matched: dict[str, bool] = {}
-    after: tuple[datetime, str] | None = None
+    after: str | None = None
     while True:
         with m.store.read() as tx:
-            chunk = list(
-                itertools.islice(tx.iter_proof_candidates(pattern.index_key, after), _STATUS_CHUNK)
-            )
+            chunk = list(tx.iter_proof_candidates(pattern.index_key, after, _STATUS_CHUNK))
         if not chunk:
             break
-        after = (chunk[-1].created_at, chunk[-1].digest)
+        after = chunk[-1].digest
         if len(matched) > _MATCHED_KEPT:  # a cache: bounded, so memory stays flat
             matched = {}
         for proof, envelope, purl in proofs_of_anchor(chunk, pattern, matched):

@@ -16,7 +16,6 @@ migrations, crash recovery) belong in the adapter's own module.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import threading
 import uuid
 from collections.abc import Callable
@@ -686,36 +685,39 @@ class StoreConformance:
         assert [p.digest for p in got] == [*same_time, addr("b")]
         assert [p.timestamp_tokens for p in got] == [(), (), (b"t1", b"t2")]
 
-    def test_proof_candidates_page_by_created_at_then_digest(self, store: Store) -> None:
-        # Keyset pagination (anchor status reads long lists in chunks): pages after the last
-        # (created_at, digest) seen, ties on created_at broken by digest, microseconds exact,
-        # tokens kept with their proof, add up to the unpaged list with nothing twice.
+    def test_proof_candidates_page_by_digest(self, store: Store) -> None:
+        # Keyset pagination (anchor status reads long lists in pages): digest order, pages of
+        # ``limit`` proofs after the last digest seen, tokens kept whole with their proof
+        # (a limit on rows would split them), the pages adding up to the unpaged list with
+        # nothing twice, and for an index key the proofs not yet indexed included.
         with store.transaction() as tx:
             for label, when in (("c", at(0)), ("b", at(1)), ("a", at(0)), ("e", at(0, micros=1))):
                 tx.put_proof(proof(label, when))
             tx.put_proof(proof("d", at(1)))
             tx.add_proof_timestamp(addr("b"), b"t1")
+            tx.add_proof_timestamp(addr("b"), b"t2")
         with store.read() as tx:
             whole = list(tx.iter_proof_candidates(""))
-            pages: list[ProofRecord] = []
-            after = None
-            for _ in range(len(whole)):  # bounded: a cursor that is ignored must not hang
-                page = list(itertools.islice(tx.iter_proof_candidates("", after), 2))
-                pages += page
-                if len(page) < 2:
-                    break
-                after = (page[-1].created_at, page[-1].digest)
-            end = (pages[-1].created_at, pages[-1].digest)
-            assert list(tx.iter_proof_candidates("", end)) == []
-            # With an index key too: never a proof at or before the cursor.
-            cursor = (whole[1].created_at, whole[1].digest)
-            keyed = [p.digest for p in tx.iter_proof_candidates("npm", cursor)]
-        ties = sorted([addr("a"), addr("c")])
-        later = sorted([addr("b"), addr("d")])
-        assert [p.digest for p in whole] == [*ties, addr("e"), *later]
-        assert pages == whole
-        assert {p.digest: p.timestamp_tokens for p in pages}[addr("b")] == (b"t1",)
-        assert set(keyed) <= {addr("e"), *later}
+            for key in ("", "npm"):
+                for limit in (1, 2, 3):
+                    pages: list[ProofRecord] = []
+                    after = None
+                    for _ in range(len(whole) + 1):  # bounded: an ignored cursor must not hang
+                        page = list(tx.iter_proof_candidates(key, after, limit))
+                        assert len(page) <= limit, (key, limit, page)
+                        pages += page
+                        if len(page) < limit:
+                            break
+                        after = page[-1].digest
+                    if key == "":
+                        assert pages == whole, (limit, pages)
+                    digests = [p.digest for p in pages]
+                    assert digests == sorted(set(digests)), (key, limit, digests)
+            assert list(tx.iter_proof_candidates("", whole[-1].digest)) == []
+            keyed = [p.digest for p in tx.iter_proof_candidates("npm", whole[1].digest)]
+        assert [p.digest for p in whole] == sorted(addr(label) for label in "abcde")
+        assert {p.digest: p.timestamp_tokens for p in whole}[addr("b")] == (b"t1", b"t2")
+        assert all(d > whole[1].digest for d in keyed)
 
     # --- feed versions ----------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from storage_conformance import StoreConformance, anchor, audit_record, key
+from storage_conformance import StoreConformance, anchor, audit_record, key, proof
 
 from stellakeys.audit import verify_chain
 from stellakeys.errors import StorageError
@@ -242,6 +242,50 @@ def test_anchor_lookup_is_two_indexed_queries(tmp_path: Path) -> None:
         plans = [" ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + s)) for s in selects]
         assert "USING INDEX idx_trust_anchors_index_key" in plans[0]
         assert "SEARCH key_history USING INDEX" in plans[1]
+
+
+def test_a_page_of_proof_candidates_costs_its_size_not_the_whole_list(tmp_path: Path) -> None:
+    """``anchor status`` reads an anchor's proofs in pages (issue 20). Counted in SQLite VM
+    steps, deterministic: a page of 50 from a key with 3,000 candidates, first or late, costs
+    about what a page from a key with 150 does. A query that sorted every remaining candidate
+    for each page (the first version of this pagination) cost 10-20 times more, which made
+    the status of a big anchor quadratic."""
+    path = tmp_path / "s.db"
+    with SqliteStore(path) as store:
+        with store.transaction() as tx:
+            for i in range(3000):
+                tx.put_proof(proof(f"p{i}"))
+        with raw(path) as db:
+            db.execute("INSERT INTO proof_subject_keys SELECT 'big', digest FROM proofs")
+            db.execute(
+                "INSERT INTO proof_subject_keys"
+                " SELECT 'small', digest FROM proofs ORDER BY digest LIMIT 150"
+            )
+        conn = store._connection()
+
+        def steps(key: str, after: str | None) -> tuple[int, list[str]]:
+            ticks = [0]
+
+            def tick() -> int:
+                ticks[0] += 1
+                return 0
+
+            conn.set_progress_handler(tick, 10)
+            try:
+                with store.read() as tx:
+                    page = [p.digest for p in tx.iter_proof_candidates(key, after, 50)]
+            finally:
+                conn.set_progress_handler(None, 10)
+            return ticks[0], page
+
+        with store.read() as tx:
+            every = [p.digest for p in tx.iter_proof_candidates("big")]
+        small, small_page = steps("small", None)
+        first, first_page = steps("big", None)
+        late, late_page = steps("big", every[2499])
+    assert len(every) == 3000 and first_page == small_page == every[:50]
+    assert late_page == every[2500:2550]
+    assert first < 3 * small and late < 3 * small, (small, first, late)
 
 
 # --- migrations -----------------------------------------------------------------------------

@@ -301,33 +301,34 @@ class ProofCommon(SqlCore):
         return codec.group_proofs(rows, d.proof_row)
 
     def iter_proof_candidates(
-        self, index_key: str, after: tuple[datetime, str] | None = None
+        self, index_key: str, after: str | None = None, limit: int | None = None
     ) -> Iterator[ProofRecord]:
         self._check()
-        if not index_key and after is None:
-            return self.iter_proofs()
         d = self.dialect
-        where: list[str] = []
-        params: list[Any] = []
+        # Keyset pagination on the digest, the order of both index tables' primary keys: each
+        # arm reads at most ``limit`` index entries after the cursor, so a page costs its own
+        # size whatever came before it. An order the indexes do not have would make SQLite
+        # read and sort every remaining candidate for every page: quadratic over a big anchor.
+        cap = "" if limit is None else f" ORDER BY digest LIMIT {int(limit)}"
+        cursor = after or ""  # every digest sorts after ""
         if index_key:
-            where.append(
-                f"p.digest IN (SELECT digest FROM {d.table('proof_subject_keys')}"
-                f" WHERE index_key = {d.param}"
-                f" UNION SELECT digest FROM {d.table('proofs_unindexed')})"
+            page = (
+                f"SELECT digest FROM (SELECT digest FROM {d.table('proof_subject_keys')}"
+                f" WHERE index_key = {d.param} AND digest > {d.param}{cap}) AS k"
+                f" UNION SELECT digest FROM (SELECT digest FROM {d.table('proofs_unindexed')}"
+                f" WHERE digest > {d.param}{cap}) AS u"
             )
-            params.append(index_key)
-        if after is not None:
-            where.append(
-                f"(p.created_at > {d.param} OR (p.created_at = {d.param} AND p.digest > {d.param}))"
-            )
-            params += [d.time(after[0]), d.time(after[0]), after[1]]
+            params: tuple[Any, ...] = (index_key, cursor, cursor)
+        else:
+            page = f"SELECT digest FROM {d.table('proofs')} WHERE digest > {d.param}{cap}"
+            params = (cursor,)
         rows = self._stream(
             "SELECT p.digest, p.envelope_json, p.created_at, t.token"
             f" FROM {d.table('proofs')} AS p"
             f" LEFT JOIN {d.table('proof_timestamps')} AS t ON t.digest = p.digest"
-            f" WHERE {' AND '.join(where)}"
-            " ORDER BY p.created_at, p.digest, t.id",
-            tuple(params),
+            f" WHERE p.digest IN (SELECT digest FROM ({page}) AS page{cap})"
+            " ORDER BY p.digest, t.id",
+            params,
         )
         return codec.group_proofs(rows, d.proof_row)
 

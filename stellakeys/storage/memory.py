@@ -17,7 +17,6 @@ import threading
 import uuid
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -332,13 +331,13 @@ class MemoryTransaction:
             self._own("proofs")[digest] = (hit[0], (*hit[1], token))
 
     def iter_proof_candidates(
-        self, index_key: str, after: tuple[datetime, str] | None = None
+        self, index_key: str, after: str | None = None, limit: int | None = None
     ) -> Iterator[ProofRecord]:
         # Every proof: a superset is allowed, and the memory store serves tests.
-        if after is None:
-            return self.iter_proofs()
-        cursor = (codec.to_micros(after[0]), after[1])
-        return (p for p in self.iter_proofs() if (codec.to_micros(p.created_at), p.digest) > cursor)
+        self._check()
+        digests = sorted(d for d in self._s.proofs if after is None or d > after)
+        page = digests if limit is None else digests[:limit]
+        return (codec.proof_from_row(*self._s.proofs[d]) for d in page)
 
     def iter_proofs(self) -> Iterator[ProofRecord]:
         self._check()

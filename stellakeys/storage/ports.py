@@ -204,13 +204,15 @@ class Transaction(Protocol):
         ...
 
     def iter_proof_candidates(
-        self, index_key: str, after: tuple[datetime, str] | None = None
+        self, index_key: str, after: str | None = None, limit: int | None = None
     ) -> Iterator[ProofRecord]:
-        """Streamed, in iter_proofs' order: at least every proof with a PURL subject that a
-        pattern whose ``index_key`` this is can match (stellakeys.proof_index), possibly more
-        (callers decide each proof); every proof for ``""``. ``after``: only the proofs that
-        come after ``(created_at, digest)`` in that order (keyset pagination: a long list is
-        read in chunks, each in a short read transaction)."""
+        """Streamed in digest order: at least every proof with a PURL subject that a pattern
+        whose ``index_key`` this is can match (stellakeys.proof_index), possibly more (callers
+        decide each proof); every proof for ``""``. ``after``: only the proofs whose digest
+        sorts after it; ``limit``: at most that many proofs. Keyset pagination: a long list is
+        read in pages, each in a short read transaction, and a page must cost about its own
+        size, not what came before it (an adapter that sorts every remaining candidate per
+        page makes ``anchor status`` quadratic over a big anchor)."""
         ...
 
     # --- feed versions ----------------------------------------------------------------------
