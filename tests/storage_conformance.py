@@ -714,6 +714,9 @@ class StoreConformance:
                     digests = [p.digest for p in pages]
                     assert digests == sorted(set(digests)), (key, limit, digests)
             assert list(tx.iter_proof_candidates("", whole[-1].digest)) == []
+            for bad in (0, -1):
+                with pytest.raises(ValueError, match="at least 1"):
+                    list(tx.iter_proof_candidates("npm", None, bad))
             keyed = [p.digest for p in tx.iter_proof_candidates("npm", whole[1].digest)]
         assert [p.digest for p in whole] == sorted(addr(label) for label in "abcde")
         assert {p.digest: p.timestamp_tokens for p in whole}[addr("b")] == (b"t1", b"t2")

@@ -310,6 +310,13 @@ def check_proof_digest(digest: str, body: bytes) -> None:
         raise ProofIntegrityError(digest, actual)
 
 
+def check_page_limit(limit: int | None) -> None:
+    """``iter_proof_candidates``' page size: None (no limit) or at least 1. (A negative LIMIT
+    means "no limit" to SQLite and is an error to PostgreSQL: refused alike everywhere.)"""
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"a page limit must be an integer of at least 1, not {limit!r}")
+
+
 def proof_to_row(p: ProofRecord) -> Row:
     body = bytes(p.envelope_json)
     check_proof_digest(p.digest, body)

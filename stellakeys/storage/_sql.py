@@ -304,6 +304,7 @@ class ProofCommon(SqlCore):
         self, index_key: str, after: str | None = None, limit: int | None = None
     ) -> Iterator[ProofRecord]:
         self._check()
+        codec.check_page_limit(limit)
         d = self.dialect
         # Keyset pagination on the digest, the order of both index tables' primary keys: each
         # arm reads at most ``limit`` index entries after the cursor, so a page costs its own

@@ -335,6 +335,7 @@ class MemoryTransaction:
     ) -> Iterator[ProofRecord]:
         # Every proof: a superset is allowed, and the memory store serves tests.
         self._check()
+        codec.check_page_limit(limit)
         digests = sorted(d for d in self._s.proofs if after is None or d > after)
         page = digests if limit is None else digests[:limit]
         return (codec.proof_from_row(*self._s.proofs[d]) for d in page)

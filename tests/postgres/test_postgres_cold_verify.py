@@ -194,9 +194,15 @@ def test_a_cold_verify_by_address_is_one_statement(
         log.mark()
         for digest in proofs[10:]:  # each a new PURL under the cached anchor, verified once
             assert w.ok(digest)
-        statements = log.since_mark()
+        logged = log.since_mark()
         assert (w.token_reads, w.sends) == (reads, sends), "a separate change-token read"
-        assert len(statements) == len(proofs) - 10, statements
+        # A connection psycopg_pool opens meanwhile (it fills and replaces connections from a
+        # background thread, whenever the machine lets it) sends its session setup: not a
+        # round trip of any verification, but one per verification would be, so few allowed.
+        setups = [s for s in logged if "SET TimeZone TO 'UTC'" in s]
+        statements = [s for s in logged if s not in setups]
+        assert len(setups) <= 2, logged
+        assert len(statements) == len(proofs) - 10, logged
         assert all("signer.store_state" in s and "signer.proofs" in s for s in statements)
     finally:
         w.close()
