@@ -56,10 +56,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BatchItem",
+    "BatchLineError",
     "BatchOutcome",
     "ManagerSpec",
     "category_of",
     "in_order",
+    "parse_line",
+    "read_items",
     "reason_category",
     "summarize",
     "verify_many",
