@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from types import MappingProxyType, TracebackType
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
 import attrs
 
@@ -69,22 +69,21 @@ class SendsChangeToken(Protocol):
 class _Local(threading.local):
     #: The verification in progress on this thread that does not read its own change token:
     #: speculating (decision 0027), or pinned to a token read with the proof (decision 0030).
-    speculation: _Speculation | _Pin | None = None
+    speculation: _OnThread | None = None
 
 
-class _Pin:
-    """A verification whose change token was read before it, in the same statement as the
-    proof it verifies (:meth:`StoreSource.pinned`, decision 0030): every lookup uses that
-    token and reads none, and nothing is sent ahead. Ends with the verification: the next one
-    on the thread reads (or is given) its own."""
+class _OnThread:
+    """The verification in progress on this thread that reads no change token of its own
+    (:class:`_Pin` or :class:`_Speculation`): registered on entry, one at a time, cleared on
+    exit (then :meth:`_end`)."""
 
     __slots__ = ("_local", "pinned")
 
-    def __init__(self, local: _Local, token: object) -> None:
+    def __init__(self, local: _Local, pinned: object) -> None:
         self._local = local
-        self.pinned = token
+        self.pinned = pinned
 
-    def __enter__(self) -> _Pin:
+    def __enter__(self) -> Self:
         if self._local.speculation is not None:
             # One verification at a time per thread: a pin inside a speculation would answer
             # lookups the speculation never sees (and could not confirm).
@@ -96,9 +95,22 @@ class _Pin:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._local.speculation = None
+        self._end()
+
+    def _end(self) -> None:
+        pass
 
 
-class _Speculation:
+class _Pin(_OnThread):
+    """A verification whose change token was read before it, in the same statement as the
+    proof it verifies (:meth:`StoreSource.pinned`, decision 0030): every lookup uses that
+    token and reads none, and nothing is sent ahead. Ends with the verification: the next one
+    on the thread reads (or is given) its own."""
+
+    __slots__ = ()
+
+
+class _Speculation(_OnThread):
     """One verification on cached facts, confirmed by a token read sent when it started.
 
     While speculating, each lookup notes the token of the caches it answered from (``seen``)
@@ -109,22 +121,14 @@ class _Speculation:
     result stands. Otherwise the second pass answers under the collected token (which drops
     the stale caches), or with synchronous reads when there was no answer to trust."""
 
-    __slots__ = ("_local", "_pending", "pinned", "seen")
+    __slots__ = ("_pending", "seen")
 
     def __init__(self, local: _Local, pending: PendingToken) -> None:
-        self._local = local
+        super().__init__(local, _SPECULATING)
         self._pending = pending
         self.seen: list[object] = []
-        self.pinned: object = _SPECULATING
 
-    def __enter__(self) -> _Speculation:
-        self._local.speculation = self
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._local.speculation = None
+    def _end(self) -> None:
         self._pending.discard()
 
     def confirm(self) -> bool:
