@@ -125,10 +125,7 @@ class StoreVerifier:
     def proof_record(self, digest: str) -> ProofRecord:
         """The stored proof at ``digest`` (NotFoundError if there is none). The store checks
         that the stored bytes hash to ``digest`` (ProofIntegrityError otherwise)."""
-        proof = self._read_proof(digest)
-        if proof is None:
-            raise NotFoundError(f"no proof {digest}")
-        return proof
+        return _found(self._read_proof(digest), digest)
 
     def proof_timestamps(self, digest: str) -> tuple[bytes, ...]:
         """The DER tokens stored with a proof; empty when the proof is not stored."""
@@ -146,9 +143,7 @@ class StoreVerifier:
         want its stored tokens use :meth:`stored_tokens_for`.
         """
         if isinstance(proof, str) and proof.startswith("sha256:"):
-            record = self.proof_record(proof)
-            envelope = Envelope.from_json(record.envelope_json)
-            return envelope, proof, (*record.timestamp_tokens, *extra)
+            return _with_tokens(self.proof_record(proof), proof, extra)
         return self.envelope_of(proof), None, tuple(extra)
 
     def stored_tokens_for(
@@ -191,10 +186,7 @@ class StoreVerifier:
             # Read after this verification started, in one snapshot with the proof: a change
             # token as strict as change_token() (decision 0030), so the lookups read none.
             record, token = self._read_pinned(proof)
-            if record is None:
-                raise NotFoundError(f"no proof {proof}")
-            envelope, digest = Envelope.from_json(record.envelope_json), proof
-            tokens: tuple[bytes, ...] = (*record.timestamp_tokens, *timestamps)
+            envelope, digest, tokens = _with_tokens(_found(record, proof), proof, timestamps)
         else:
             envelope, digest, tokens = self.proof_with_tokens(proof, timestamps)
         if tokens and timestamp_verifier is None:
@@ -209,7 +201,19 @@ class StoreVerifier:
                 tokens=tokens,
                 trusted_time=trusted_time,
                 digest=digest,
-                timestamp_verifier=(timestamp_verifier or self.timestamp_verifier())
-                if tokens
-                else None,
+                timestamp_verifier=timestamp_verifier if tokens else None,
             )
+
+
+def _found(record: ProofRecord | None, digest: str) -> ProofRecord:
+    if record is None:
+        raise NotFoundError(f"no proof {digest}")
+    return record
+
+
+def _with_tokens(
+    record: ProofRecord, digest: str, extra: Sequence[bytes]
+) -> tuple[Envelope, str, tuple[bytes, ...]]:
+    """A stored proof as ``proof_with_tokens`` gives it: its envelope, its address, and its
+    stored tokens followed by ``extra``."""
+    return Envelope.from_json(record.envelope_json), digest, (*record.timestamp_tokens, *extra)
