@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Final
 
+import stellakeys.storage._codec as codec
 from stellakeys.errors import StorageError
 from stellakeys.storage._postgres_sql import proof_from_pg_row
 from stellakeys.storage.ports import ProofRecord
@@ -47,12 +48,10 @@ def proof_and_token(
     """(the proof or None, the change counter or None) from the rows of :data:`PROOF_SQL` or
     :data:`PROOF_AND_TOKEN_SQL`. The stored bytes must hash to the address
     (ProofIntegrityError otherwise): what the database returns is evidence, not truth."""
-    if not rows:
-        return None, None
-    first = rows[0]
-    record = proof_from_pg_row(first, tuple(bytes(r[3]) for r in rows if r[3] is not None))
-    if not with_token:
+    # The counter, when selected, rides after the token: group_proofs reads column 3 only.
+    record = next(codec.group_proofs(rows, proof_from_pg_row), None)
+    if record is None or not with_token:
         return record, None
-    if first[4] is None:
+    if rows[0][4] is None:
         raise StorageError(_NO_ROW)
-    return record, int(first[4])
+    return record, int(rows[0][4])

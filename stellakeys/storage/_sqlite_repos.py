@@ -75,10 +75,7 @@ def select_proof(conn: sqlite3.Connection, digest: str) -> ProofRecord | None:
         rows = conn.execute(_PROOF_WITH_TOKENS, (digest,)).fetchall()
     except sqlite3.Error as exc:
         raise storage_error(exc, "query") from exc
-    if not rows:
-        return None
-    tokens = tuple(bytes(r[3]) for r in rows if r[3] is not None)
-    return codec.proof_from_row(rows[0], tokens)
+    return next(codec.group_proofs(rows, codec.proof_from_row), None)
 
 
 SQLITE: Final = Dialect(
