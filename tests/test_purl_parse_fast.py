@@ -1,7 +1,7 @@
-"""parse_purl skips its second packageurl round trip when the text is already canonical
-(issue 20, cold verify: each new PURL costs one parse, not two). These tests hold the shortcut
-to the two-round-trip parser it replaces: same Purl (canonical text, PackageURL fields,
-segments) or the same error, for any input."""
+"""parse_purl's two shortcuts (issue 20, cold verify): a text already canonical skips the
+second packageurl round trip, and a plain canonical text (``pkg:npm/app@1.0.0``) skips
+packageurl altogether. These tests hold both to the two-round-trip parser they replace: same
+Purl (canonical text, PackageURL fields, segments) or the same error, for any input."""
 
 from __future__ import annotations
 
@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 from packageurl import PackageURL
 
 from stellakeys.errors import MalformedPurlError
-from stellakeys.purl_pattern import Purl, _parse_purl_cached
+from stellakeys.purl_pattern import (
+    _PLAIN_PURL_TYPES,
+    Purl,
+    _parse_purl_cached,
+    _plain_canonical,
+    _quote,
+    lookup_keys_for,
+)
 
 _parse_uncached = _parse_purl_cached.__wrapped__
 
@@ -141,10 +148,20 @@ def count_parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 def test_canonical_text_is_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
     seen = count_parses(monkeypatch)
+    text = "pkg:maven/org.apache/Commons@1.0?type=jar"  # canonical, not plain
+    purl = _parse_uncached(text)
+    assert seen == [text]
+    assert purl.canonical == text
+    assert purl.segments == ("maven", "org.apache", "Commons")
+
+
+def test_plain_canonical_text_is_not_given_to_packageurl(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = count_parses(monkeypatch)
     purl = _parse_uncached("pkg:npm/app-7@1.0.0")
-    assert seen == ["pkg:npm/app-7@1.0.0"]
+    assert seen == []
     assert purl.canonical == "pkg:npm/app-7@1.0.0"
     assert purl.segments == ("npm", "app-7")
+    assert purl.package_url == PackageURL.from_string("pkg:npm/app-7@1.0.0")
 
 
 def test_non_canonical_text_is_parsed_again_from_its_canonical_form(
@@ -155,3 +172,89 @@ def test_non_canonical_text_is_parsed_again_from_its_canonical_form(
     assert seen == ["pkg:pypi/Foo_Bar@1.0", "pkg:pypi/foo-bar@1.0"]
     assert purl.canonical == "pkg:pypi/foo-bar@1.0"
     assert purl.segments == ("pypi", "foo-bar")
+
+
+# --- the plain shortcut ---------------------------------------------------------------------
+
+# Every type packageurl special-cases (and a few it does not know), next to the shortcut's own:
+# the shortcut must decline the first kind and agree with packageurl on the second.
+_SPECIAL_TYPES = ["pub", "cpan", "huggingface", "oci", "mlflow", "hackage", "bitnami", "alpm"]
+_ALL_TYPES = st.sampled_from([*sorted(_PLAIN_PURL_TYPES), *_SPECIAL_TYPES, "zz", "npmx"])
+# Plain characters plus the near misses: case, '_', '+', '%', '@', blanks, '..'.
+_PLAIN_PIECE = st.sampled_from([*"abz09.-", "..", "A", "_", "~", "+", "%41", "@", " ", "é"])
+_PLAIN_SEGMENT = st.lists(_PLAIN_PIECE, min_size=1, max_size=5).map("".join)
+
+
+@st.composite
+def plain_texts(draw: st.DrawFn) -> str:
+    """Texts in or near the shortcut's grammar, of every type."""
+    segments = draw(st.lists(_PLAIN_SEGMENT, min_size=1, max_size=4))
+    text = f"pkg:{draw(_ALL_TYPES)}/" + "/".join(segments)
+    if draw(st.booleans()):
+        text += "@" + draw(_PLAIN_SEGMENT)
+    return text
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plain_texts())
+def test_plain_texts_parse_as_before(text: str) -> None:
+    same_outcome(text)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(plain_texts())
+def test_plain_shortcut_only_takes_what_packageurl_prints_unchanged(text: str) -> None:
+    plain = _plain_canonical(text)
+    if plain is None:
+        return
+    expected = reference_parse(text)
+    assert plain.canonical == expected.canonical == text
+    assert tuple(plain.package_url) == tuple(expected.package_url)
+    assert plain.segments == expected.segments
+
+
+@pytest.mark.parametrize(
+    ("text", "plain"),
+    [
+        ("pkg:npm/app@1.0.0", True),
+        ("pkg:npm/app", True),
+        ("pkg:golang/github.com/sigstore/cosign@v2.2.0", True),
+        ("pkg:maven/org.apache/commons@3.12.0-RC1", True),  # upper case in a version: kept
+        ("pkg:npm/App@1", False),  # npm lower-cases names
+        ("pkg:pypi/foo_bar@1", False),  # pypi: '_' -> '-'
+        ("pkg:pub/a.b@1", False),  # pub rewrites '.'
+        ("pkg:oci/x@SHA256", False),  # oci lower-cases versions
+        ("pkg:cpan/a/b@1", False),  # cpan upper-cases namespaces
+        ("pkg:npm/app@1+build", False),  # '+' is escaped
+        ("pkg:npm/app@1?x=1", False),  # qualifiers
+        ("pkg:npm/app#sub", False),  # subpath
+        ("pkg:npm/%40s/app@1", False),  # escapes
+        ("pkg:NPM/app@1", False),  # type case
+        ("pkg:npm//app@1", False),  # empty segment
+        ("pkg:npm/app@", False),  # empty version
+    ],
+)
+def test_plain_shortcut_grammar(text: str, plain: bool) -> None:
+    assert (_plain_canonical(text) is not None) is plain
+    same_outcome(text)
+
+
+def test_plain_types_are_ones_packageurl_treats_alike() -> None:
+    """A type added to the shortcut must keep plain texts unchanged in packageurl."""
+    for type_ in sorted(_PLAIN_PURL_TYPES):
+        text = f"pkg:{type_}/a.b-c/d.0-e@V1.0_~x"
+        assert _plain_canonical(text) is not None, type_
+        same_outcome(text)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.sampled_from([*"aZ09_.~-:/@%+ é*"]), max_size=8))
+def test_segment_quoting_shortcut_agrees_with_packageurl(segment: str) -> None:
+    assert _quote(segment) == packageurl.quote(segment)
+
+
+def test_lookup_keys_of_plain_and_packageurl_parses_agree() -> None:
+    for text in ["pkg:npm/app@1.0.0", "pkg:golang/github.com/x/y@v1", "pkg:maven/o.a/b"]:
+        plain = _plain_canonical(text)
+        assert plain is not None
+        assert lookup_keys_for(plain) == lookup_keys_for(reference_parse(text))
