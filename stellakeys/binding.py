@@ -67,7 +67,25 @@ class PayloadFacts:
     error: Reason | None = None
 
 
+# Listing an anchor's proofs reads each statement's subjects and then verifies that very
+# Envelope, which would read them again (~5 us a proof). Envelopes are immutable and the facts
+# a pure function of one, so the last answer is kept for that object: by identity, not
+# equality (no hashing of the payload; the reference held here keeps the object, hence its
+# id, from being reused). One tuple, replaced whole, so threads see a consistent pair.
+_last: tuple[Envelope, PayloadFacts] | None = None
+
+
 def payload_facts(envelope: Envelope) -> PayloadFacts:
+    global _last
+    last = _last
+    if last is not None and last[0] is envelope:
+        return last[1]
+    facts = _payload_facts(envelope)
+    _last = (envelope, facts)
+    return facts
+
+
+def _payload_facts(envelope: Envelope) -> PayloadFacts:
     payload_type = envelope.payload_type
     if is_intoto_payload_type(payload_type):
         try:

@@ -618,3 +618,43 @@ def test_evaluate_applies_compromise_spellings_and_key_wide_times(km: KeyManager
     assert found == {entry.fingerprint: SIGNED + timedelta(days=1)}
     assert not judge(anchor, found)
     assert judge(anchor, {"SHA256:" + "00" * 32: T0})  # another key's compromise
+
+
+# --- the facts of one envelope are that envelope's (binding.payload_facts keeps the last) ----
+
+
+def test_payload_facts_are_never_those_of_another_envelope() -> None:
+    """``payload_facts`` keeps its last answer for the very Envelope object it read; an equal
+    or different envelope, or the last one read again after another, gets its own facts,
+    also with threads interleaving (the memo is one tuple, replaced whole)."""
+    import threading
+
+    from stellakeys.binding import payload_facts
+    from stellakeys.dsse import Envelope
+
+    def env(purl: str) -> Envelope:
+        return Envelope(PAYLOAD_TYPE, statement(purl))
+
+    a, c = env("pkg:npm/a@1"), env("pkg:npm/evil@6")
+    assert payload_facts(a).subjects == ("pkg:npm/a@1",)
+    assert payload_facts(a) is payload_facts(a)
+    assert payload_facts(c).subjects == ("pkg:npm/evil@6",)
+    assert payload_facts(a).subjects == ("pkg:npm/a@1",)
+    other_type = Envelope("text/plain", a.payload)  # same payload bytes, another type
+    assert payload_facts(other_type).error is not None and payload_facts(a).error is None
+
+    wrong: list[str] = []
+
+    def judge(name: str) -> None:
+        mine = [env(f"pkg:npm/{name}-{i}@1") for i in range(200)]
+        for _ in range(20):
+            for i, e in enumerate(mine):
+                if payload_facts(e).subjects != (f"pkg:npm/{name}-{i}@1",):
+                    wrong.append(name)
+
+    threads = [threading.Thread(target=judge, args=(n,)) for n in ("x", "y", "z")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
