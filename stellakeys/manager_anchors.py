@@ -319,15 +319,19 @@ def anchor_status(m: ManagerCore, anchor_id: uuid.UUID | str) -> AnchorStatus:
         after = chunk[-1].digest
         if len(matched) > _MATCHED_KEPT:  # a cache: bounded, so memory stays flat
             matched = {}
-        for proof, envelope, purl in proofs_of_anchor(chunk, pattern, matched):
-            total += 1
-            result = m.verify(
-                envelope, purl=purl, at=proof.created_at, timestamps=proof.timestamp_tokens
-            )
-            verified += result.ok
-            signers = {s.keyid for s in envelope.signatures}
-            if signers & compromised and not proof.timestamp_tokens:
-                rescans += 1
+        # The chunk is judged under one change token read after it (not one per proof: a
+        # PostgreSQL round trip, or a PRAGMA, each): a revocation committed while it is being
+        # verified counts from the next chunk on.
+        with m._verifying.one_token():
+            for proof, envelope, purl in proofs_of_anchor(chunk, pattern, matched):
+                total += 1
+                result = m.verify(
+                    envelope, purl=purl, at=proof.created_at, timestamps=proof.timestamp_tokens
+                )
+                verified += result.ok
+                signers = {s.keyid for s in envelope.signatures}
+                if signers & compromised and not proof.timestamp_tokens:
+                    rescans += 1
         if len(chunk) < _STATUS_CHUNK:
             break
     return AnchorStatus(anchor, now, total, verified, rescans)

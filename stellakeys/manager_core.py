@@ -27,6 +27,7 @@ from stellakeys.storage.ports import Store, Transaction
 from stellakeys.verification import SigningTime, VerificationPolicy, VerificationResult
 
 if TYPE_CHECKING:
+    from stellakeys.store_verifier import StoreVerifier
     from stellakeys.timestamp import TimestampingConfig, TimestampVerifier
 
 __all__ = ["ManagerCore"]
@@ -43,6 +44,9 @@ class ManagerCore(Protocol):
 
     @property
     def _ks_lock(self) -> threading.Lock: ...
+
+    @property
+    def _verifying(self) -> StoreVerifier: ...
 
     @property
     def _handles(self) -> dict[str, KeyHandle]: ...

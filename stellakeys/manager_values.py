@@ -76,6 +76,10 @@ class AnchorStatus:
     ``pending_rescans`` counts stored proofs under this anchor that were signed by a key later
     revoked for compromise and carry no trusted timestamp: the proofs an incident review must
     look at again (the runbook's post-incident step 1).
+
+    The proofs are read and verified in chunks, each judged under one change token of the
+    store read after it (``StoreVerifier.one_token``): a revocation committed before the call
+    is always counted; one committed during it, from the next chunk on.
     """
 
     anchor: TrustAnchor

@@ -212,6 +212,11 @@ class StoreSource:
         finished before the start is counted in it, as strict mode requires."""
         return _Pin(self._local, token)
 
+    def pinned_here(self) -> bool:
+        """Whether a verification on this thread already uses a token it did not read itself
+        (pinned or speculating)."""
+        return self._local.speculation is not None
+
     def lookup(self, purl: str | Purl) -> AnchorLookup:
         parsed = purl if isinstance(purl, Purl) else parse_purl(purl)
         return self._cached(parsed.canonical, parsed)

@@ -106,6 +106,13 @@ class StoreVerifier:
             timestamp_verifier_factory=from_settings,
         )
 
+    def one_token(self) -> AbstractContextManager[object]:
+        """``with verifying.one_token(): ...``: every verification on this thread inside the
+        block uses one change token of the store, read now, instead of reading its own. For a
+        report over many proofs (``anchor status``): the block is judged as of this read, and a
+        commit that finishes after it is seen by the next block, not by this one."""
+        return self.source.pinned(self.store.change_token())
+
     def timestamp_verifier(self) -> TimestampVerifier | None:
         """The RFC 3161 verifier: the given one, else built once by the factory."""
         if self._tsa is None and self._tsa_factory is not None:
@@ -182,7 +189,12 @@ class StoreVerifier:
         the same arguments, ``now`` given."""
         token: object | None = None
         digest: str | None
-        if self._read_pinned is not None and isinstance(proof, str) and proof.startswith("sha256:"):
+        if (
+            self._read_pinned is not None
+            and isinstance(proof, str)
+            and proof.startswith("sha256:")
+            and not self.source.pinned_here()  # inside one_token(): its token, not the proof's
+        ):
             # Read after this verification started, in one snapshot with the proof: a change
             # token as strict as change_token() (decision 0030), so the lookups read none.
             record, token = self._read_pinned(proof)

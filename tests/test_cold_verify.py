@@ -223,13 +223,57 @@ def test_a_revocation_by_another_writer_is_seen_by_the_next_new_purl(
     warm, _ = home.put("pkg:npm/a@1")
     cold, _ = home.put("pkg:npm/b@1")
     assert verifier.verify(warm, now=NOW, at=AT).ok
+    revoke_behind(home)
+    assert not verifier.verify(cold, now=NOW, at=AT).ok
+
+
+def revoke_behind(home: Home) -> None:
+    """Another writer revokes the anchor's key as compromised before AT, and commits."""
     store = home.store()
     with store.transaction() as tx:
-        revoked = attrs.evolve(
-            entry(ANCHOR, "k", home.key),
-            revoked_at=AT - timedelta(days=1),
-            revoke_reason="compromise",
+        tx.update_history(
+            attrs.evolve(
+                entry(ANCHOR, "k", home.key),
+                revoked_at=AT - timedelta(days=1),
+                revoke_reason="compromise",
+            )
         )
-        tx.update_history(revoked)
     store.close()
-    assert not verifier.verify(cold, now=NOW, at=AT).ok
+
+
+# --- one token for a block of verifications (anchor status) ----------------------------------
+
+
+def test_one_token_reads_the_change_token_once_per_block(
+    home: Home, verifier: StoreVerifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proofs = [home.put(f"pkg:npm/p{i}@1") for i in range(4)]
+    reads: list[object] = []
+    real = verifier.store.change_token
+
+    def counting() -> object:
+        reads.append(real())
+        return reads[-1]
+
+    monkeypatch.setattr(verifier.store, "change_token", counting)
+    with verifier.one_token():
+        assert all(verifier.verify(d, now=NOW, at=AT).ok for d, _ in proofs)
+    assert len(reads) == 1
+    assert all(verifier.verify(e, now=NOW, at=AT).ok for _, e in proofs)
+    assert len(reads) == 1 + len(proofs)  # outside a block: one read per verification
+
+
+def test_one_token_block_ends_with_the_block(home: Home, verifier: StoreVerifier) -> None:
+    """A revocation committed by another writer during a block counts from the next
+    verification after it; one committed before the block is seen inside it."""
+    digest, _ = home.put("pkg:npm/a@1")
+    with verifier.one_token():
+        assert verifier.verify(digest, now=NOW, at=AT).ok
+        revoke_behind(home)
+        assert verifier.verify(digest, now=NOW, at=AT).ok  # as of the block's read
+    assert not verifier.verify(digest, now=NOW, at=AT).ok
+    with verifier.one_token():
+        assert not verifier.verify(digest, now=NOW, at=AT).ok
+    with pytest.raises(RuntimeError), verifier.one_token():
+        raise RuntimeError("boom")
+    assert not verifier.source.pinned_here()

@@ -398,3 +398,33 @@ def test_threads_verifying_by_address_see_every_committed_revocation(world_throu
         one_round(w, 4)
     # By address, every verification was pinned: no token read, nothing sent ahead.
     assert (w.token_reads, w.sends) == (0, 0)
+
+
+# --- one token for a block of verifications (anchor status) ----------------------------------
+
+
+def test_one_token_reads_the_counter_once_for_the_whole_block(world: World) -> None:
+    scope = world.new_anchor()
+    proofs = [world.put(scope, f"p{i}") for i in range(4)]
+    assert world.ok(proofs[0][1])  # the anchor cached
+    world.token_reads = world.sends = 0
+    with world.verifier.one_token():
+        # By address too: the block's token, not one read with the proof (no nested pin).
+        assert all(world.ok(digest) and world.ok(blob) for digest, blob in proofs)
+    assert (world.token_reads, world.sends) == (1, 0)
+
+
+def test_one_token_block_sees_what_was_committed_before_it_and_not_after(world: World) -> None:
+    scope = world.new_anchor()
+    (before, _), (during, _) = world.put(scope, "before"), world.put(scope, "during")
+    assert world.ok(before)
+    world.revoke(scope)
+    with world.verifier.one_token():
+        assert not world.ok(before)  # committed before the block's read: seen
+    other = world.new_anchor()
+    (a, _), (b, _) = world.put(other, "a"), world.put(other, "b")
+    with world.verifier.one_token():
+        assert world.ok(a)
+        world.revoke(other)
+        assert world.ok(b)  # judged as of the block's read, as documented
+    assert not world.ok(b) and not world.ok(during)  # the next verification sees it
