@@ -497,15 +497,21 @@ class PurlPattern:
     def matches(self, purl: str | Purl) -> bool:
         """Whether this pattern covers the artifact ``purl`` (a string is parsed first)."""
         p = _as_purl(purl)
-        depth = len(p.segments)
+        segments = p.segments
+        depth = len(segments)
         if not self._admits_depth(depth):
             return False
         if self.version is not None and p.version != self.version:
             return False
-        return all(
-            glob is None or glob.matches(segment)
-            for glob, segment in zip(self._globs_at_depth(depth), p.segments, strict=True)
-        )
+        # _globs_at_depth(depth), without building it (every new PURL is matched): segments
+        # past the globs match anything.
+        globs = self._globs
+        last = len(globs) - 1
+        if depth > len(globs) and self._last_as_namespace is not None:
+            if not self._last_as_namespace.matches(segments[last]):
+                return False
+            last -= 1  # checked
+        return all(globs[i].matches(segments[i]) for i in range(last + 1))
 
     def _admits_depth(self, depth: int) -> bool:
         length = len(self._globs)

@@ -15,6 +15,7 @@ from stellakeys.errors import MalformedPurlError
 from stellakeys.purl_pattern import (
     _PLAIN_PURL_TYPES,
     Purl,
+    PurlPattern,
     _parse_purl_cached,
     _plain_canonical,
     _quote,
@@ -258,3 +259,48 @@ def test_lookup_keys_of_plain_and_packageurl_parses_agree() -> None:
         plain = _plain_canonical(text)
         assert plain is not None
         assert lookup_keys_for(plain) == lookup_keys_for(reference_parse(text))
+
+
+# --- matching without building the per-depth glob list ---------------------------------------
+
+
+def reference_matches(pattern: PurlPattern, purl: Purl) -> bool:
+    """``PurlPattern.matches`` as it was: the glob list for the artifact's depth, zipped."""
+    depth = len(purl.segments)
+    if not pattern._admits_depth(depth):
+        return False
+    if pattern.version is not None and purl.version != pattern.version:
+        return False
+    globs = pattern._globs_at_depth(depth)
+    return all(g is None or g.matches(s) for g, s in zip(globs, purl.segments, strict=True))
+
+
+_MATCH_TYPES = st.sampled_from(["npm", "cpan", "pypi", "maven", "generic"])
+_PATTERN_SEGMENT = st.sampled_from(["a", "A", "ab", "*", "a*", "A*", "*b", "a*b", "Fo*", "Foo"])
+_FILL = st.sampled_from(["", "a", "B", "o", "x_y"])
+
+
+@st.composite
+def pattern_and_artifact(draw: st.DrawFn) -> tuple[str, str]:
+    """A pattern and an artifact built from it (stars filled, segments added below it, case
+    changed at times), so that matches and near misses both come up often."""
+    type_ = draw(_MATCH_TYPES)
+    segments = draw(st.lists(_PATTERN_SEGMENT, min_size=1, max_size=3))
+    pattern = f"pkg:{type_}/" + "/".join(segments) + draw(st.sampled_from(["", "@1", "*"]))
+    filled = [s.replace("*", draw(_FILL)) or "z" for s in segments]
+    filled += draw(st.lists(st.sampled_from(["c", "D", "e_f"]), max_size=2))
+    if draw(st.booleans()):
+        filled = [s.swapcase() if draw(st.booleans()) else s for s in filled]
+    artifact = f"pkg:{type_}/" + "/".join(filled) + draw(st.sampled_from(["", "@1", "@2"]))
+    return pattern, artifact
+
+
+@settings(max_examples=1000, deadline=None)
+@given(pattern_and_artifact())
+def test_matches_agrees_with_the_per_depth_glob_list(texts: tuple[str, str]) -> None:
+    try:
+        pattern = PurlPattern.parse(texts[0])
+        purl = _parse_uncached(texts[1])
+    except MalformedPurlError:
+        return
+    assert pattern.matches(purl) == reference_matches(pattern, purl)
