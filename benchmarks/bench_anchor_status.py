@@ -20,6 +20,7 @@ import os
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +57,8 @@ def before(km: KeyManager, anchor_id: str) -> tuple[int, int]:
     return total, verified
 
 
-def verify_only(km: KeyManager, items: list[tuple[Envelope, str, object]]) -> int:
-    return sum(km.verify(e, purl=p, at=at).ok for e, p, at in items)  # type: ignore[arg-type]
+def verify_only(km: KeyManager, items: list[tuple[Envelope, str, datetime]]) -> int:
+    return sum(km.verify(e, purl=p, at=at).ok for e, p, at in items)
 
 
 def main() -> None:

@@ -76,9 +76,9 @@ def measure(home_dir: Path, digests: Sequence[str], now: Any) -> dict[str, float
         km.close()
     opens = []
     for _ in range(20):
-        started = time.perf_counter()
+        began = time.perf_counter()
         KeyManager.open(home_dir).close()
-        opens.append((time.perf_counter() - started) * 1000)
+        opens.append((time.perf_counter() - began) * 1000)
     cold, warm = min(cold_runs), min(warm_runs)
     return {
         "raw_us": raw,
