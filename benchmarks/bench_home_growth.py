@@ -20,7 +20,6 @@ home. Run: ``python benchmarks/bench_home_growth.py [--sizes 1000,10000,100000,1
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import subprocess
@@ -34,7 +33,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
-from bench_verify_sizes import measure  # noqa: E402
+from bench_verify_sizes import measure, size_arguments  # noqa: E402
 from make_home import build_home  # noqa: E402
 
 from stellakeys import FrozenClock, KeyManager  # noqa: E402
@@ -109,14 +108,7 @@ def one_size(root: Path, n: int, sample: int, rotations: int) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="1000,10000,100000")
-    parser.add_argument("--sample", type=int, default=2000)
-    parser.add_argument("--rotations", type=int, default=300)
-    parser.add_argument("--quick", action="store_true", help="sizes 1000,10000; sample 500")
-    args, _ = parser.parse_known_args(argv)
-    sizes = [1000, 10000] if args.quick else [int(s) for s in args.sizes.split(",")]
-    sample = 500 if args.quick else args.sample
+    sizes, sample, rotations = size_arguments(__doc__.splitlines()[0], argv)
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"== bench_home_growth: {platform.machine()} {os.cpu_count()} cpus, load {load}")
     print(
@@ -127,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
-            row = one_size(Path(tmp), n, sample, args.rotations)
+            row = one_size(Path(tmp), n, sample, rotations)
             rows.append(row)
             print(
                 f"| {n:,} | {row['build_s']:.1f} | {row['db_mb']:.0f} | {row['open_ms']:.2f}"

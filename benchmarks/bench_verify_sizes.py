@@ -90,15 +90,21 @@ def measure(home_dir: Path, digests: Sequence[str], now: Any) -> dict[str, float
     }
 
 
-def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def size_arguments(description: str, argv: Sequence[str] | None) -> tuple[list[int], int, int]:
+    """``(sizes, sample, rotations)`` from ``--sizes``, ``--sample``, ``--rotations`` and
+    ``--quick`` (shared with bench_home_growth.py)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--sample", type=int, default=2000)
     parser.add_argument("--rotations", type=int, default=300)
     parser.add_argument("--quick", action="store_true", help="sizes 1000,10000; sample 500")
-    args = parser.parse_args(argv)
+    args, _ = parser.parse_known_args(argv)
     sizes = [1000, 10000] if args.quick else [int(s) for s in args.sizes.split(",")]
-    sample = 500 if args.quick else args.sample
+    return sizes, 500 if args.quick else args.sample, args.rotations
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    sizes, sample, rotations = size_arguments(__doc__.splitlines()[0], argv)
     print(
         "== bench_verify_sizes:",
         platform.machine(),
@@ -110,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
             started = time.perf_counter()
-            info = build_home(Path(tmp) / f"home-{n}", proofs=n, rotations=args.rotations)
+            info = build_home(Path(tmp) / f"home-{n}", proofs=n, rotations=rotations)
             built = time.perf_counter() - started
             step = max(1, n // sample)
             digests = list(info.digests[::step][:sample])
