@@ -111,6 +111,9 @@ class Purl:
     package_url: PackageURL = attrs.field(eq=False)
     #: The path segments used for matching: type, namespace parts, name.
     segments: tuple[str, ...] = attrs.field(eq=False)
+    # True when ``canonical`` is a plain PURL (``_plain_canonical``): each segment is its own
+    # quoted form, so lookup keys are prefixes of the text.
+    _plain: bool = attrs.field(default=False, eq=False, alias="plain")
 
     @classmethod
     def from_package_url(cls, package_url: PackageURL) -> Purl:
@@ -237,7 +240,7 @@ def _plain_canonical(text: str) -> Purl | None:
     # namedtuple's _make: the fields as they are, which is what packageurl's parse gives here
     # (its constructor would only re-check and re-normalise them, 10 us).
     package_url = PackageURL._make((type_, "/".join(parts) or None, name, version, {}, None))
-    return Purl(canonical=text, package_url=package_url, segments=(type_, *parts, name))
+    return Purl(canonical=text, package_url=package_url, segments=(type_, *parts, name), plain=True)
 
 
 def _segments(package_url: PackageURL) -> tuple[str, ...]:
@@ -258,12 +261,29 @@ def lookup_keys_for(purl: str | Purl) -> list[str]:
     its version. That is at most ``len(purl.segments) + 2`` keys, whatever the number of anchors.
     """
     p = _as_purl(purl)
+    if p._plain:
+        return _plain_lookup_keys(p.canonical, p.version)
     keys = [""]
     keys.extend(
         _render_segments(p.type, p.segments[1:end]) for end in range(1, len(p.segments) + 1)
     )
     if p.version is not None:
         keys.append(keys[-1] + _version_suffix(p.version))
+    return keys
+
+
+def _plain_lookup_keys(canonical: str, version: str | None) -> list[str]:
+    """:func:`lookup_keys_for` of a plain PURL: its segments need no quoting, so each key is a
+    prefix of the text, cut at a '/' (after ``pkg:<type>``) or before the '@'."""
+    path = canonical if version is None else canonical[: -len(version) - 1]
+    keys = [""]
+    cut = path.index("/")
+    while cut != -1:
+        keys.append(path[:cut])
+        cut = path.find("/", cut + 1)
+    keys.append(path)
+    if version is not None:
+        keys.append(canonical)
     return keys
 
 

@@ -261,6 +261,18 @@ def test_lookup_keys_of_plain_and_packageurl_parses_agree() -> None:
         assert lookup_keys_for(plain) == lookup_keys_for(reference_parse(text))
 
 
+@settings(max_examples=1500, deadline=None)
+@given(plain_texts())
+def test_plain_lookup_keys_are_the_rendered_ones(text: str) -> None:
+    """A plain Purl's keys are cut from its text; they must be the keys rendered segment by
+    segment from the same PURL parsed by packageurl."""
+    plain = _plain_canonical(text)
+    if plain is None:
+        return
+    assert plain._plain and not reference_parse(text)._plain
+    assert lookup_keys_for(plain) == lookup_keys_for(reference_parse(text))
+
+
 # --- matching without building the per-depth glob list ---------------------------------------
 
 
