@@ -205,26 +205,21 @@ def _parse_purl_cached(text: str) -> Purl:
     )
 
 
-# The usual artifact PURL is plain and already canonical: ``pkg:<type>/<segments>[@<version>]``
-# in characters packageurl neither escapes nor rewrites. packageurl would parse it, print it back
-# unchanged and split it at '/' and '@' (about 14 us alone, 30 us inside a cold verification,
-# a fifth of it). packageurl has no "is this already canonical" check, so this one is written
-# here, deliberately narrow: lower-case names (no case folding, no '_' -> '-', no '@' scope, no
-# escapes, no qualifiers or subpath) and only types packageurl treats alike for these
-# characters (pub rewrites '.' and '-', cpan upper-cases namespaces, huggingface and oci
-# lower-case versions, mlflow reads qualifiers: none of them is here). Everything else goes
-# through packageurl, which stays the reference: tests/test_purl_parse_fast.py holds the two to
-# the same Purl on generated texts of every type below and of the special-cased ones.
+# The usual artifact PURL is plain and already canonical, in characters packageurl neither
+# escapes nor rewrites: packageurl would parse it, print it back unchanged and split it at '/'
+# and '@' (14 us alone, 30 inside a cold verification). packageurl has no "already canonical"
+# check, so this one is written here, deliberately narrow (decision 0032): lower-case names, no
+# escapes, qualifiers or subpath, and only types packageurl treats alike for these characters
+# (not pub, cpan, huggingface, oci, mlflow). Everything else goes through packageurl, the
+# reference: tests/test_purl_parse_fast.py holds the two to the same Purl.
 _PLAIN_PURL_RE = re.compile(
     r"pkg:([a-z]+)/((?:[a-z0-9.-]+/)*)([a-z0-9.-]+)(?:@([A-Za-z0-9_.~-]+))?"
 )
-_PLAIN_PURL_TYPES: frozenset[str] = frozenset(
-    {
-        "apk", "bitbucket", "cargo", "cocoapods", "composer", "conan", "conda", "cran", "deb",
-        "docker", "gem", "generic", "github", "gitlab", "golang", "hex", "maven", "npm",
-        "nuget", "pypi", "rpm", "swift",
-    }
-)  # fmt: skip
+_PLAIN_PURL_TYPES: frozenset[str] = frozenset({
+    "apk", "bitbucket", "cargo", "cocoapods", "composer", "conan", "conda", "cran", "deb",
+    "docker", "gem", "generic", "github", "gitlab", "golang", "hex", "maven", "npm", "nuget",
+    "pypi", "rpm", "swift",
+})  # fmt: skip
 
 
 def _plain_canonical(text: str) -> Purl | None:
