@@ -158,6 +158,33 @@ def test_status_read_in_chunks_counts_every_proof_once(
         assert len(chunks) >= 2 + -(-status.proofs_total // chunk), (len(chunks), status)
 
 
+@pytest.mark.parametrize("chunk", [2, 1000])
+def test_status_reads_one_change_token_per_chunk(
+    store: Store, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each chunk is judged under one change token (StoreVerifier.one_token), not one read
+    per proof: a PostgreSQL round trip each. Fails if a chunk's verifications read their own."""
+    import stellakeys.manager_anchors as manager_anchors
+
+    km, ids = build(store)
+    monkeypatch.setattr(manager_anchors, "_STATUS_CHUNK", chunk)
+    reads: list[object] = []
+    real = store.change_token
+
+    def counting() -> object:
+        reads.append(real())
+        return reads[-1]
+
+    monkeypatch.setattr(store, "change_token", counting)
+    with store.read() as tx:
+        candidates = len(list(tx.iter_proof_candidates("")))  # "*": every proof of the home
+    status = km.anchor_status(ids[4])
+    assert status.proofs_total > 4 * chunk or chunk == 1000
+    pages = -(-candidates // chunk) + 1  # a last, empty page may follow a full one
+    assert 1 <= len(reads) <= pages, (len(reads), candidates)
+    assert len(reads) < status.proofs_total
+
+
 def test_the_store_reads_only_the_anchors_proofs(tmp_path: Path) -> None:
     km, ids = build(SqliteStore(tmp_path / "s.db"))
     for aid in ids[:2]:
