@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
-from stellakeys.errors import StellaKeysError
+from stellakeys.errors import MalformedEnvelopeError, StellaKeysError
 from stellakeys.reasons import ReasonCode, reason_code
 from stellakeys.verification import VerificationPolicy, VerificationResult
 from stellakeys.verifier import Verifier
@@ -491,8 +491,6 @@ def read_items(path: Path, malformed: list[tuple[int, str, str]] | None = None) 
             except (BatchLineError, StellaKeysError) as exc:
                 reason = str(exc).removeprefix(f"{label}: ")
                 if malformed is None:
-                    from stellakeys.errors import MalformedEnvelopeError
-
                     raise MalformedEnvelopeError(f"{label}: {reason}") from None
                 malformed.append((len(items) + len(malformed), label, reason))
                 continue

@@ -234,7 +234,7 @@ def _plain_canonical(text: str) -> Purl | None:
     parts = namespace.split("/")[:-1]  # "a/b/" -> ["a", "b"]; "" -> []
     # namedtuple's _make: the fields as they are, which is what packageurl's parse gives here
     # (its constructor would only re-check and re-normalise them, 10 us).
-    package_url = PackageURL._make((type_, "/".join(parts) or None, name, version, {}, None))
+    package_url = PackageURL._make((type_, namespace[:-1] or None, name, version, {}, None))
     return Purl(canonical=text, package_url=package_url, segments=(type_, *parts, name), plain=True)
 
 
