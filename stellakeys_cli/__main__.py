@@ -1,3 +1,3 @@
-from stellakeys_cli.main import main
+from stellakeys_cli.process import run
 
-main()
+run()

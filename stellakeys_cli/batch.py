@@ -110,6 +110,10 @@ def run_batch(
     out = sys.stdout
     from concurrent.futures.process import BrokenProcessPool
 
+    from stellakeys_cli.process import settled
+
+    settled()  # also for a feed's verifier, which opens no store (decision 0033)
+
     with ExitStack() as stack:
         executor, in_flight = _executor(stack, workers, dask_scheduler, factory)
         bar = _progress_bar(stack, source)

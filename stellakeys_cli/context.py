@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from stellakeys_cli.process import settled
+
 if TYPE_CHECKING:
     from stellakeys.clock import Clock
     from stellakeys.manager import KeyManager
@@ -140,6 +142,7 @@ class CliState:
                 timestamp_verifier=timestamp_verifier,
                 max_staleness=self.max_staleness,
             )
+            settled()
         return self._manager
 
     def verifying(self, *, timestamp_verifier: TimestampVerifier | None = None) -> StoreVerifier:
@@ -154,6 +157,7 @@ class CliState:
                 self.home, self.config_path, self.database_url, self.actor, self.max_staleness
             )
             self._verifying = StoreVerifier.open(settings, timestamp_verifier=timestamp_verifier)
+            settled()
         return self._verifying
 
     def _refuse_missing_home(self) -> None:

@@ -53,16 +53,19 @@ def serve(host: str, port: int, workers: int, hash_password: bool) -> None:
         return
     from stellakeys.config import load_settings
     from stellakeys_cli.context import state
+    from stellakeys_cli.process import settled
 
     st = state()
     settings = load_settings(st.home, st.config_path, st.database_url, st.actor)
     if workers == 1:
         app = create_app(settings, st.clock)
+        settled()  # a long-running process: collect as usual from here (decision 0033)
         uvicorn.run(app, host=host, port=port, log_level="info", access_log=True)
         return
     # Built once here first, so a bad configuration is this command's one-line error, not
     # a traceback in every worker; then closed (each worker opens its own store).
     create_app(settings, st.clock).state.service.lib.close()
+    settled()
     os.environ[_WORKER_ENV] = json.dumps(
         {
             "home": str(settings.home),
