@@ -52,6 +52,30 @@ _OBJECT_TYPES = ("public", "private", "cert", "secret-key", "data")
 _ATTR_NAME = re.compile(r"[A-Za-z0-9-]+")
 
 
+#: A '%' not followed by two hex digits (RFC 3986 pct-encoded is "%" HEXDIG HEXDIG).
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def _decoded(name: str, value: str, uri: str) -> str:
+    """One attribute's value, percent-decoded strictly: a stray '%' or bytes that are not
+    UTF-8 are an error, never a replacement character in a module path or a token label."""
+    _check_escapes(name, value, uri)
+    try:
+        return unquote(value, errors="strict")
+    except UnicodeDecodeError:
+        raise KeyStoreError(
+            f"attribute {name!r} of PKCS#11 URI {uri!r} is not UTF-8 once decoded"
+        ) from None
+
+
+def _check_escapes(name: str, value: str, uri: str) -> None:
+    if _BAD_ESCAPE.search(value):
+        raise KeyStoreError(
+            f"attribute {name!r} of PKCS#11 URI {uri!r} has a '%' that is not followed by two"
+            " hex digits: write a literal '%' as %25"
+        )
+
+
 def _unknown(name: str, known: tuple[str, ...], uri: str) -> KeyStoreError:
     close = difflib.get_close_matches(name, known, n=1)
     hint = f"; did you mean {close[0]}?" if close else f"; known: {', '.join(known)}"
@@ -108,15 +132,11 @@ class Pkcs11Uri:
                     raise KeyStoreError(f"attribute {name!r} twice in PKCS#11 URI {uri!r}")
                 if name == "id":
                     # Every byte percent-encoded: the raw bytes, not text.
+                    _check_escapes(name, value, uri)
                     raw_id = unquote_to_bytes(value)
                     values[name] = value
                     continue
-                try:
-                    values[name] = unquote(value, errors="strict")
-                except UnicodeDecodeError:
-                    raise KeyStoreError(
-                        f"attribute {name!r} of PKCS#11 URI {uri!r} is not UTF-8 once decoded"
-                    ) from None
+                values[name] = _decoded(name, value, uri)
         elif path.lower().startswith("hsm://pkcs11"):
             segments = [s for s in path[len("hsm://pkcs11") :].split("/") if s]
             if len(segments) % 2:
@@ -131,9 +151,12 @@ class Pkcs11Uri:
                         f"unknown segment {name!r} in HSM URI {uri!r}; known: slot, token,"
                         " serial, id"
                     )
-                values[names[name.lower()]] = unquote(value)
+                if names[name.lower()] in values:
+                    raise KeyStoreError(f"segment {name!r} twice in HSM URI {uri!r}")
+                values[names[name.lower()]] = _decoded(name, value, uri)
         else:
             raise KeyStoreError(f"not a PKCS#11 URI: {uri!r}")
+        in_query: set[str] = set()
         for part in query.split("&") if query else ():
             name, eq, value = part.partition("=")
             name = name.lower()
@@ -141,7 +164,12 @@ class Pkcs11Uri:
                 raise KeyStoreError(f"bad query attribute {part!r} in PKCS#11 URI {uri!r}")
             if name not in _QUERY_ATTRS and not _is_vendor(name, _QUERY_ATTRS):
                 raise _unknown(name, _QUERY_ATTRS, uri)
-            values[name] = unquote(value)
+            if name in in_query or name in values:
+                # Which one would win is a guess the reader of a config cannot see
+                # (module-path=/a&module-path=/b): refuse, as for the path (RFC 7512 2.3).
+                raise KeyStoreError(f"attribute {name!r} twice in PKCS#11 URI {uri!r}")
+            in_query.add(name)
+            values[name] = _decoded(name, value, uri)
         if "pin-value" in values:
             raise KeyStoreError(
                 "refusing pin-value in a PKCS#11 URI: URIs end up in configs, key records and "

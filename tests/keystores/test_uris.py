@@ -88,6 +88,17 @@ def test_pin_value_is_refused(uri: str) -> None:
         ("pkcs11:token=T;module-path=/x.so", "belongs in the query"),
         ("pkcs11:token=T?modul-path=/x.so", "did you mean module-path?"),
         ("hsm://pkcs11/slto/0", "unknown segment"),
+        # Which duplicate wins is invisible to whoever reads the config: refused everywhere.
+        ("pkcs11:token=T?module-path=/a.so&module-path=/b.so", "twice"),
+        ("pkcs11:token=T?pin-source=/a&PIN-SOURCE=/b", "twice"),
+        ("pkcs11:x-a=1?x-a=2", "twice"),
+        ("hsm://pkcs11/token/T/token/U", "twice"),
+        # RFC 3986 pct-encoded is '%' and two hex digits; decoding is strict UTF-8.
+        ("pkcs11:token=50%", "not followed by two hex digits"),
+        ("pkcs11:id=%ZZ", "not followed by two hex digits"),
+        ("pkcs11:token=T?module-path=/x%2", "not followed by two hex digits"),
+        ("pkcs11:token=T?module-path=/x%FF.so", "not UTF-8"),
+        ("hsm://pkcs11/token/%C3", "not UTF-8"),
     ],
 )
 def test_malformed_pkcs11_uris_say_what_is_wrong(uri: str, message: str) -> None:
