@@ -128,11 +128,32 @@ def to_bundle(
 
 
 def _member(obj: dict[str, Any], *names: str) -> Any:
-    """A member under its protobuf JSON name or its proto field name (both are valid JSON)."""
-    for name in names:
-        if name in obj:
-            return obj[name]
-    return None
+    """A member under its protobuf JSON name or its proto field name (both are valid JSON).
+
+    Both at once is refused: readers disagree on which wins (the Sigstore protobuf-specs
+    models take the proto name; protobuf's json_format takes the last one or refuses,
+    depending on the order), so a hostile bundle could show another envelope or other
+    timestamps to another verifier than to us (a parser differential)."""
+    present = [name for name in dict.fromkeys(names) if name in obj]
+    if len(present) > 1:
+        raise MalformedBundleError(
+            f"the Sigstore bundle gives one field twice, as {present[0]!r} and {present[1]!r}"
+        )
+    return obj[present[0]] if present else None
+
+
+def _one_of(obj: dict[str, Any], what: str, *fields: tuple[str, str]) -> None:
+    """At most one member of a protobuf ``oneof`` (each given by its JSON and proto names)."""
+    given = [
+        json_name
+        for json_name, proto_name in fields
+        if _member(obj, json_name, proto_name) is not None  # JSON null: not set (protobuf)
+    ]
+    if len(given) > 1:
+        raise MalformedBundleError(
+            f"the Sigstore bundle's {what} holds both {given[0]!r} and {given[1]!r}; the"
+            " schema allows one"
+        )
 
 
 def read_bundle(data: str | bytes) -> SigstoreBundle:
@@ -153,6 +174,12 @@ def read_bundle(data: str | bytes) -> SigstoreBundle:
             f"unsupported Sigstore bundle mediaType {str(media_type)[:80]!r};"
             f" expected {BUNDLE_MEDIA_TYPE}"
         )
+    _one_of(
+        obj,
+        "content",
+        ("dsseEnvelope", "dsse_envelope"),
+        ("messageSignature", "message_signature"),
+    )
     dsse = _member(obj, "dsseEnvelope", "dsse_envelope")
     if dsse is None:
         raise MalformedBundleError(
@@ -165,6 +192,13 @@ def read_bundle(data: str | bytes) -> SigstoreBundle:
     material = _member(obj, "verificationMaterial", "verification_material") or {}
     if not isinstance(material, dict):
         raise MalformedBundleError("bundle verificationMaterial must be an object")
+    _one_of(
+        material,
+        "verificationMaterial",
+        ("publicKey", "public_key"),
+        ("x509CertificateChain", "x509_certificate_chain"),
+        ("certificate", "certificate"),
+    )
     hint = None
     public_key = _member(material, "publicKey", "public_key")
     if isinstance(public_key, dict) and isinstance(public_key.get("hint"), str):

@@ -164,6 +164,62 @@ def test_malformed_bundles_are_refused(bundle: bytes, message: str) -> None:
         read_bundle(bundle)
 
 
+def _twice(bundle: dict[str, Any], field: str, other: str) -> dict[str, Any]:
+    """``bundle`` with ``field`` also given under ``other``, holding another envelope."""
+    key = __import__("stellakeys").get_algorithm("ed25519").generate()
+    decoy = to_bundle(sign_envelope("text/plain", b"decoy", [key]))["dsseEnvelope"]
+    return {**bundle, other: decoy if field == "dsseEnvelope" else bundle[field]}
+
+
+def _parser_differentials() -> list[tuple[dict[str, Any], str]]:
+    """Bundles two readers can read differently: one field under its JSON name and its proto
+    name, or two members of one protobuf oneof."""
+    plain = _bundle()
+    material = plain["verificationMaterial"]
+    return [
+        (_twice(plain, "dsseEnvelope", "dsse_envelope"), "twice"),
+        (_twice(plain, "mediaType", "media_type"), "twice"),
+        ({**plain, "verification_material": material}, "twice"),
+        ({**plain, "messageSignature": {"signature": "AA=="}}, "holds both"),
+        (
+            {**plain, "verificationMaterial": {**material, "certificate": {"rawBytes": "AA=="}}},
+            "holds both",
+        ),
+        (
+            {
+                **plain,
+                "verificationMaterial": {
+                    **material,
+                    "timestampVerificationData": {"rfc3161Timestamps": []},
+                    "timestamp_verification_data": {"rfc3161Timestamps": []},
+                },
+            },
+            "twice",
+        ),
+    ]
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_a_bundle_that_reads_two_ways_is_refused(case: int) -> None:
+    """A hostile producer gives one field under both of its names (``dsseEnvelope`` and
+    ``dsse_envelope``, another envelope in each) or two members of a oneof: which one a
+    verifier reads depends on its parser, so we read neither."""
+    bundle, message = _parser_differentials()[case]
+    with pytest.raises(MalformedBundleError, match=message):
+        read_bundle(json.dumps(bundle))
+
+
+def test_the_sigstore_models_read_the_other_envelope() -> None:
+    """Why: the independent reader (sigstore-protobuf-specs' models, as sigstore-python uses
+    them) accepts the two-name bundle and reads the proto name's envelope, the decoy, where
+    our reader took the JSON name's until it refused both."""
+    bundle, _ = _parser_differentials()[0]
+    model = Bundle.from_dict(bundle)
+    assert model.dsse_envelope.payload_type == "text/plain"  # the decoy
+    assert bundle["dsseEnvelope"]["payloadType"] == INTOTO
+    assert Bundle.from_dict(_bundle()).dsse_envelope.payload_type == INTOTO
+
+
 def test_duplicate_members_in_a_bundle_are_refused() -> None:
     text = json.dumps(_bundle())
     dup = text[:-1] + ', "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json"}'
