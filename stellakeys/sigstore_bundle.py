@@ -186,8 +186,10 @@ def read_bundle(data: str | bytes) -> SigstoreBundle:
             "the Sigstore bundle holds no dsseEnvelope (a messageSignature bundle signs a"
             " digest, not a DSSE proof)"
         )
-    if isinstance(dsse, dict) and "payloadType" not in dsse and "payload_type" in dsse:
-        dsse = {**dsse, "payloadType": dsse["payload_type"]}
+    if isinstance(dsse, dict) and "payload_type" in dsse:
+        # The proto name, alone (with both, _member refuses: each would sign another PAE).
+        rest = {k: v for k, v in dsse.items() if k not in ("payloadType", "payload_type")}
+        dsse = {**rest, "payloadType": _member(dsse, "payloadType", "payload_type")}
     envelope = Envelope.from_dict(dsse)
     material = _member(obj, "verificationMaterial", "verification_material") or {}
     if not isinstance(material, dict):

@@ -179,6 +179,10 @@ def _parser_differentials() -> list[tuple[dict[str, Any], str]]:
     return [
         (_twice(plain, "dsseEnvelope", "dsse_envelope"), "twice"),
         (_twice(plain, "mediaType", "media_type"), "twice"),
+        (
+            {**plain, "dsseEnvelope": {**plain["dsseEnvelope"], "payload_type": "text/plain"}},
+            "twice",
+        ),
         ({**plain, "verification_material": material}, "twice"),
         ({**plain, "messageSignature": {"signature": "AA=="}}, "holds both"),
         (
@@ -199,7 +203,7 @@ def _parser_differentials() -> list[tuple[dict[str, Any], str]]:
     ]
 
 
-@pytest.mark.parametrize("case", range(6))
+@pytest.mark.parametrize("case", range(7))
 def test_a_bundle_that_reads_two_ways_is_refused(case: int) -> None:
     """A hostile producer gives one field under both of its names (``dsseEnvelope`` and
     ``dsse_envelope``, another envelope in each) or two members of a oneof: which one a
