@@ -37,6 +37,7 @@ from stellakeys.timestamp_token import (  # re-exported: moved in issue 16
     AddedTimestamp,
     TimestampToken,
     parse_token,
+    signing_certificate_hashes,
 )
 from stellakeys.timestamp_token import (
     _children as _children,  # tests/tsa_support.py reads the DER helpers here
@@ -114,10 +115,12 @@ class RFC3161Verifier:
     """The default verifier: ``rfc3161-client`` with the TSA roots we trust.
 
     A token verifies when its imprint is the hash (SHA-256/384/512) of the data, the
-    certificate named by its SignerInfo was valid at genTime and carries the critical
-    timeStamping EKU, it chains (through certificates in the token) to one of ``roots`` with
-    every link valid at genTime, the CMS signature over the TSTInfo holds, and the nonce is
-    ours when we give one. The trusted time is :attr:`TimestampToken.latest_time`.
+    certificate named by its SignerInfo was valid at genTime, carries the critical
+    timeStamping EKU alone and no key usage beyond digitalSignature and nonRepudiation, and is
+    the one its signed ESS signing-certificate attribute names, it chains (through
+    certificates in the token) to one of ``roots`` with every link valid at genTime, the CMS
+    signature over the TSTInfo holds, and the nonce is ours when we give one. The trusted
+    time is :attr:`TimestampToken.latest_time`.
 
     Not checked (see docs/trusted-time.md): revocation of TSA certificates (CRL/OCSP) and the
     TSA policy OID.
@@ -152,6 +155,9 @@ class RFC3161Verifier:
             why = "cannot be parsed"
         if why is not None:
             return fail(f"TSA certificate {subject} {why}")
+        why = _substituted(token, cert)
+        if why is not None:
+            return fail(why)
         from rfc3161_client import VerifierBuilder
 
         builder = VerifierBuilder(roots=list(self.roots))
@@ -199,6 +205,71 @@ def _certificate_problem(cert: x509.Certificate, gen_time: datetime) -> str | No
         return "has no extended key usage (RFC 3161 needs a critical timeStamping EKU)"
     if not eku.critical or ExtendedKeyUsageOID.TIME_STAMPING not in eku.value:
         return "lacks the critical timeStamping extended key usage"
+    # RFC 3161 2.3: a key reserved for timestamping, its EKU id-kp-timeStamping alone. OpenSSL
+    # holds a TSA certificate to this, and to a key usage of digitalSignature and/or
+    # nonRepudiation only; rfc3161-client checks neither, so a certificate also issued for
+    # code signing or TLS would otherwise give trusted time.
+    if len(eku.value) != 1:
+        names = {
+            ExtendedKeyUsageOID.CODE_SIGNING: "codeSigning",
+            ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth",
+            ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth",
+            ExtendedKeyUsageOID.EMAIL_PROTECTION: "emailProtection",
+            ExtendedKeyUsageOID.OCSP_SIGNING: "OCSPSigning",
+            ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE: "anyExtendedKeyUsage",
+        }
+        others = ", ".join(
+            names.get(p, p.dotted_string)
+            for p in eku.value
+            if p != ExtendedKeyUsageOID.TIME_STAMPING
+        )
+        return f"is not reserved for timestamping (its extended key usage also allows {others})"
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return None
+    if not (usage.digital_signature or usage.content_commitment) or any(
+        (
+            usage.key_encipherment,
+            usage.data_encipherment,
+            usage.key_agreement,
+            usage.key_cert_sign,
+            usage.crl_sign,
+        )
+    ):
+        return "has a key usage other than digitalSignature and nonRepudiation"
+    return None
+
+
+def _substituted(token: TimestampToken, cert: x509.Certificate) -> str | None:
+    """Why ``cert`` is not the certificate the TSA signed for. The SignerInfo's issuer and
+    serial, by which the certificate is found, are not covered by the signature; the ESS
+    signing-certificate attribute is (RFC 3161 2.4.1 requires it, RFC 5035). Without this
+    check another certificate for the same key, with other validity dates or usages, could
+    be slipped in: OpenSSL's ``ts -verify`` checks it, rfc3161-client does not."""
+    import hashlib
+    import hmac
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    try:
+        named = signing_certificate_hashes(token.der)
+    except TimestampError as exc:
+        return str(exc)
+    if not named:
+        return (
+            "it names no TSA certificate in its signed attributes (RFC 3161 requires an ESS"
+            " signingCertificate or signingCertificateV2 attribute)"
+        )
+    der = cert.public_bytes(Encoding.DER)
+    for algorithm, cert_hash in named:
+        if algorithm not in ("sha1", "sha256", "sha384", "sha512"):
+            return "its signing-certificate attribute uses an unsupported hash algorithm"
+        if not hmac.compare_digest(hashlib.new(algorithm, der).digest(), cert_hash):
+            return (
+                f"its signed attributes name another TSA certificate than the embedded"
+                f" {token.tsa_name or '?'} (a substituted certificate)"
+            )
     return None
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "AddedTimestamp",
     "TimestampToken",
     "parse_token",
+    "signing_certificate_hashes",
 ]
 
 #: The largest TSA reply we read; real ones are a few KiB (token plus a short chain).
@@ -154,6 +155,64 @@ def _canonical_reply(token: bytes) -> bytes:
             break
     granted = bytes([_SEQUENCE, 3, _INTEGER, 1, 0])
     return bytes([_SEQUENCE]) + _length(len(granted) + len(token)) + granted + token
+
+
+#: ESS attributes naming the signer's certificate (RFC 2634 5.4, RFC 5035 3), by the content
+#: bytes of their OIDs: id-aa-signingCertificate (1.2.840.113549.1.9.16.2.12, SHA-1 hashes)
+#: and id-aa-signingCertificateV2 (....2.47, SHA-256 unless it names another hash).
+_SIGNING_CERTIFICATE = bytes.fromhex("2a864886f70d010910020c")
+_SIGNING_CERTIFICATE_V2 = bytes.fromhex("2a864886f70d010910022f")
+_ESS_HASHES = {
+    bytes.fromhex("608648016503040201"): "sha256",
+    bytes.fromhex("608648016503040202"): "sha384",
+    bytes.fromhex("608648016503040203"): "sha512",
+}
+_OCTET_STRING = 0x04
+
+
+def signing_certificate_hashes(token: bytes) -> tuple[tuple[str, bytes], ...]:
+    """``(hash algorithm, certHash)`` of the certificate each ESS signing-certificate
+    attribute among the SignerInfo's *signed* attributes names first (the signer's, RFC 5035
+    3); empty when there is none. The SignerInfo's issuer and serial are not signed: these
+    attributes are what binds the TSA's certificate to its signature. ``token`` is a bare
+    TimeStampToken whose structure :func:`parse_token` has accepted."""
+    _, body, end = _tlv(token, 0, len(token))
+    info = _children(token, body, end)
+    (signed_data,) = _children(token, info[1][2], info[1][3])
+    signer_infos = _children(token, signed_data[2], signed_data[3])[-1]
+    infos = _children(token, signer_infos[2], signer_infos[3])
+    if signer_infos[0] != _SET or len(infos) != 1 or infos[0][0] != _SEQUENCE:
+        raise TimestampError("malformed timestamp: not exactly one SignerInfo")
+    fields = _children(token, infos[0][2], infos[0][3])
+    if len(fields) < 4 or fields[3][0] != _CONTEXT_0:
+        return ()  # no signed attributes at all
+    found = []
+    for tag, _, a_body, a_end in _children(token, fields[3][2], fields[3][3]):
+        parts = _children(token, a_body, a_end) if tag == _SEQUENCE else []
+        if len(parts) != 2 or parts[0][0] != _OID or parts[1][0] != _SET:
+            raise TimestampError("malformed timestamp: a signed attribute is not type and values")
+        kind = token[parts[0][2] : parts[0][3]]
+        if kind not in (_SIGNING_CERTIFICATE, _SIGNING_CERTIFICATE_V2):
+            continue
+        try:
+            (value,) = _children(token, parts[1][2], parts[1][3])  # SigningCertificate(V2)
+            certs = _children(token, value[2], value[3])[0]  # SEQUENCE OF ESSCertID(v2)
+            first = _children(token, certs[2], certs[3])[0]
+            cert_id = _children(token, first[2], first[3])
+        except (ValueError, IndexError):
+            raise TimestampError(
+                "malformed timestamp: an empty signing-certificate attribute"
+            ) from None
+        algorithm = "sha1" if kind == _SIGNING_CERTIFICATE else "sha256"
+        if kind == _SIGNING_CERTIFICATE_V2 and cert_id and cert_id[0][0] == _SEQUENCE:
+            identifier = _children(token, cert_id[0][2], cert_id[0][3])  # AlgorithmIdentifier
+            oid = token[identifier[0][2] : identifier[0][3]] if identifier else b""
+            algorithm = _ESS_HASHES.get(oid, "unsupported")
+            cert_id = cert_id[1:]
+        if not cert_id or cert_id[0][0] != _OCTET_STRING:
+            raise TimestampError("malformed timestamp: a signing-certificate id without a hash")
+        found.append((algorithm, token[cert_id[0][2] : cert_id[0][3]]))
+    return tuple(found)
 
 
 # --- tokens -----------------------------------------------------------------------------------
