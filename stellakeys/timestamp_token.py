@@ -334,7 +334,9 @@ def _accuracy(value: Any) -> timedelta | None:
 
 def _signer_certificate(response: Any) -> x509.Certificate | None:
     """The embedded certificate the SignerInfo names (issuer and serial), as the verifier does.
-    The SignerInfo's identifier is covered by the CMS signature; the certificate order is not."""
+    Neither that identifier nor the certificates are covered by the CMS signature (rfc3161-client
+    says otherwise): the signed ESS attribute is, and ``RFC3161Verifier`` checks that it names
+    this certificate (:func:`signing_certificate_hashes`)."""
     from cryptography import x509
 
     infos = list(response.signed_data.signer_infos)
