@@ -163,6 +163,7 @@ def _canonical_reply(token: bytes) -> bytes:
 _SIGNING_CERTIFICATE = bytes.fromhex("2a864886f70d010910020c")
 _SIGNING_CERTIFICATE_V2 = bytes.fromhex("2a864886f70d010910022f")
 _ESS_HASHES = {
+    bytes.fromhex("2b0e03021a"): "sha1",  # as in signingCertificate (V1); some TSAs write it
     bytes.fromhex("608648016503040201"): "sha256",
     bytes.fromhex("608648016503040202"): "sha384",
     bytes.fromhex("608648016503040203"): "sha512",

@@ -23,6 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from tsa_support import TSA_CONFIG
 
 from stellakeys.timestamp import RFC3161Verifier, _certificate_problem, parse_token
+from stellakeys.timestamp_token import signing_certificate_hashes
 
 # Fixed instants: the purpose table never reads the clock.
 NOT_BEFORE = datetime(2024, 1, 1, tzinfo=UTC)
@@ -148,7 +149,9 @@ class _TwinTsa:
     """A TSA whose key has two certificates of equal DER length: ``signer`` (what
     ``openssl ts -reply`` signs with, and names in the signed ESS attribute) and ``twin``."""
 
-    def __init__(self, directory: Path, openssl, signer_expired: bool) -> None:  # type: ignore[no-untyped-def]
+    def __init__(  # type: ignore[no-untyped-def]
+        self, directory: Path, openssl, signer_expired: bool, ess_alg: str = "sha256"
+    ) -> None:
         self.dir = directory
         self.openssl = openssl
         # openssl ts -reply stamps the real time: validity is relative to that same clock.
@@ -176,7 +179,10 @@ class _TwinTsa:
             key.private_bytes(PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
         )
         (directory / "serial").write_text("01\n")
-        (directory / "tsa.cnf").write_text(TSA_CONFIG.format(serial=directory / "serial"))
+        config = TSA_CONFIG.format(serial=directory / "serial")
+        assert "ess_cert_id_alg = sha256" in config
+        config = config.replace("ess_cert_id_alg = sha256", f"ess_cert_id_alg = {ess_alg}")
+        (directory / "tsa.cnf").write_text(config)
 
     def token(self, data: bytes) -> bytes:
         (self.dir / "data.bin").write_bytes(data)
@@ -213,10 +219,16 @@ class _TwinTsa:
         return done.returncode == 0
 
 
-def test_a_twin_certificate_slipped_into_a_token_is_refused(openssl, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    tsa = _TwinTsa(tmp_path, openssl, signer_expired=False)
+@pytest.mark.parametrize("ess_alg", ["sha256", "sha1", "sha384", "sha512"])
+def test_a_twin_certificate_slipped_into_a_token_is_refused(  # type: ignore[no-untyped-def]
+    openssl, tmp_path: Path, ess_alg: str
+) -> None:
+    """Every form OpenSSL writes: signingCertificate (SHA-1), signingCertificateV2 with the
+    default SHA-256 left out, and V2 naming SHA-384 or SHA-512."""
+    tsa = _TwinTsa(tmp_path, openssl, signer_expired=False, ess_alg=ess_alg)
     data = b"signature bytes to timestamp"
     token = tsa.token(data)
+    assert [a for a, _ in signing_certificate_hashes(token)] == [ess_alg]  # the form wanted
     verifier = RFC3161Verifier([tsa.root])
     # The harness makes good tokens: both verifiers accept the one the TSA wrote.
     assert tsa.openssl_accepts(token, data)
