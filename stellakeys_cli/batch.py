@@ -110,7 +110,7 @@ def run_batch(
     out = sys.stdout
     from concurrent.futures.process import BrokenProcessPool
 
-    from stellakeys_cli.process import settled
+    from stellakeys_cli.collector import settled
 
     settled()  # also for a feed's verifier, which opens no store (decision 0033)
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from stellakeys_cli.process import settled
+from stellakeys_cli.collector import settled
 
 if TYPE_CHECKING:
     from stellakeys.clock import Clock

@@ -52,8 +52,8 @@ def serve(host: str, port: int, workers: int, hash_password: bool) -> None:
         click.echo(make_hash(password))
         return
     from stellakeys.config import load_settings
+    from stellakeys_cli.collector import settled
     from stellakeys_cli.context import state
-    from stellakeys_cli.process import settled
 
     st = state()
     settings = load_settings(st.home, st.config_path, st.database_url, st.actor)

@@ -199,15 +199,15 @@ def test_a_command_that_opens_no_store_still_collects(tmp_path: Path) -> None:
     collected, within the raised bound."""
     program = (
         "import gc\n"
-        "from stellakeys_cli import process\n"
-        "process._starting()\n"
+        "from stellakeys_cli import collector\n"
+        "collector.starting()\n"
         "runs = []\n"
         "gc.callbacks.append(lambda phase, info: phase == 'stop' and runs.append(info))\n"
-        "for _ in range(3 * process._STARTING_THRESHOLD):\n"
+        "for _ in range(3 * collector.STARTING_THRESHOLD):\n"
         "    cycle = []\n"
         "    cycle.append(cycle)\n"
         "assert gc.isenabled()\n"
-        "assert sum(r['collected'] for r in runs) >= process._STARTING_THRESHOLD, runs\n"
+        "assert sum(r['collected'] for r in runs) >= collector.STARTING_THRESHOLD, runs\n"
         "print('collected')\n"
     )
     proc = subprocess.run(
