@@ -18,6 +18,8 @@ certificate was valid at ``genTime``, whether it chains to a root we trust.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -247,9 +249,6 @@ def _substituted(token: TimestampToken, cert: x509.Certificate) -> str | None:
     signing-certificate attribute is (RFC 3161 2.4.1 requires it, RFC 5035). Without this
     check another certificate for the same key, with other validity dates or usages, could
     be slipped in: OpenSSL's ``ts -verify`` checks it, rfc3161-client does not."""
-    import hashlib
-    import hmac
-
     from cryptography.hazmat.primitives.serialization import Encoding
 
     try:
@@ -263,8 +262,6 @@ def _substituted(token: TimestampToken, cert: x509.Certificate) -> str | None:
         )
     der = cert.public_bytes(Encoding.DER)
     for algorithm, cert_hash in named:
-        if algorithm not in ("sha1", "sha256", "sha384", "sha512"):
-            return "its signing-certificate attribute uses an unsupported hash algorithm"
         if not hmac.compare_digest(hashlib.new(algorithm, der).digest(), cert_hash):
             return (
                 f"its signed attributes name another TSA certificate than the embedded"

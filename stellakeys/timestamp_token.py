@@ -139,8 +139,8 @@ def _status_text(der: bytes, parts: list[tuple[int, int, int, int]]) -> str:
     return "; ".join(texts)
 
 
-def _canonical_reply(token: bytes) -> bytes:
-    """A granted TimeStampResp around ``token`` with its certificates in DER order."""
+def _signed_data(token: bytes) -> list[tuple[int, int, int, int]]:
+    """The fields of the SignedData inside a bare TimeStampToken (a CMS ContentInfo)."""
     _, body, end = _tlv(token, 0, len(token))
     info = _children(token, body, end)
     if len(info) != 2 or info[0][0] != _OID or info[1][0] != _CONTEXT_0:
@@ -148,7 +148,12 @@ def _canonical_reply(token: bytes) -> bytes:
     wrapper = _children(token, info[1][2], info[1][3])
     if len(wrapper) != 1 or wrapper[0][0] != _SEQUENCE:
         raise TimestampError("malformed timestamp: the token does not hold a SignedData")
-    for tag, _, c_body, c_end in _children(token, wrapper[0][2], wrapper[0][3]):
+    return _children(token, wrapper[0][2], wrapper[0][3])
+
+
+def _canonical_reply(token: bytes) -> bytes:
+    """A granted TimeStampResp around ``token`` with its certificates in DER order."""
+    for tag, _, c_body, c_end in _signed_data(token):
         if tag == _CONTEXT_0:  # certificates [0] IMPLICIT SET OF CertificateChoices
             certs = sorted(token[s:e] for _, s, _, e in _children(token, c_body, c_end))
             token = token[:c_body] + b"".join(certs) + token[c_end:]  # same length: in place
@@ -177,10 +182,7 @@ def signing_certificate_hashes(token: bytes) -> tuple[tuple[str, bytes], ...]:
     3); empty when there is none. The SignerInfo's issuer and serial are not signed: these
     attributes are what binds the TSA's certificate to its signature. ``token`` is a bare
     TimeStampToken whose structure :func:`parse_token` has accepted."""
-    _, body, end = _tlv(token, 0, len(token))
-    info = _children(token, body, end)
-    (signed_data,) = _children(token, info[1][2], info[1][3])
-    signer_infos = _children(token, signed_data[2], signed_data[3])[-1]
+    signer_infos = _signed_data(token)[-1]
     infos = _children(token, signer_infos[2], signer_infos[3])
     if signer_infos[0] != _SET or len(infos) != 1 or infos[0][0] != _SEQUENCE:
         raise TimestampError("malformed timestamp: not exactly one SignerInfo")
@@ -208,7 +210,11 @@ def signing_certificate_hashes(token: bytes) -> tuple[tuple[str, bytes], ...]:
         if kind == _SIGNING_CERTIFICATE_V2 and cert_id and cert_id[0][0] == _SEQUENCE:
             identifier = _children(token, cert_id[0][2], cert_id[0][3])  # AlgorithmIdentifier
             oid = token[identifier[0][2] : identifier[0][3]] if identifier else b""
-            algorithm = _ESS_HASHES.get(oid, "unsupported")
+            if oid not in _ESS_HASHES:
+                raise TimestampError(
+                    "its signing-certificate attribute uses an unsupported hash algorithm"
+                )
+            algorithm = _ESS_HASHES[oid]
             cert_id = cert_id[1:]
         if not cert_id or cert_id[0][0] != _OCTET_STRING:
             raise TimestampError("malformed timestamp: a signing-certificate id without a hash")
