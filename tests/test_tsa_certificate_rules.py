@@ -17,12 +17,18 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from tsa_support import TSA_CONFIG
 
-from stellakeys.timestamp import RFC3161Verifier, _certificate_problem, parse_token
+from stellakeys.timestamp import (
+    RFC3161Verifier,
+    _certificate_problem,
+    _children,
+    _tlv,
+    parse_token,
+)
 from stellakeys.timestamp_token import signing_certificate_hashes
 
 # Fixed instants: the purpose table never reads the clock.
@@ -160,6 +166,7 @@ class _TwinTsa:
         root_key = ed25519.Ed25519PrivateKey.generate()
         self.root = _root(root_key, now - 30 * day, now + 30 * day)
         key = ec.generate_private_key(ec.SECP256R1())
+        self.key = key
         expired = (now - 20 * day, now - 10 * day)
         signed_window = expired if signer_expired else (now - day, now + day)
         usage = _usage(digital_signature=True)
@@ -216,7 +223,7 @@ class _TwinTsa:
             "ts", "-verify", "-token_in", "-in", self.dir / "check.der",
             "-data", self.dir / "data.bin", "-CAfile", self.dir / "root.pem",
         )  # fmt: skip
-        return done.returncode == 0
+        return bool(done.returncode == 0)
 
 
 @pytest.mark.parametrize("ess_alg", ["sha256", "sha1", "sha384", "sha512"])
@@ -255,3 +262,109 @@ def test_an_expired_tsa_certificate_cannot_hide_behind_a_valid_twin(  # type: ig
     swapped = verifier.verify(parse_token(tsa.substituted(token)), data)
     assert swapped.time is None
     assert "substituted" in (swapped.failure or ""), swapped.failure
+
+
+# --- signed attributes rewritten and signed again with the TSA's own key ------------------------
+
+#: id-aa-signingCertificate and id-aa-signingCertificateV2 (RFC 2634, RFC 5035), written out
+#: here rather than taken from the module under test.
+_ESS_V1 = bytes.fromhex("060b2a864886f70d010910020c")
+_ESS_V2 = bytes.fromhex("060b2a864886f70d010910022f")
+
+
+def _der(tag: int, content: bytes) -> bytes:
+    n = len(content)
+    size = (
+        bytes([n])
+        if n < 0x80
+        else bytes([0x80 | ((n.bit_length() + 7) // 8)])
+        + (n.to_bytes((n.bit_length() + 7) // 8, "big"))
+    )
+    return bytes([tag]) + size + content
+
+
+def _elements(data: bytes, start: int, end: int) -> list[bytes]:
+    return [data[s:e] for _, s, _, e in _children(data, start, end)]
+
+
+def _resign(token: bytes, key: ec.EllipticCurvePrivateKey, edit) -> bytes:  # type: ignore[no-untyped-def]
+    """``token`` with its SignerInfo's signed attributes replaced by ``edit(attributes)`` and
+    signed again with the TSA's key: what a holder of the TSA key could write. The
+    messageDigest attribute is kept, so the TSTInfo is still the one signed."""
+    _, body, end = _tlv(token, 0, len(token))
+    content_type, wrapper = _children(token, body, end)
+    (signed_data,) = _children(token, wrapper[2], wrapper[3])
+    fields = _elements(token, signed_data[2], signed_data[3])
+    _, si_body, si_end = _tlv(fields[-1], 0, len(fields[-1]))
+    (info,) = _elements(fields[-1], si_body, si_end)
+    _, i_body, i_end = _tlv(info, 0, len(info))
+    parts = _elements(info, i_body, i_end)
+    _, a_body, a_end = _tlv(parts[3], 0, len(parts[3]))
+    attributes = sorted(edit(_elements(parts[3], a_body, a_end)))  # DER orders a SET OF
+    signature = key.sign(_der(0x31, b"".join(attributes)), ec.ECDSA(hashes.SHA256()))
+    parts[3] = _der(0xA0, b"".join(attributes))
+    parts[5] = _der(0x04, signature)
+    fields[-1] = _der(0x31, _der(0x30, b"".join(parts)))
+    inner = _der(0xA0, _der(0x30, b"".join(fields)))
+    return _der(0x30, token[content_type[1] : content_type[3]] + inner)
+
+
+def _is_ess(attribute: bytes) -> bool:
+    _, body, _ = _tlv(attribute, 0, len(attribute))
+    return attribute[body : body + len(_ESS_V2)] in (_ESS_V1, _ESS_V2)
+
+
+def test_a_token_that_names_no_certificate_is_refused(openssl, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """RFC 3161 2.4.1 requires the ESS attribute: without it nothing binds the embedded
+    certificate to the signature. A token re-signed without it is refused by OpenSSL and by
+    us; the same token re-signed unchanged is accepted by both (the rewriting is sound)."""
+    tsa = _TwinTsa(tmp_path, openssl, signer_expired=False)
+    data = b"signature bytes to timestamp"
+    token = tsa.token(data)
+    verifier = RFC3161Verifier([tsa.root])
+    same = _resign(token, tsa.key, lambda attributes: attributes)
+    assert tsa.openssl_accepts(same, data)
+    assert verifier.verify(parse_token(same), data).ok
+    stripped = _resign(token, tsa.key, lambda attributes: [a for a in attributes if not _is_ess(a)])
+    assert signing_certificate_hashes(stripped) == ()
+    assert not tsa.openssl_accepts(stripped, data)
+    checked = verifier.verify(parse_token(stripped), data)
+    assert checked.time is None
+    assert "names no TSA certificate" in (checked.failure or ""), checked.failure
+
+
+def _ess(oid: bytes, cert: x509.Certificate, algorithm: hashes.HashAlgorithm) -> bytes:
+    """A signingCertificate (V1, SHA-1) or signingCertificateV2 (SHA-256, the default left
+    out) attribute naming ``cert``."""
+    digest = hashes.Hash(algorithm)
+    digest.update(cert.public_bytes(serialization.Encoding.DER))
+    cert_id = _der(0x30, _der(0x04, digest.finalize()))
+    return _der(0x30, oid + _der(0x31, _der(0x30, _der(0x30, cert_id))))
+
+
+@pytest.mark.parametrize("twin_in", ["V1", "V2", "neither"])
+def test_a_second_ess_attribute_naming_a_twin_is_refused(  # type: ignore[no-untyped-def]
+    openssl, tmp_path: Path, twin_in: str
+) -> None:
+    """Duplicated binding: one ESS attribute names the embedded certificate, the other (V1
+    or V2, so the twin is first in one case and last in the other) names its twin. Every
+    such attribute must name the embedded certificate. With both naming it (the control),
+    OpenSSL and we accept the rewritten token."""
+    tsa = _TwinTsa(tmp_path, openssl, signer_expired=False)
+    data = b"signature bytes to timestamp"
+    token = tsa.token(data)
+    v1_names = tsa.twin if twin_in == "V1" else tsa.signer
+    v2_names = tsa.twin if twin_in == "V2" else tsa.signer
+    both = [_ess(_ESS_V1, v1_names, hashes.SHA1()), _ess(_ESS_V2, v2_names, hashes.SHA256())]
+    doubled = _resign(
+        token, tsa.key, lambda attributes: [*(a for a in attributes if not _is_ess(a)), *both]
+    )
+    assert sorted(a for a, _ in signing_certificate_hashes(doubled)) == ["sha1", "sha256"]
+    checked = RFC3161Verifier([tsa.root]).verify(parse_token(doubled), data)
+    if twin_in == "neither":
+        assert tsa.openssl_accepts(doubled, data)
+        assert checked.ok, checked.failure
+        return
+    assert not tsa.openssl_accepts(doubled, data)
+    assert checked.time is None
+    assert "substituted" in (checked.failure or ""), checked.failure
